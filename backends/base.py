@@ -1,0 +1,135 @@
+"""The backend contract every execution engine implements (local, Dask, Ray).
+
+A backend starts or connects to an engine, submits ``RunTask``s and hands back futures of
+``RunOutcome``s, scales or adapts its workers between bounds with the engine's own mechanism, reports
+its workers, and closes leaving no process behind. Recording runs is the driver's job, not the
+backend's: backends only move tasks and outcomes.
+"""
+
+from __future__ import annotations
+
+import queue
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, Iterable, Iterator
+
+from shoal.execution import RunOutcome, RunTask
+
+OnStart = Callable[[str, float], None]
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """One worker as the engine reports it."""
+
+    name: str
+    address: str
+    state: str  # idle, busy, starting, closing
+    slots: int = 1
+    running: tuple[str, ...] = ()
+    resources: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ScalingEvent:
+    """A change in the number of workers, with when and why."""
+
+    time: float
+    direction: str  # up or down
+    workers_before: int
+    workers_after: int
+    reason: str
+
+
+class BackendFuture(ABC):
+    """The engine's handle on one submitted task."""
+
+    uid: str
+
+    @abstractmethod
+    def done(self) -> bool: ...
+
+    @abstractmethod
+    def result(self, timeout: float | None = None) -> RunOutcome:
+        """The outcome; raises ``concurrent.futures.CancelledError`` if cancelled before it started,
+        ``WorkerLostError`` if the worker died, ``BackendError`` for other engine failures."""
+
+    @abstractmethod
+    def cancel(self) -> bool:
+        """Cancel a pending task, or stop a running one; True if the request was delivered."""
+
+    @abstractmethod
+    def add_done_callback(self, callback: Callable[["BackendFuture"], None]) -> None:
+        """Call ``callback(self)`` once the future is done (possibly in another thread)."""
+
+
+class Backend(ABC):
+    """Base class of execution backends; usable as a context manager."""
+
+    name: ClassVar[str]
+    #: True when workers may run on other machines (so local-only resources cannot be used).
+    remote: ClassVar[bool] = False
+
+    def start(self) -> "Backend":
+        """Start or connect to the engine (idempotent). Submitting starts it implicitly."""
+        return self
+
+    @abstractmethod
+    def submit(self, task: RunTask, on_start: OnStart | None = None) -> BackendFuture:
+        """Queue one task; ``on_start(uid, time)`` is called when it starts, where the engine tells."""
+
+    def as_completed(self, futures: Iterable[BackendFuture], timeout: float | None = None) -> Iterator[BackendFuture]:
+        """Yield futures as they finish (any order)."""
+        pending = list(futures)
+        done: queue.Queue[BackendFuture] = queue.Queue()
+        for future in pending:
+            future.add_done_callback(done.put)
+        for _ in pending:
+            try:
+                yield done.get(timeout=timeout)
+            except queue.Empty:
+                raise TimeoutError(f"{len(pending)} futures not done within {timeout} s") from None
+
+    @abstractmethod
+    def scale(self, n: int) -> None:
+        """Fix the number of workers at ``n``."""
+
+    @abstractmethod
+    def adapt(self, minimum: int, maximum: int) -> None:
+        """Let the engine's autoscaler keep between ``minimum`` and ``maximum`` workers."""
+
+    @abstractmethod
+    def workers(self) -> list[WorkerInfo]:
+        """The current workers."""
+
+    def scaling_events(self) -> list[ScalingEvent]:
+        """Recorded changes of the worker count, oldest first."""
+        return list(getattr(self, "_events", ()))
+
+    @property
+    @abstractmethod
+    def slots(self) -> int:
+        """How many tasks may run at once right now, at the current upper bound."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop everything this backend started; idempotent."""
+
+    def _record_event(self, before: int, after: int, reason: str) -> None:
+        import logging
+        import time
+
+        if before == after:
+            return
+        event = ScalingEvent(time.time(), "up" if after > before else "down", before, after, reason)
+        events = self.__dict__.setdefault("_events", [])
+        events.append(event)
+        del events[:-1000]
+        logging.getLogger("shoal.scaling").info("%s: %d -> %d workers (%s)", self.name, before, after, reason)
+
+    def __enter__(self) -> "Backend":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+

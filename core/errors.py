@@ -1,0 +1,77 @@
+"""Every exception shoal raises, in one place.
+
+Each error says which field or input is wrong and how to fix it; the CLI prints ``str(error)`` as one
+line and exits non-zero.
+"""
+
+from __future__ import annotations
+
+
+class ShoalError(Exception):
+    """Base class of all shoal errors."""
+
+    exit_code = 1
+
+
+class SpecError(ShoalError, ValueError):
+    """A function spec field is unknown or has an invalid value."""
+
+    exit_code = 2
+
+
+class CodeError(ShoalError):
+    """The function's code cannot be found, read, parsed or loaded."""
+
+    exit_code = 2
+
+
+class ParamError(ShoalError, ValueError):
+    """A run parameter is unknown, missing or cannot be converted to the handler's type hint."""
+
+    exit_code = 2
+
+
+class NotFoundError(ShoalError, LookupError):
+    """A function, version, tag, run or artifact does not exist."""
+
+
+class AmbiguousError(ShoalError, LookupError):
+    """A hash or uid prefix matches more than one record."""
+
+
+class StoreError(ShoalError):
+    """The database cannot be opened, migrated or written."""
+
+
+class ArtifactError(ShoalError):
+    """An artifact cannot be written, read or packaged."""
+
+
+class ProjectError(ShoalError):
+    """The project configuration (shoal.yaml) is invalid."""
+
+    exit_code = 2
+
+
+class BackendError(ShoalError):
+    """An execution backend is unknown, misconfigured or unreachable."""
+
+
+class RunFailedError(ShoalError):
+    """A run ended in a failed or cancelled state (raised by ``RunHandle.result(raise_on_failure=True)``)."""
+
+    def __init__(self, message: str, run=None):
+        super().__init__(message)
+        self.run = run
+
+
+class RunTimeoutError(ShoalError, TimeoutError):
+    """A run exceeded its ``timeout``, or a wait on a run handle timed out."""
+
+
+class RunCancelledError(ShoalError):
+    """A run was cancelled while it was running."""
+
+
+class WorkerLostError(ShoalError):
+    """The worker executing a run died before the run ended."""

@@ -1,0 +1,334 @@
+"""``shoal.Function``: an immutable, versioned, runnable function (code + operational spec)."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+
+from .code import Code, capture, load_handler, source_from_file
+from .errors import SpecError
+from .hashing import function_hash
+from .spec import NAME_PATTERN, SPEC_FIELDS, FunctionSpec, build_spec, canonical_spec, shorthand_resources
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .project import Project
+    from .runs import Run, RunHandle
+
+PLACEMENT_SHORTHANDS = ("node_selector", "affinity", "tolerations", "spot", "priority_class")
+RESOURCE_SHORTHANDS = ("cpu", "memory", "gpu")
+
+
+def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Turn user-facing keyword options into (spec fields, metadata), expanding shorthands."""
+    options = dict(options)
+    metadata = {key: options.pop(key) for key in ("description", "labels") if key in options}
+    spec: dict[str, Any] = {}
+    shorthands = {key: options.pop(key) for key in RESOURCE_SHORTHANDS if key in options}
+    if any(value is not None for value in shorthands.values()):
+        resources = dict(options.pop("resources", None) or {})
+        extra = shorthand_resources(**shorthands)
+        for section, amounts in extra.items():
+            resources[section] = {**(resources.get(section) or {}), **amounts}
+        spec["resources"] = resources
+    placement_items = {key: options.pop(key) for key in PLACEMENT_SHORTHANDS if key in options}
+    placement_items = {k: v for k, v in placement_items.items() if v is not None}
+    if placement_items:
+        placement = dict(options.pop("placement", None) or {})
+        placement.update(placement_items)
+        spec["placement"] = placement
+    spec.update(options)
+    if "labels" in metadata and metadata["labels"] is not None:
+        labels = metadata["labels"]
+        if not isinstance(labels, Mapping) or not all(isinstance(k, str) for k in labels):
+            raise SpecError("invalid field 'labels': use a mapping of strings, e.g. {'team': 'ml'}")
+        metadata["labels"] = {k: str(v) for k, v in labels.items()}
+    return spec, metadata
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise SpecError(
+            f"invalid function name {name!r}: use letters, digits, '-', '_' or '.', starting with a letter or digit"
+        )
+    return name
+
+
+class Function:
+    """Code plus everything needed to run it; immutable, identified by ``hash``.
+
+    Calling the object calls the plain Python function. ``run``/``submit``/``map`` execute it as
+    recorded runs on a backend.
+    """
+
+    __slots__ = ("_name", "_handler", "_spec", "_code", "_callable", "_description", "_labels", "_hash")
+
+    def __init__(
+        self,
+        name: str,
+        handler: str,
+        spec: FunctionSpec | None = None,
+        *,
+        code: Code | None = None,
+        callable: Callable | None = None,  # noqa: A002 - the natural name
+        description: str | None = None,
+        labels: Mapping[str, str] | None = None,
+    ):
+        if code is None and callable is None:
+            raise SpecError("a Function needs code or a callable")
+        set_ = object.__setattr__
+        set_(self, "_name", _check_name(name))
+        set_(self, "_handler", handler)
+        set_(self, "_spec", spec if spec is not None else FunctionSpec())
+        set_(self, "_code", code)
+        set_(self, "_callable", callable)
+        set_(self, "_description", description)
+        set_(self, "_labels", dict(labels or {}))
+        set_(self, "_hash", None)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError("shoal.Function is immutable; use fn.with_spec(...) to get a changed copy")
+
+    # -- identity -----------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def handler(self) -> str:
+        return self._handler
+
+    @property
+    def spec(self) -> FunctionSpec:
+        return self._spec
+
+    @property
+    def description(self) -> str | None:
+        return self._description
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return dict(self._labels)
+
+    @property
+    def code(self) -> Code:
+        """The shipped code, captured from the callable's file on first use."""
+        if self._code is None:
+            object.__setattr__(self, "_code", capture(self._callable))
+        return self._code
+
+    @property
+    def hash(self) -> str:
+        """SHA-256 (64 hex chars) over handler, code and behavioural spec; see ``shoal.hashing``."""
+        if self._hash is None:
+            value = function_hash(self._handler, self.code.fingerprint, canonical_spec(self._spec))
+            object.__setattr__(self, "_hash", value)
+        return self._hash
+
+    @property
+    def replicas(self):
+        return self._spec.replicas
+
+    @property
+    def resources(self):
+        return self._spec.resources
+
+    @property
+    def callable(self) -> Callable:
+        """The plain Python function (rebuilt from the shipped code when not defined here)."""
+        if self._callable is None:
+            object.__setattr__(self, "_callable", load_handler(self.code, self._handler))
+        return self._callable
+
+    @property
+    def __shoal_callable__(self) -> Callable:
+        return self.callable
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.callable(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        short = self.hash[:12] if (self._hash or self._code) else "…"
+        return f"<shoal.Function {self._name} handler={self._handler} hash={short}>"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Function):
+            return NotImplemented
+        return (self._name, self.hash, self._description, self._labels) == (
+            other._name,
+            other.hash,
+            other._description,
+            other._labels,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self._name, self.hash))
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_callable(cls, func: Callable, name: str | None = None, **options: Any) -> "Function":
+        spec_fields, metadata = _split_options(options)
+        spec = build_spec(spec_fields)
+        handler = func.__qualname__
+        return cls(name or func.__name__, handler, spec, callable=func, **metadata)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, handler: str, name: str | None = None, **options: Any) -> "Function":
+        """A function from ``handler`` in the source file ``path`` (the whole file is shipped)."""
+        code = source_from_file(path, handler)
+        spec_fields, metadata = _split_options(options)
+        spec = build_spec(spec_fields)
+        return cls(name or handler.split(".")[-1], handler, spec, code=code, **metadata)
+
+    def with_spec(self, **changes: Any) -> "Function":
+        """A new Function with some spec fields (or name, description, labels) changed."""
+        name = changes.pop("name", self._name)
+        spec_fields, metadata = _split_options(changes)
+        spec = build_spec(spec_fields, base=self._spec)
+        return Function(
+            name,
+            self._handler,
+            spec,
+            code=self._code,
+            callable=self._callable,
+            description=metadata.get("description", self._description),
+            labels=metadata.get("labels", self._labels),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain document (YAML/JSON-able) that ``from_dict`` turns back into an equal Function."""
+        data: dict[str, Any] = {
+            "kind": "function",
+            "name": self._name,
+            "handler": self._handler,
+            "hash": self.hash,
+            "spec": self._spec.model_dump(mode="json", exclude_defaults=True),
+            "code": self.code.to_dict(),
+        }
+        metadata = {}
+        if self._description:
+            metadata["description"] = self._description
+        if self._labels:
+            metadata["labels"] = dict(self._labels)
+        if metadata:
+            data["metadata"] = metadata
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, verify: bool = True) -> "Function":
+        if not isinstance(data, Mapping):
+            raise SpecError("a function document must be a mapping with name, handler, code and spec")
+        unknown = sorted(set(data) - {"kind", "name", "handler", "hash", "spec", "code", "metadata"})
+        if unknown:
+            raise SpecError(f"unknown function document field {unknown[0]!r}")
+        for required in ("name", "handler", "code"):
+            if required not in data:
+                raise SpecError(f"function document is missing {required!r}")
+        spec_data = dict(data.get("spec") or {})
+        bad = sorted(set(spec_data) - set(SPEC_FIELDS))
+        if bad:
+            raise SpecError(f"unknown spec field {bad[0]!r}; valid fields are: {', '.join(SPEC_FIELDS)}")
+        metadata = dict(data.get("metadata") or {})
+        fn = cls(
+            data["name"],
+            data["handler"],
+            build_spec(spec_data),
+            code=Code.from_dict(data["code"]),
+            description=metadata.get("description"),
+            labels=metadata.get("labels"),
+        )
+        recorded = data.get("hash")
+        if verify and recorded and recorded != fn.hash:
+            raise SpecError(
+                f"function {fn.name!r} document says hash {recorded[:12]} but its content hashes to "
+                f"{fn.hash[:12]}; the document was edited or corrupted (drop 'hash' to accept the change)"
+            )
+        return fn
+
+    def to_yaml(self, path: str | os.PathLike | None = None) -> str:
+        import yaml
+
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+        if path is not None:
+            with open(path, "w", encoding="utf-8") as handle:
+                handle.write(text)
+        return text
+
+    @classmethod
+    def from_yaml(cls, source: str | os.PathLike) -> "Function":
+        """From a YAML file path or YAML text."""
+        import yaml
+
+        text = os.fspath(source)
+        if "\n" not in text and os.path.exists(text):
+            with open(text, encoding="utf-8") as handle:
+                text = handle.read()
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise SpecError(f"invalid YAML: {str(exc).splitlines()[0]}") from None
+        return cls.from_dict(data)
+
+    # -- execution ----------------------------------------------------------------------------
+    def run(
+        self,
+        params: Mapping[str, Any] | None = None,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        backend: Any = None,
+        project: "Project | None" = None,
+        watch: bool = True,
+    ) -> "Run":
+        """Run once and wait; returns the recorded Run (state completed, failed or cancelled)."""
+        from .runner import run_function
+
+        return run_function(self, params, inputs, backend=backend, project=project, watch=watch)
+
+    def submit(
+        self,
+        params: Mapping[str, Any] | None = None,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        backend: Any = None,
+        project: "Project | None" = None,
+        watch: bool = False,
+    ) -> "RunHandle":
+        """Start a run and return at once with a handle (``.result()``, ``.wait()``, ``.cancel()``)."""
+        from .runner import submit_function
+
+        return submit_function(self, params, inputs, backend=backend, project=project, watch=watch)
+
+    def map(
+        self,
+        params_list: Iterable[Mapping[str, Any]],
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        backend: Any = None,
+        project: "Project | None" = None,
+        watch: bool = False,
+    ) -> "list[Run]":
+        """One child run per params mapping under one parent run; results come back in input order."""
+        from .runner import map_function
+
+        return map_function(self, params_list, inputs, backend=backend, project=project, watch=watch)
+
+
+def function(name: Callable | str | None = None, **options: Any) -> Any:
+    """Decorator turning a plain Python function into a ``shoal.Function``.
+
+    Usable bare (``@shoal.function``) or with options (``@shoal.function("train", replicas=(0, 4),
+    cpu="500m", requirements=["numpy"])``). Options: requirements, image, env, cpu, memory, gpu,
+    resources, replicas, node_selector, affinity, tolerations, spot, priority_class, volumes,
+    backend, timeout, retries, defaults, description, labels.
+    """
+    if callable(name):
+        return Function.from_callable(name)
+
+    def decorate(func: Callable) -> Function:
+        return Function.from_callable(func, name, **options)
+
+    if name is not None and not isinstance(name, str):
+        raise SpecError("the first argument of @shoal.function is the function's name (a string)")
+    # Fail at decoration time, not at the first run, for bad options.
+    spec_fields, _ = _split_options(dict(options))
+    build_spec(spec_fields)
+    return decorate

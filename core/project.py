@@ -1,0 +1,310 @@
+"""``shoal.Project``: a name, a home folder, a database, an artifact store, and named functions.
+
+Configuration comes, in rising priority, from the defaults (``./.shoal/`` with SQLite and a local
+artifact folder), an optional ``shoal.yaml`` in the project folder, the environment
+(``SHOAL_DATABASE``, ``SHOAL_ARTIFACTS``), and the arguments of ``shoal.project()``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import pathlib
+import re
+import threading
+from typing import TYPE_CHECKING, Any, Mapping
+
+from .errors import NotFoundError, ProjectError, ShoalError
+from .function import Function
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .artifacts import ArtifactStore
+    from .recorder import Recorder
+    from .runs import Run
+    from .store import FunctionRecord, Store
+
+CONFIG_FILE = "shoal.yaml"
+CONFIG_KEYS = ("name", "home", "database", "artifacts", "backend", "functions")
+FUNCTION_KEYS = ("file", "handler")
+
+
+def _default_name(path: pathlib.Path) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", path.name).strip("-.") or "default"
+    return name
+
+
+def load_config(root: pathlib.Path) -> dict[str, Any]:
+    """Read and check ``shoal.yaml`` (empty dict when absent)."""
+    path = root / CONFIG_FILE
+    if not path.is_file():
+        return {}
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ProjectError(f"{path}: invalid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ProjectError(f"{path}: expected a mapping with keys {', '.join(CONFIG_KEYS)}")
+    unknown = sorted(set(data) - set(CONFIG_KEYS))
+    if unknown:
+        raise ProjectError(f"{path}: unknown key {unknown[0]!r}; valid keys: {', '.join(CONFIG_KEYS)}")
+    functions = data.get("functions") or {}
+    if not isinstance(functions, dict):
+        raise ProjectError(f"{path}: 'functions' must map names to 'file.py:handler' or {{file:, handler:, ...}}")
+    return data
+
+
+class FunctionRegistry:
+    """``project.functions``: save versions, get them back by name, tag or hash, compare them."""
+
+    def __init__(self, project: "Project"):
+        self._project = project
+        self._saved: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def save(self, fn: Function, tag: str | None = None) -> Function:
+        """Store this version (idempotent) and move ``latest`` (and ``tag``) to it."""
+        if not isinstance(fn, Function):
+            raise ShoalError(f"expected a shoal.Function, got {type(fn).__name__}")
+        self._project.store.save_function(
+            fn.name, fn.hash, fn.to_dict(), description=fn.description, labels=fn.labels, tag=tag
+        )
+        with self._lock:
+            self._saved.add((fn.name, fn.hash))
+        return fn
+
+    def ensure_saved(self, fn: Function) -> None:
+        """Save before running, once per version and process."""
+        with self._lock:
+            if (fn.name, fn.hash) in self._saved:
+                return
+        self.save(fn)
+
+    def get(self, ref: str) -> Function:
+        """``name``, ``name:tag`` or ``name@<hash or unique prefix>``; a shoal.yaml name works too."""
+        try:
+            record = self._project.store.get_function(ref)
+        except NotFoundError:
+            if ref in self._project.function_specs:
+                return self._project.function_from_config(ref)
+            raise
+        return Function.from_dict(record.spec)
+
+    def record(self, ref: str) -> "FunctionRecord":
+        return self._project.store.get_function(ref)
+
+    def list(self) -> "list[FunctionRecord]":
+        return self._project.store.list_functions()
+
+    def history(self, name: str) -> "list[FunctionRecord]":
+        return self._project.store.function_history(name)
+
+    def diff(self, a: str, b: str) -> str:
+        """A unified diff of two versions' documents (spec, metadata and code)."""
+        first, second = self.record(a), self.record(b)
+
+        def lines(record) -> list[str]:
+            import yaml
+
+            doc = dict(record.spec)
+            code = doc.pop("code", {})
+            text = yaml.safe_dump(doc, sort_keys=True)
+            return (text + "--- code ---\n" + code.get("text", "")).splitlines(keepends=True)
+
+        return "".join(
+            difflib.unified_diff(
+                lines(first),
+                lines(second),
+                fromfile=f"{first.name}@{first.hash[:12]}",
+                tofile=f"{second.name}@{second.hash[:12]}",
+            )
+        )
+
+
+class RunRegistry:
+    """``project.runs``: find recorded runs."""
+
+    def __init__(self, project: "Project"):
+        self._project = project
+
+    def get(self, uid: str) -> "Run":
+        from .runs import Run
+
+        return Run.from_record(self._project.store.get_run(uid))
+
+    def list(
+        self,
+        function: str | None = None,
+        state: str | list[str] | None = None,
+        parent: str | None = None,
+        limit: int | None = None,
+    ) -> "list[Run]":
+        from .runs import Run
+
+        records = self._project.store.list_runs(function=function, state=state, parent=parent, limit=limit)
+        return [Run.from_record(r) for r in records]
+
+    def logs(self, uid: str) -> str:
+        return self.get(uid).logs
+
+
+class Project:
+    """Where functions, runs and artifacts of one project are kept."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike = ".",
+        *,
+        name: str | None = None,
+        home: str | os.PathLike | None = None,
+        database: str | None = None,
+        artifacts: str | None = None,
+        backend: str | None = None,
+    ):
+        self.root = pathlib.Path(path).resolve()
+        config = load_config(self.root)
+        self.config = config
+        self.name = name or config.get("name") or _default_name(self.root)
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$", str(self.name)):
+            raise ProjectError(f"invalid project name {self.name!r}: use letters, digits, '-', '_' or '.'")
+        self.home = self._path(home or config.get("home") or ".shoal")
+        self.database = (
+            database
+            or os.environ.get("SHOAL_DATABASE")
+            or self._database_url(config.get("database"))
+            or f"sqlite:///{self.home / 'shoal.db'}"
+        )
+        artifacts = artifacts or os.environ.get("SHOAL_ARTIFACTS") or config.get("artifacts")
+        self.artifacts_url = self._artifact_url(artifacts) if artifacts else str(self.home / "artifacts")
+        self.default_backend = backend or config.get("backend")
+        self.function_specs: dict[str, Any] = dict(config.get("functions") or {})
+        self.functions = FunctionRegistry(self)
+        self.runs = RunRegistry(self)
+        self._store: "Store | None" = None
+        self._artifacts: "ArtifactStore | None" = None
+        self._recorder: "Recorder | None" = None
+        self._lock = threading.Lock()
+
+    def _path(self, value: str | os.PathLike) -> pathlib.Path:
+        path = pathlib.Path(value).expanduser()
+        return path if path.is_absolute() else self.root / path
+
+    def _database_url(self, value: str | None) -> str | None:
+        if not value:
+            return None
+        if value.startswith("sqlite:///") and not value.startswith("sqlite:////"):
+            relative = value[len("sqlite:///"):]
+            if relative and relative != ":memory:":
+                return f"sqlite:///{self._path(relative)}"
+        return value
+
+    def _artifact_url(self, value: str) -> str:
+        return value if "://" in value else str(self._path(value))
+
+    # -- lazily opened resources --------------------------------------------------------------
+    @property
+    def store(self) -> "Store":
+        with self._lock:
+            if self._store is None:
+                from .store import Store
+
+                self._store = Store(self.database, project=self.name)
+            return self._store
+
+    @property
+    def artifacts(self) -> "ArtifactStore":
+        with self._lock:
+            if self._artifacts is None:
+                from .artifacts import ArtifactStore
+
+                self._artifacts = ArtifactStore(self.artifacts_url)
+            return self._artifacts
+
+    @property
+    def recorder(self) -> "Recorder":
+        store = self.store
+        with self._lock:
+            if self._recorder is None:
+                from .recorder import Recorder
+
+                self._recorder = Recorder(store)
+            return self._recorder
+
+    # -- functions by name ------------------------------------------------------------------------
+    def function_from_config(self, name: str) -> Function:
+        """Build the function ``name`` listed in shoal.yaml (file:handler plus spec fields)."""
+        try:
+            entry = self.function_specs[name]
+        except KeyError:
+            listed = ", ".join(sorted(self.function_specs)) or "none"
+            raise NotFoundError(f"function {name!r} is not in {CONFIG_FILE} (it lists: {listed})") from None
+        if isinstance(entry, str):
+            entry = {"handler": entry}
+        if not isinstance(entry, Mapping):
+            raise ProjectError(f"{CONFIG_FILE}: functions.{name} must be 'file.py:handler' or a mapping")
+        entry = dict(entry)
+        target = entry.pop("handler", None)
+        file = entry.pop("file", None)
+        if target and ":" in target and file is None:
+            file, target = target.rsplit(":", 1)
+        if not file or not target:
+            raise ProjectError(f"{CONFIG_FILE}: functions.{name} needs file and handler (e.g. handler: train.py:train)")
+        return Function.from_file(self._path(file), target, name=name, **entry)
+
+    def get_function(self, ref: str) -> Function:
+        """A shoal.yaml function by name (built from its file), else a stored version by reference."""
+        base = ref.split(":")[0].split("@")[0]
+        if ref == base and ref in self.function_specs:
+            return self.function_from_config(ref)
+        return self.functions.get(ref)
+
+    def flush(self) -> None:
+        """Wait until every finished run is written to the database."""
+        if self._recorder is not None:
+            self._recorder.flush()
+
+    def close(self) -> None:
+        self.flush()
+        with self._lock:
+            store, self._store, self._recorder = self._store, None, None
+        if store is not None:
+            store.close()
+
+    def __enter__(self) -> "Project":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<shoal.Project {self.name} root={self.root} database={self.database}>"
+
+
+_projects: dict[tuple, Project] = {}
+_projects_lock = threading.Lock()
+
+
+def project(
+    path: str | os.PathLike = ".",
+    *,
+    name: str | None = None,
+    home: str | os.PathLike | None = None,
+    database: str | None = None,
+    artifacts: str | None = None,
+    backend: str | None = None,
+) -> Project:
+    """Open (or create on first write) the project at ``path``; one instance per settings and process."""
+    key = (str(pathlib.Path(path).resolve()), name, str(home) if home else None, database, artifacts, backend)
+    with _projects_lock:
+        found = _projects.get(key)
+        if found is None:
+            found = _projects[key] = Project(
+                path, name=name, home=home, database=database, artifacts=artifacts, backend=backend
+            )
+        return found
+
+
+def current_project() -> Project:
+    """The project of the working folder (used when a run names none)."""
+    return project(".")

@@ -1,0 +1,386 @@
+"""The driver side of running: check, record, submit, retry, collect.
+
+The same path serves every backend: parameters are checked and the function version saved before
+anything runs; a pending record is written; the backend runs ``execute(task)`` somewhere and hands
+back an outcome; failed attempts are resubmitted while ``retries`` allow; the final outcome is
+recorded (by the Recorder) before the handle resolves.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import threading
+import uuid
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
+
+from .artifacts import Artifact, reference
+from .errors import CodeError, ParamError, ShoalError, WorkerLostError
+from .execution import RunOutcome, RunTask, error_record
+from .params import bind
+from .runs import Run, RunHandle
+
+if TYPE_CHECKING:  # pragma: no cover
+    from shoal.backends.base import Backend, BackendFuture
+
+    from .function import Function
+    from .project import Project
+
+
+def new_uid() -> str:
+    return uuid.uuid4().hex
+
+
+def utc(timestamp: float | None) -> datetime | None:
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, tz=timezone.utc)
+
+
+def resolve_backend(fn: "Function", backend: Any, project: "Project") -> "Backend":
+    """A Backend object as given, or the shared embedded one for a name, adapted to the replicas."""
+    from shoal.backends import Backend, shared
+
+    if isinstance(backend, Backend):
+        return backend
+    name = backend or fn.spec.backend or project.default_backend or "local"
+    engine = shared(name)
+    engine.adapt(fn.replicas.min, fn.replicas.max)
+    return engine
+
+
+class Driver:
+    """Runs of one function on one backend within one project."""
+
+    def __init__(self, fn: "Function", project: "Project", backend: "Backend"):
+        self.fn = fn
+        self.project = project
+        self.backend = backend
+        self.recorder = project.recorder
+        self._local_callable = None if backend.remote else fn
+        project.functions.ensure_saved(fn)
+
+    # -- preparing ----------------------------------------------------------------------------
+    def _handler(self):
+        try:
+            return self.fn.callable
+        except CodeError as exc:
+            if isinstance(exc.__cause__, ImportError):
+                return None  # the driver lacks a worker-side package: check names on the workers
+            raise
+
+    def prepare(
+        self, params: Mapping[str, Any] | None, inputs: Mapping[str, Any] | None, *, from_text: bool = False
+    ) -> tuple[dict[str, Any], dict[str, Artifact]]:
+        """Checked parameters and stored inputs; raises before anything is recorded."""
+        if params is not None and not isinstance(params, Mapping):
+            raise ParamError(f"params must be a mapping of name -> value, got {type(params).__name__}")
+        inputs = dict(inputs or {})
+        clash = sorted(set(inputs) & set(params or {}))
+        if clash:
+            raise ParamError(f"{clash[0]!r} is given both as a parameter and as an input; use one")
+        handler = self._handler()
+        if handler is None:
+            bound = {**self.fn.spec.defaults, **dict(params or {})}
+        else:
+            bound = bind(
+                handler,
+                params,
+                defaults=self.fn.spec.defaults,
+                input_names=tuple(inputs),
+                from_text=from_text,
+                handler=f"{self.fn.name} ({self.fn.handler})",
+            )
+        return bound, self._stage_inputs(inputs)
+
+    def _stage_inputs(self, inputs: dict[str, Any]) -> dict[str, Artifact]:
+        staged = {}
+        for key, value in inputs.items():
+            if not isinstance(key, str) or not key.isidentifier():
+                raise ParamError(f"input names must be identifiers, got {key!r}")
+            artifact = reference(value, key)
+            if artifact is None:  # a value: store it once by content, ship only its URL
+                artifact = self.project.artifacts.put_content_addressed(
+                    f"{self.project.name}/inputs", value, key=key
+                )
+            staged[key] = artifact
+        return staged
+
+    def new_record(
+        self,
+        params: dict[str, Any],
+        inputs: dict[str, Artifact],
+        *,
+        parent: str | None = None,
+        iteration: int | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        return {
+            "uid": new_uid(),
+            "function": self.fn.name,
+            "function_hash": self.fn.hash,
+            "state": "pending",
+            "params": params,
+            "inputs": {key: artifact.url for key, artifact in inputs.items()},
+            "parent": parent,
+            "iteration": iteration,
+            "backend": self.backend.name,
+            "labels": dict(labels or {}),
+            "attempts": 0,
+        }
+
+    # -- running ------------------------------------------------------------------------------
+    def launch(
+        self, record: dict[str, Any], inputs: dict[str, Artifact], *, watch: bool = False, scope: Any = None
+    ) -> RunHandle:
+        """Submit an already recorded run; returns its handle at once."""
+        spec = self.fn.spec
+        task = RunTask(
+            uid=record["uid"],
+            project=self.project.name,
+            function=self.fn.name,
+            function_hash=self.fn.hash,
+            handler=self.fn.handler,
+            code=self.fn.code,
+            params=record["params"],
+            artifact_url=self.project.artifacts_url,
+            inputs={key: artifact.to_record() for key, artifact in inputs.items()},
+            timeout=spec.timeout,
+            iteration=record.get("iteration"),
+            env={k: v for k, v in spec.env.items() if isinstance(v, str)},
+            echo=watch,
+            scope=scope,
+            callable=self._local_callable.callable if self._local_callable is not None else None,
+        )
+        flight = _Flight(task=task, record=record)
+        flight.handle = RunHandle(task.uid, self.fn.name, lambda handle: self._cancel(flight))
+        self._submit(flight)
+        return flight.handle
+
+    def _submit(self, flight: "_Flight") -> None:
+        def on_start(uid: str, started: float) -> None:
+            flight.handle._set_state("running")
+            self.recorder.started(uid, {"state": "running", "started_at": utc(started)})
+
+        try:
+            future = self.backend.submit(flight.task, on_start)
+        except Exception as exc:  # noqa: BLE001 - the engine refused: record a failure, never hang
+            self._record(flight, _failed_outcome(flight.task, exc))
+            return
+        flight.future = future
+        if flight.handle.cancel_requested:
+            future.cancel()
+        future.add_done_callback(lambda f: self._on_done(flight, f))
+
+    def _on_done(self, flight: "_Flight", future: "BackendFuture") -> None:
+        outcome = _outcome_of(flight.task, future)
+        retries = self.fn.spec.retries
+        if (
+            outcome.state == "failed"
+            and flight.task.attempt <= retries
+            and not flight.handle.cancel_requested
+        ):
+            flight.earlier_logs.append(outcome.logs)
+            flight.task = dataclasses.replace(flight.task, attempt=flight.task.attempt + 1)
+            self._submit(flight)
+            return
+        self._record(flight, outcome)
+
+    def _record(self, flight: "_Flight", outcome: RunOutcome) -> None:
+        logs = outcome.logs
+        if flight.earlier_logs:
+            parts = [f"--- attempt {i + 1} ---\n{text}" for i, text in enumerate(flight.earlier_logs + [logs])]
+            logs = "\n".join(parts)
+        fields = {
+            "state": outcome.state,
+            "results": outcome.results,
+            "metrics": outcome.metrics,
+            "logs": logs,
+            "error": outcome.error,
+            "attempts": outcome.attempt,
+            "started_at": utc(outcome.started_at),
+            "ended_at": utc(outcome.ended_at),
+        }
+        record = {**flight.record, **fields}
+        artifacts = {a["key"]: Artifact.from_record(a) for a in outcome.artifacts}
+        run = Run(
+            uid=record["uid"],
+            function=record["function"],
+            function_hash=record["function_hash"],
+            state=outcome.state,
+            params=record["params"],
+            inputs=record["inputs"],
+            results=outcome.results,
+            metrics=outcome.metrics,
+            artifacts=artifacts,
+            logs=logs,
+            error=outcome.error,
+            attempts=outcome.attempt,
+            parent=record.get("parent"),
+            iteration=record.get("iteration"),
+            backend=record["backend"],
+            labels=record["labels"],
+            created_at=flight.created_at,
+            started_at=fields["started_at"],
+            ended_at=fields["ended_at"],
+        )
+        self.recorder.finished(run.uid, fields, outcome.artifacts, lambda problem: flight.handle._finish(run))
+
+    def _cancel(self, flight: "_Flight") -> bool:
+        if flight.future is None:
+            return True  # cancel_requested is set; _submit cancels as soon as the future exists
+        return flight.future.cancel()
+
+
+@dataclasses.dataclass(eq=False)
+class _Flight:
+    """Driver-side state of one run across its attempts."""
+
+    task: RunTask
+    record: dict[str, Any]
+    handle: RunHandle = None  # type: ignore[assignment]
+    future: Any = None
+    earlier_logs: list[str] = dataclasses.field(default_factory=list)
+    created_at: datetime = dataclasses.field(default_factory=lambda: datetime.now(timezone.utc))
+
+
+def _outcome_of(task: RunTask, future: "BackendFuture") -> RunOutcome:
+    try:
+        return future.result()
+    except cf.CancelledError:
+        now = datetime.now(timezone.utc).timestamp()
+        return RunOutcome(
+            uid=task.uid,
+            state="cancelled",
+            attempt=task.attempt,
+            started_at=now,
+            ended_at=now,
+            error={"type": "CancelledError", "message": "run was cancelled before it started", "traceback": ""},
+        )
+    except Exception as exc:  # noqa: BLE001 - engine failures become failed outcomes
+        return _failed_outcome(task, exc)
+
+
+def _failed_outcome(task: RunTask, exc: Exception) -> RunOutcome:
+    now = datetime.now(timezone.utc).timestamp()
+    message = str(exc)
+    if isinstance(exc, WorkerLostError):
+        message = f"worker lost: {exc}"
+    record = error_record(exc, message)
+    if isinstance(exc, ShoalError):
+        record["type"] = type(exc).__name__
+    return RunOutcome(uid=task.uid, state="failed", attempt=task.attempt, started_at=now, ended_at=now, error=record)
+
+
+# -- entry points used by Function.run / submit / map ------------------------------------------------
+def _driver(fn: "Function", backend: Any, project: "Project | None") -> Driver:
+    from .project import current_project
+
+    project = project if project is not None else current_project()
+    return Driver(fn, project, resolve_backend(fn, backend, project))
+
+
+def submit_function(
+    fn: "Function",
+    params: Mapping[str, Any] | None,
+    inputs: Mapping[str, Any] | None,
+    *,
+    backend: Any = None,
+    project: "Project | None" = None,
+    watch: bool = False,
+    from_text: bool = False,
+    labels: Mapping[str, str] | None = None,
+) -> RunHandle:
+    driver = _driver(fn, backend, project)
+    bound, staged = driver.prepare(params, inputs, from_text=from_text)
+    record = driver.new_record(bound, staged, labels=labels)
+    driver.project.store.create_runs([record])
+    return driver.launch(record, staged, watch=watch)
+
+
+def run_function(
+    fn: "Function",
+    params: Mapping[str, Any] | None,
+    inputs: Mapping[str, Any] | None,
+    *,
+    backend: Any = None,
+    project: "Project | None" = None,
+    watch: bool = True,
+    from_text: bool = False,
+) -> Run:
+    handle = submit_function(
+        fn, params, inputs, backend=backend, project=project, watch=watch, from_text=from_text
+    )
+    return _wait_all([handle])[0]
+
+
+def _wait_all(handles: list[RunHandle]) -> list[Run]:
+    """Wait for every handle; on Ctrl-C cancel the unfinished ones, let them be recorded, re-raise."""
+    try:
+        for handle in handles:
+            handle.wait()
+    except KeyboardInterrupt:
+        for handle in handles:
+            handle.cancel()
+        for handle in handles:
+            handle.wait(30)
+        raise
+    return [handle.result() for handle in handles]
+
+
+def map_function(
+    fn: "Function",
+    params_list: Iterable[Mapping[str, Any]],
+    inputs: Mapping[str, Any] | None,
+    *,
+    backend: Any = None,
+    project: "Project | None" = None,
+    watch: bool = False,
+) -> list[Run]:
+    """One parent run and one child run per params mapping; children come back in input order."""
+    if isinstance(params_list, Mapping) or isinstance(params_list, (str, bytes)):
+        raise ParamError("map takes a list of parameter mappings, e.g. [{'x': 1}, {'x': 2}]")
+    items = list(params_list)
+    driver = _driver(fn, backend, project)
+    checked = []
+    for index, params in enumerate(items):
+        try:
+            checked.append(driver.prepare(params, inputs)[0])
+        except ParamError as exc:
+            raise ParamError(f"params[{index}]: {exc}") from None
+    staged = driver.prepare(checked[0] if checked else {}, inputs)[1] if inputs else {}
+    parent = driver.new_record({"map": len(items)}, staged)
+    parent["state"] = "running"
+    parent["started_at"] = datetime.now(timezone.utc)
+    children = [driver.new_record(p, staged, parent=parent["uid"], iteration=i) for i, p in enumerate(checked)]
+    driver.project.store.create_runs([parent] + children)
+    handles = [driver.launch(child, staged, watch=watch) for child in children]
+    try:
+        runs = _wait_all(handles)
+    except KeyboardInterrupt:
+        _finish_parent(driver, parent, [h.result(0) if h.done() else None for h in handles], interrupted=True)
+        raise
+    _finish_parent(driver, parent, runs)
+    return runs
+
+
+def _finish_parent(driver: Driver, parent: dict, runs: list, interrupted: bool = False) -> None:
+    counts = {"completed": 0, "failed": 0, "cancelled": 0}
+    for run in runs:
+        state = run.state if run is not None else "cancelled"
+        counts[state] = counts.get(state, 0) + 1
+    state = "cancelled" if interrupted else ("completed" if counts["completed"] == len(runs) else "failed")
+    error = None
+    if state == "failed":
+        failed = [r for r in runs if r is not None and r.state != "completed"]
+        first = failed[0].error or {}
+        error = {
+            "type": "MapError",
+            "message": f"{len(failed)} of {len(runs)} runs did not complete; first: iteration "
+            f"{failed[0].iteration}: {first.get('type')}: {first.get('message')}",
+            "traceback": "",
+        }
+    fields = {"state": state, "results": counts, "error": error, "ended_at": datetime.now(timezone.utc)}
+    done = threading.Event()
+    driver.recorder.finished(parent["uid"], fields, [], lambda problem: done.set())
+    done.wait()
+

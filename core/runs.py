@@ -1,0 +1,198 @@
+"""``shoal.Run`` (a recorded execution) and ``shoal.RunHandle`` (a run in flight)."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+from typing import Any, Callable
+
+from .artifacts import Artifact
+from .errors import RunFailedError, RunTimeoutError
+
+
+class RunState(str, Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED)
+
+
+FINAL_STATES = ("completed", "failed", "cancelled")
+STATES = tuple(s.value for s in RunState)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One execution of one function version, as recorded."""
+
+    uid: str
+    function: str
+    function_hash: str
+    state: str
+    params: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, Any] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, list] = field(default_factory=dict)
+    artifacts: dict[str, Artifact] = field(default_factory=dict)
+    logs: str = ""
+    error: dict[str, str] | None = None
+    attempts: int = 0
+    parent: str | None = None
+    iteration: int | None = None
+    backend: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from start to end (None until both are known)."""
+        if self.started_at is None or self.ended_at is None:
+            return None
+        return (self.ended_at - self.started_at).total_seconds()
+
+    @property
+    def ok(self) -> bool:
+        return self.state == RunState.COMPLETED
+
+    def output(self, key: str) -> Any:
+        """A result by key, or the loaded artifact of that key."""
+        if key in self.results:
+            return self.results[key]
+        if key in self.artifacts:
+            return self.artifacts[key].load()
+        raise KeyError(f"run {self.uid[:12]} has no result or artifact {key!r}")
+
+    def raise_for_state(self) -> "Run":
+        """Raise RunFailedError unless the run completed."""
+        if self.state != RunState.COMPLETED:
+            error = self.error or {}
+            detail = f": {error.get('type')}: {error.get('message')}" if error else ""
+            raise RunFailedError(f"run {self.uid[:12]} of {self.function} {self.state}{detail}", run=self)
+        return self
+
+    @classmethod
+    def from_record(cls, record: Any) -> "Run":
+        return cls(
+            uid=record.uid,
+            function=record.function,
+            function_hash=record.function_hash,
+            state=record.state,
+            params=dict(record.params or {}),
+            inputs=dict(record.inputs or {}),
+            results=dict(record.results or {}),
+            metrics=dict(record.metrics or {}),
+            artifacts={a.key: Artifact.from_record(a) for a in (record.artifacts or ())},
+            logs=record.logs or "",
+            error=record.error,
+            attempts=record.attempts or 0,
+            parent=record.parent,
+            iteration=record.iteration,
+            backend=record.backend or "",
+            labels=dict(record.labels or {}),
+            created_at=record.created_at,
+            started_at=record.started_at,
+            ended_at=record.ended_at,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        def iso(value: datetime | None) -> str | None:
+            return value.isoformat() if value else None
+
+        return {
+            "uid": self.uid,
+            "function": self.function,
+            "function_hash": self.function_hash,
+            "state": self.state,
+            "params": self.params,
+            "inputs": self.inputs,
+            "results": self.results,
+            "metrics": self.metrics,
+            "artifacts": {key: a.to_record() for key, a in self.artifacts.items()},
+            "error": self.error,
+            "attempts": self.attempts,
+            "parent": self.parent,
+            "iteration": self.iteration,
+            "backend": self.backend,
+            "labels": self.labels,
+            "created_at": iso(self.created_at),
+            "started_at": iso(self.started_at),
+            "ended_at": iso(self.ended_at),
+            "duration": self.duration,
+        }
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v!r}" for k, v in list(self.results.items())[:4])
+        return f"<shoal.Run {self.uid[:12]} {self.function} {self.state}{' ' + shown if shown else ''}>"
+
+
+class RunHandle:
+    """A submitted run: poll ``state``, ``wait``, get the recorded ``result()``, or ``cancel()``."""
+
+    def __init__(self, uid: str, function: str, canceller: Callable[["RunHandle"], bool]):
+        self.uid = uid
+        self.function = function
+        self._canceller = canceller
+        self._state = RunState.PENDING.value
+        self._run: Run | None = None
+        self._done = threading.Event()
+        self._callbacks: list[Callable[["RunHandle"], None]] = []
+        self._lock = threading.Lock()
+        self.cancel_requested = False
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the run is recorded as finished; False if ``timeout`` passed first."""
+        return self._done.wait(timeout)
+
+    def result(self, timeout: float | None = None) -> Run:
+        """The recorded Run once finished (whatever its state; see ``Run.raise_for_state``)."""
+        if not self._done.wait(timeout):
+            raise RunTimeoutError(f"run {self.uid[:12]} of {self.function} still {self._state} after {timeout} s")
+        assert self._run is not None
+        return self._run
+
+    def cancel(self) -> bool:
+        """Cancel if pending, stop if running; True if the request was delivered."""
+        if self._done.is_set():
+            return False
+        self.cancel_requested = True
+        return self._canceller(self)
+
+    def add_done_callback(self, callback: Callable[["RunHandle"], None]) -> None:
+        with self._lock:
+            if not self._done.is_set():
+                self._callbacks.append(callback)
+                return
+        callback(self)
+
+    # driver side
+    def _set_state(self, state: str) -> None:
+        if not self._done.is_set():
+            self._state = state
+
+    def _finish(self, run: Run) -> None:
+        with self._lock:
+            self._run = run
+            self._state = run.state
+            self._done.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback(self)
+
+    def __repr__(self) -> str:
+        return f"<shoal.RunHandle {self.uid[:12]} {self.function} {self._state}>"

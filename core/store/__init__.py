@@ -1,0 +1,14 @@
+"""The store: every function version (by content hash) with movable tags, runs, artifact records.
+
+SQLite by default (WAL, safe under many concurrent writer processes), PostgreSQL by URL; the schema
+is versioned with alembic and migrated when a :class:`Store` opens. Importing this package pulls in
+SQLAlchemy but not alembic, which loads only when a database actually needs migrating.
+"""
+
+from __future__ import annotations
+
+from .engine import open_engine
+from .records import ArtifactRecord, FunctionRecord, RunRecord
+from .store import Store
+
+__all__ = ["ArtifactRecord", "FunctionRecord", "RunRecord", "Store", "open_engine"]

@@ -1,0 +1,240 @@
+"""Runs and their artifact records, as queries on an open connection.
+
+Built for batches: callers hand over many runs or many finished runs at once and each becomes a
+handful of statements (executemany) however large the batch, which keeps bookkeeping off the hot
+path. The :class:`~shoal.store.Store` owns transactions; these functions only read and write rows.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from ..errors import AmbiguousError, NotFoundError, StoreError
+from .records import ArtifactRecord, RunRecord
+from .refs import check_prefix
+from .schema import ARTIFACT_FIELDS, RUN_FIELDS, artifacts, runs
+from .upsert import upsert
+
+REQUIRED_RUN_FIELDS = ("uid", "function", "function_hash")
+JSON_MAPS = ("params", "inputs", "results", "metrics", "labels")
+NULLABLE_RUN_FIELDS = frozenset(c.name for c in runs.columns if c.nullable)
+UPDATABLE_RUN_FIELDS = frozenset(RUN_FIELDS) - {"uid", "created_at"}
+REQUIRED_ARTIFACT_FIELDS = ("key", "url", "kind")
+CHUNK = 500  # bound on IN (...) lists, well under SQLite's and PostgreSQL's parameter limits
+LIST_HINT = "run `shoal runs list` to see recent runs"
+
+
+def _unknown(fields: Iterable[str], known: Iterable[str], what: str) -> None:
+    unknown = sorted(set(fields) - set(known))
+    if unknown:
+        raise StoreError(f"unknown {what} field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+
+
+def _check_uid(uid: Any) -> str:
+    if not isinstance(uid, str) or not uid or len(uid) > 32:
+        raise StoreError(f"invalid run uid {uid!r}: expected a string of 1-32 characters")
+    return uid
+
+
+def new_run_rows(project: str, items: Sequence[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
+    """Complete run dicts with defaults ({} maps, "" logs, 0 attempts, now) into insertable rows."""
+    rows = []
+    for item in items:
+        _unknown(item, RUN_FIELDS, "run")
+        missing = [field for field in REQUIRED_RUN_FIELDS if item.get(field) in (None, "")]
+        if missing:
+            raise StoreError(f"run {item.get('uid')!r} lacks required field(s) {', '.join(missing)}")
+        _check_uid(item["uid"])
+        row: dict[str, Any] = {
+            "project": project,
+            "parent": None,
+            "iteration": None,
+            "state": "pending",
+            "error": None,
+            "logs": "",
+            "attempts": 0,
+            "backend": "",
+            "created_at": now,
+            "started_at": None,
+            "ended_at": None,
+            "updated_at": now,
+            **{field: {} for field in JSON_MAPS},
+        }
+        # None means "use the default" except where None is a real value.
+        row.update({key: value for key, value in item.items() if value is not None or key in NULLABLE_RUN_FIELDS})
+        rows.append(row)
+    return rows
+
+
+def insert_runs(connection: Connection, rows: list[dict[str, Any]]) -> None:
+    """Insert new runs (a uid that already exists is an IntegrityError, by design)."""
+    if rows:
+        connection.execute(runs.insert(), rows)
+
+
+def require_runs(connection: Connection, project: str, uids: Iterable[str]) -> None:
+    """Raise NotFoundError unless every uid is a run of ``project``."""
+    wanted = set(uids)
+    found: set[str] = set()
+    ordered = sorted(wanted)
+    for start in range(0, len(ordered), CHUNK):
+        chunk = ordered[start : start + CHUNK]
+        found.update(
+            connection.execute(
+                sa.select(runs.c.uid).where(runs.c.project == project, runs.c.uid.in_(chunk))
+            ).scalars()
+        )
+    missing = sorted(wanted - found)
+    if missing:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise NotFoundError(f"no run with uid {shown} in project {project!r}; {LIST_HINT}")
+
+
+def update_runs(connection: Connection, project: str, items: Sequence[tuple[str, dict[str, Any]]], now: datetime) -> None:
+    """Apply each ``(uid, fields)``; runs with the same set of fields share one executemany."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
+    for uid, fields in items:
+        _check_uid(uid)
+        _unknown(fields, UPDATABLE_RUN_FIELDS, "run")
+        values = {"updated_at": now, **fields}
+        for field in JSON_MAPS:
+            if field in values and values[field] is None:
+                values[field] = {}
+        groups[tuple(sorted(values))].append({"_uid": uid, **{f"v_{k}": v for k, v in values.items()}})
+    for names, params in groups.items():
+        statement = (
+            runs.update()
+            .where(runs.c.project == project, runs.c.uid == sa.bindparam("_uid"))
+            .values({name: sa.bindparam(f"v_{name}", type_=runs.c[name].type) for name in names})
+        )
+        connection.execute(statement, params)
+
+
+def artifact_rows(project: str, uid: str, items: Sequence[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
+    """Complete artifact dicts of run ``uid`` into insertable rows."""
+    rows = []
+    for item in items:
+        _unknown(item, ARTIFACT_FIELDS, "artifact")
+        missing = [field for field in REQUIRED_ARTIFACT_FIELDS if item.get(field) in (None, "")]
+        if missing:
+            raise StoreError(f"artifact {item.get('key')!r} of run {uid} lacks required field(s) {', '.join(missing)}")
+        if item.get("run_uid", uid) != uid:
+            raise StoreError(f"artifact {item['key']!r} names run {item['run_uid']!r} but is recorded for run {uid!r}")
+        rows.append(
+            {
+                "project": project,
+                "run_uid": uid,
+                "format": None,
+                "size": None,
+                "sha256": None,
+                "created_at": now,
+                **item,
+                "meta": item.get("meta") or {},
+            }
+        )
+    return rows
+
+
+def upsert_artifacts(connection: Connection, rows: list[dict[str, Any]]) -> None:
+    """Insert artifact records, replacing any (run_uid, key) left by an earlier attempt."""
+    unique = list({(row["run_uid"], row["key"]): row for row in rows}.values())  # last one wins
+    upsert(
+        connection,
+        artifacts,
+        unique,
+        keys=("run_uid", "key"),
+        update=[field for field in ARTIFACT_FIELDS if field not in ("run_uid", "key")] + ["project"],
+    )
+
+
+def get(connection: Connection, project: str, uid_or_prefix: str) -> RunRecord:
+    """The run with this uid, else the one run whose uid starts with it."""
+    row = connection.execute(
+        sa.select(runs).where(runs.c.project == project, runs.c.uid == uid_or_prefix)
+    ).first()
+    if row is None:
+        prefix = check_prefix(uid_or_prefix, "run uid prefix", hex_only=False)
+        rows = connection.execute(
+            sa.select(runs)
+            .where(runs.c.project == project, runs.c.uid.startswith(prefix, autoescape=True))
+            .order_by(runs.c.uid)
+            .limit(11)
+        ).all()
+        if not rows:
+            raise NotFoundError(f"no run with uid or uid prefix {uid_or_prefix!r} in project {project!r}; {LIST_HINT}")
+        if len(rows) > 1:
+            shown = ", ".join(r.uid for r in rows[:10]) + (", ..." if len(rows) > 10 else "")
+            raise AmbiguousError(f"run uid prefix {uid_or_prefix!r} matches several runs: {shown}; give more characters")
+        row = rows[0]
+    return _records(connection, [row])[0]
+
+
+def _filters(project: str, function: str | None, state: str | Sequence[str] | None, parent: str | None) -> list[Any]:
+    where: list[Any] = [runs.c.project == project]
+    if function is not None:
+        where.append(runs.c.function == function)
+    if isinstance(state, str):
+        where.append(runs.c.state == state)
+    elif state is not None:
+        where.append(runs.c.state.in_(list(state)))
+    if parent is not None:
+        where.append(runs.c.parent == parent)
+    return where
+
+
+def query(
+    connection: Connection,
+    project: str,
+    function: str | None = None,
+    state: str | Sequence[str] | None = None,
+    parent: str | None = None,
+    limit: int | None = None,
+) -> list[RunRecord]:
+    """Matching runs, newest first; equal creation times are ordered by uid (descending)."""
+    statement = (
+        sa.select(runs)
+        .where(*_filters(project, function, state, parent))
+        .order_by(runs.c.created_at.desc(), runs.c.uid.desc())
+    )
+    if limit is not None:
+        statement = statement.limit(max(0, int(limit)))
+    return _records(connection, connection.execute(statement).all())
+
+
+def count(
+    connection: Connection,
+    project: str,
+    function: str | None = None,
+    state: str | Sequence[str] | None = None,
+    parent: str | None = None,
+) -> int:
+    """How many runs match (same filters as :func:`query`)."""
+    statement = sa.select(sa.func.count()).select_from(runs).where(*_filters(project, function, state, parent))
+    return int(connection.execute(statement).scalar() or 0)
+
+
+def _records(connection: Connection, rows: Sequence[Any]) -> list[RunRecord]:
+    """Rows of ``runs`` as records with their artifacts (one extra query per 500 runs)."""
+    by_run: dict[str, list[ArtifactRecord]] = defaultdict(list)
+    uids = [row.uid for row in rows]
+    for start in range(0, len(uids), CHUNK):
+        statement = (
+            sa.select(artifacts)
+            .where(artifacts.c.run_uid.in_(uids[start : start + CHUNK]))
+            .order_by(artifacts.c.run_uid, artifacts.c.created_at, artifacts.c.key)
+        )
+        for a in connection.execute(statement):
+            by_run[a.run_uid].append(ArtifactRecord(**{field: getattr(a, field) for field in ARTIFACT_FIELDS}))
+    return [
+        RunRecord(
+            **{field: getattr(row, field) for field in RUN_FIELDS},
+            artifacts=tuple(by_run.get(row.uid, ())),
+        )
+        for row in rows
+    ]

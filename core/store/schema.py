@@ -1,0 +1,126 @@
+"""The tables at the head revision, as SQLAlchemy Core objects the queries are written against.
+
+The migrations in ``migrations/versions`` are the source of truth for the database; this module must
+describe the same schema (a test compares ``create_all`` from here with the migrated database).
+Every table has a ``project`` column so one PostgreSQL database can serve many projects.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+metadata = sa.MetaData()
+
+
+class UTCDateTime(sa.types.TypeDecorator):
+    """A timestamp that always comes back timezone-aware in UTC, on SQLite too.
+
+    SQLite has no timezone type, so values are stored as naive UTC there; PostgreSQL keeps
+    ``timestamptz``. Naive inputs are taken as local time (Python's ``astimezone`` convention).
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, datetime):
+            raise TypeError(f"expected a datetime, got {type(value).__name__}: {value!r}")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware in UTC (what every timestamp column holds)."""
+    return datetime.now(timezone.utc)
+
+
+def _project() -> sa.Column[Any]:
+    return sa.Column("project", sa.String(128), nullable=False)
+
+
+functions = sa.Table(
+    "functions",
+    metadata,
+    _project(),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("spec", sa.JSON(), nullable=False),
+    sa.Column("description", sa.Text(), nullable=True),
+    sa.Column("labels", sa.JSON(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.PrimaryKeyConstraint("project", "name", "hash", name="pk_functions"),
+)
+
+function_tags = sa.Table(
+    "function_tags",
+    metadata,
+    _project(),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("tag", sa.String(128), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.PrimaryKeyConstraint("project", "name", "tag", name="pk_function_tags"),
+)
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("uid", sa.String(32), nullable=False),
+    _project(),
+    sa.Column("function", sa.String(255), nullable=False),
+    sa.Column("function_hash", sa.String(64), nullable=False),
+    sa.Column("parent", sa.String(32), nullable=True),
+    sa.Column("iteration", sa.Integer(), nullable=True),
+    sa.Column("state", sa.String(32), nullable=False),
+    sa.Column("params", sa.JSON(), nullable=False),
+    sa.Column("inputs", sa.JSON(), nullable=False),
+    sa.Column("results", sa.JSON(), nullable=False),
+    sa.Column("metrics", sa.JSON(), nullable=False),
+    sa.Column("error", sa.JSON(none_as_null=True), nullable=True),
+    sa.Column("logs", sa.Text(), nullable=False),
+    sa.Column("attempts", sa.Integer(), nullable=False),
+    sa.Column("backend", sa.String(64), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("started_at", UTCDateTime(), nullable=True),
+    sa.Column("ended_at", UTCDateTime(), nullable=True),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    # Added by 0002 (ALTER TABLE appends it last); the server default fills rows of older databases.
+    sa.Column("labels", sa.JSON(), nullable=False, server_default=sa.text("'{}'")),
+    sa.PrimaryKeyConstraint("uid", name="pk_runs"),
+    sa.Index("ix_runs_parent", "parent"),
+    sa.Index("ix_runs_project_created", "project", "created_at"),
+    sa.Index("ix_runs_project_function_created", "project", "function", "created_at"),
+    sa.Index("ix_runs_project_state", "project", "state"),
+)
+
+artifacts = sa.Table(
+    "artifacts",
+    metadata,
+    _project(),
+    sa.Column("run_uid", sa.String(32), nullable=False),
+    sa.Column("key", sa.String(255), nullable=False),
+    sa.Column("url", sa.Text(), nullable=False),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("format", sa.String(64), nullable=True),
+    sa.Column("size", sa.BigInteger(), nullable=True),
+    sa.Column("sha256", sa.String(64), nullable=True),
+    sa.Column("meta", sa.JSON(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.PrimaryKeyConstraint("run_uid", "key", name="pk_artifacts"),
+)
+
+RUN_FIELDS: tuple[str, ...] = tuple(c.name for c in runs.columns if c.name != "project")
+ARTIFACT_FIELDS: tuple[str, ...] = tuple(c.name for c in artifacts.columns if c.name != "project")
