@@ -208,22 +208,25 @@ _modules_lock = threading.Lock()
 
 def load_handler(code: Code, handler: str) -> Callable:
     """Rebuild the handler from shipped code (cached per code fingerprint in this process)."""
+    return _unwrap(load_object(code, handler))
+
+
+def load_object(code: Code, handler: str) -> Any:
+    """The object the code binds to ``handler`` (a plain function, or a decorated shoal.Function)."""
     if code.kind == "pickle":
         import cloudpickle
 
         try:
-            obj = cloudpickle.loads(base64.b64decode(code.text))
+            return cloudpickle.loads(base64.b64decode(code.text))
         except Exception as exc:  # noqa: BLE001
             raise CodeError(f"cannot unpickle the function's code: {exc}") from None
-        return _unwrap(obj)
-    module = _module_for(code)
-    obj: Any = module
+    obj: Any = _module_for(code)
     for part in handler.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
             raise CodeError(f"handler {handler!r} not found in {code.origin or 'the function code'}") from None
-    return _unwrap(obj)
+    return obj
 
 
 def _unwrap(obj: Any) -> Callable:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
-from .code import Code, capture, load_handler, source_from_file
-from .errors import SpecError
+from .code import Code, capture, load_handler, load_object, source_from_file
+from .errors import CodeError, SpecError
 from .hashing import function_hash
 from .spec import NAME_PATTERN, SPEC_FIELDS, FunctionSpec, build_spec, canonical_spec, shorthand_resources
 
@@ -173,11 +173,26 @@ class Function:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, handler: str, name: str | None = None, **options: Any) -> "Function":
-        """A function from ``handler`` in the source file ``path`` (the whole file is shipped)."""
+        """A function from ``handler`` in the source file ``path`` (the whole file is shipped).
+
+        If the handler is decorated with ``@shoal.function(...)``, its options are the base that
+        ``options`` override.
+        """
         code = source_from_file(path, handler)
+        try:
+            found = load_object(code, handler)
+        except CodeError as exc:
+            if not isinstance(exc.__cause__, ImportError):
+                raise
+            found = None  # a package only the workers have: ship the code unchecked
         spec_fields, metadata = _split_options(options)
+        if isinstance(found, Function):
+            spec = build_spec(spec_fields, base=found.spec)
+            metadata.setdefault("description", found.description)
+            metadata.setdefault("labels", found.labels)
+            return cls(name or found.name, handler, spec, code=code, callable=found.callable, **metadata)
         spec = build_spec(spec_fields)
-        return cls(name or handler.split(".")[-1], handler, spec, code=code, **metadata)
+        return cls(name or handler.split(".")[-1], handler, spec, code=code, callable=found, **metadata)
 
     def with_spec(self, **changes: Any) -> "Function":
         """A new Function with some spec fields (or name, description, labels) changed."""

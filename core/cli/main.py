@@ -1,0 +1,219 @@
+"""The ``shoal`` command line: run functions, inspect versions and runs, create projects.
+
+Errors print as one line on stderr with a non-zero exit (2 for bad input, 1 for failures);
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, List, Optional
+
+import typer
+
+from shoal.errors import ParamError, ShoalError
+
+from . import render
+
+app = typer.Typer(
+    help="shoal: elastic serverless functions on local threads, Dask or Ray, with recorded runs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+functions_app = typer.Typer(help="Stored function versions.", no_args_is_help=True)
+runs_app = typer.Typer(help="Recorded runs.", no_args_is_help=True)
+app.add_typer(functions_app, name="functions")
+app.add_typer(runs_app, name="runs")
+
+_state: dict[str, Any] = {"debug": False, "project": None}
+
+
+@app.callback()
+def _options(
+    project: Optional[str] = typer.Option(
+        None, "--project", "-C", envvar="SHOAL_PROJECT_DIR", help="Project folder (default: the working folder)."
+    ),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    _state["project"] = project
+    _state["debug"] = debug
+
+
+def _project():
+    import shoal
+
+    return shoal.project(_state["project"] or ".")
+
+
+def _pairs(values: List[str], option: str) -> dict[str, str]:
+    out = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ParamError(f"{option} {item!r} is not key=value; write e.g. {option} lr=0.1")
+        out[key.strip()] = value
+    return out
+
+
+def _load_target(target: str):
+    """``file.py:handler`` from a file, else a name/tag/hash from shoal.yaml or the store."""
+    from shoal import Function
+
+    path, sep, handler = target.rpartition(":")
+    if sep and (path.endswith(".py") or os.path.isfile(path)):
+        return Function.from_file(path, handler)
+    if target.endswith(".py"):
+        raise ParamError(f"name the handler too: {target}:<function name>")
+    return _project().get_function(target)
+
+
+# -- shoal run ----------------------------------------------------------------------------------
+@app.command()
+def run(
+    target: str = typer.Argument(..., help="FILE.py:HANDLER, or a function NAME[:tag|@hash]."),
+    param: List[str] = typer.Option([], "--param", "-p", help="Parameter key=value (repeatable)."),
+    input: List[str] = typer.Option([], "--input", "-i", help="Input key=path-or-URL (repeatable)."),
+    backend: Optional[str] = typer.Option(None, "--backend", "-b", help="local (default), or another backend."),
+    as_json: bool = typer.Option(False, "--json", help="Print the run record as JSON."),
+    watch: bool = typer.Option(True, "--watch/--no-watch", help="Stream the handler's output."),
+) -> None:
+    """Run a function once and record the run."""
+    from shoal.runner import run_function
+
+    fn = _load_target(target)
+    result = run_function(
+        fn,
+        _pairs(param, "--param"),
+        _pairs(input, "--input"),
+        backend=backend,
+        project=_project(),
+        watch=watch and not as_json,
+        from_text=True,
+    )
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2, default=str))
+    else:
+        render.run_summary(result)
+    if result.state != "completed":
+        raise typer.Exit(1)
+
+
+# -- shoal init ---------------------------------------------------------------------------------
+@app.command()
+def init(
+    path: str = typer.Argument(".", help="Project folder (created if missing)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Project name (default: the folder name)."),
+    example: bool = typer.Option(True, "--example/--no-example", help="Add an example train.py."),
+) -> None:
+    """Create a project: shoal.yaml, the .shoal home with its database, and an example function."""
+    from shoal.scaffold import create_project
+
+    created = create_project(path, name=name, example=example)
+    for item in created:
+        typer.echo(f"created {item}")
+    typer.echo(f"next: cd {path} && shoal run train --param lr=0.05" if example else "done")
+
+
+# -- shoal functions ------------------------------------------------------------------------------
+@functions_app.command("list")
+def functions_list(as_json: bool = typer.Option(False, "--json")) -> None:
+    """The latest version of every stored function."""
+    records = _project().functions.list()
+    if as_json:
+        typer.echo(json.dumps([render.function_dict(r) for r in records], indent=2, default=str))
+    else:
+        render.functions_table(records, title="functions")
+
+
+@functions_app.command("show")
+def functions_show(
+    ref: str = typer.Argument(..., help="NAME, NAME:tag or NAME@hash-prefix."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """One version's document (spec, metadata, code)."""
+    record = _project().functions.record(ref)
+    if as_json:
+        typer.echo(json.dumps(render.function_dict(record, full=True), indent=2, default=str))
+    else:
+        render.function_document(record)
+
+
+@functions_app.command("history")
+def functions_history(name: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Every stored version of a function, newest first."""
+    records = _project().functions.history(name)
+    if as_json:
+        typer.echo(json.dumps([render.function_dict(r) for r in records], indent=2, default=str))
+    else:
+        render.functions_table(records, title=f"history of {name}")
+
+
+@functions_app.command("diff")
+def functions_diff(a: str, b: str) -> None:
+    """Differences between two versions (spec and code), as a unified diff."""
+    text = _project().functions.diff(a, b)
+    typer.echo(text if text else "no differences")
+
+
+# -- shoal runs ---------------------------------------------------------------------------------
+@runs_app.command("list")
+def runs_list(
+    function: Optional[str] = typer.Option(None, "--function", "-f"),
+    state: Optional[str] = typer.Option(None, "--state", "-s", help="pending, running, completed, failed, cancelled"),
+    parent: Optional[str] = typer.Option(None, "--parent"),
+    limit: int = typer.Option(20, "--limit", "-n"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Recorded runs, newest first."""
+    from shoal.runs import STATES
+
+    if state is not None and state not in STATES:
+        raise ParamError(f"unknown state {state!r}; use one of {', '.join(STATES)}")
+    runs = _project().runs.list(function=function, state=state, parent=parent, limit=limit)
+    if as_json:
+        typer.echo(json.dumps([r.to_dict() for r in runs], indent=2, default=str))
+    else:
+        render.runs_table(runs)
+
+
+@runs_app.command("show")
+def runs_show(uid: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """One run: parameters, results, artifacts, error."""
+    found = _project().runs.get(uid)
+    if as_json:
+        typer.echo(json.dumps(found.to_dict(), indent=2, default=str))
+    else:
+        render.run_summary(found, detail=True)
+
+
+@runs_app.command("logs")
+def runs_logs(uid: str) -> None:
+    """The captured stdout/stderr of a run."""
+    typer.echo(_project().runs.logs(uid), nl=False)
+
+
+@app.command()
+def version() -> None:
+    """Print the shoal version."""
+    import shoal
+
+    typer.echo(shoal.__version__)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: one-line errors and meaningful exit codes."""
+    try:
+        app(args=argv)  # typer exits by itself on success, usage errors and typer.Exit
+    except ShoalError as exc:
+        if _state["debug"]:
+            raise
+        render.error(str(exc))
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
