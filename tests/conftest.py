@@ -1,0 +1,65 @@
+"""Shared fixtures: a project on SQLite in a temporary folder, and the PostgreSQL server when present."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+import shoal
+
+PG_ADMIN_URL = os.environ.get("SHOAL_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def postgres_available() -> str | None:
+    """None when the server answers, else the reason it does not."""
+    try:
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(PG_ADMIN_URL, connect_args={"connect_timeout": 3})
+        with engine.connect() as connection:
+            connection.execute(sa.text("select 1"))
+        engine.dispose()
+        return None
+    except Exception as exc:  # noqa: BLE001 - any failure means: skip with the reason
+        return f"PostgreSQL not reachable at {PG_ADMIN_URL}: {str(exc).splitlines()[0]}"
+
+
+_PG_REASON = postgres_available()
+requires_postgres = pytest.mark.skipif(_PG_REASON is not None, reason=_PG_REASON or "")
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> shoal.Project:
+    """A fresh project (SQLite + local artifact folder) in a temporary working folder."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SHOAL_DATABASE", raising=False)
+    monkeypatch.delenv("SHOAL_ARTIFACTS", raising=False)
+    proj = shoal.Project(tmp_path, name="test")
+    yield proj
+    proj.close()
+
+
+@pytest.fixture
+def pg_project(tmp_path) -> shoal.Project:
+    """A project on the PostgreSQL server (own project name, so tests do not see each other)."""
+    if _PG_REASON is not None:
+        pytest.skip(_PG_REASON)
+    proj = shoal.Project(tmp_path, name=f"t{uuid.uuid4().hex[:12]}", database=PG_ADMIN_URL)
+    yield proj
+    proj.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_project(request, tmp_path, monkeypatch) -> shoal.Project:
+    """The same test on SQLite and on PostgreSQL."""
+    monkeypatch.chdir(tmp_path)
+    if request.param == "postgresql":
+        if _PG_REASON is not None:
+            pytest.skip(_PG_REASON)
+        proj = shoal.Project(tmp_path, name=f"t{uuid.uuid4().hex[:12]}", database=PG_ADMIN_URL)
+    else:
+        proj = shoal.Project(tmp_path, name="test")
+    yield proj
+    proj.close()
