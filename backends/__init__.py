@@ -64,7 +64,7 @@ def _resolve(name: str) -> type[Backend]:
 
 
 def _parse(spec: str) -> tuple[str, dict[str, Any]]:
-    """"dask://host:8786" -> ("dask", {"address": "tcp://host:8786"}-style options)."""
+    """"dask://host:8786" -> ("dask", {"address": "dask://host:8786"}); each engine reads its own URL."""
     if "://" in spec:
         scheme = spec.split("://", 1)[0]
         return scheme, {"address": spec}

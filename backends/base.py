@@ -9,6 +9,7 @@ backend's: backends only move tasks and outcomes.
 from __future__ import annotations
 
 import queue
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Iterable, Iterator
@@ -79,16 +80,18 @@ class Backend(ABC):
         """Queue one task; ``on_start(uid, time)`` is called when it starts, where the engine tells."""
 
     def as_completed(self, futures: Iterable[BackendFuture], timeout: float | None = None) -> Iterator[BackendFuture]:
-        """Yield futures as they finish (any order)."""
-        pending = list(futures)
+        """Yield futures as they finish (any order); TimeoutError if they are not all done within
+        ``timeout`` seconds of the call (as ``concurrent.futures.as_completed``)."""
+        pending = list({id(future): future for future in futures}.values())
         done: queue.Queue[BackendFuture] = queue.Queue()
         for future in pending:
             future.add_done_callback(done.put)
-        for _ in pending:
+        end = None if timeout is None else time.monotonic() + timeout
+        for count in range(len(pending)):
             try:
-                yield done.get(timeout=timeout)
+                yield done.get(timeout=None if end is None else max(0.0, end - time.monotonic()))
             except queue.Empty:
-                raise TimeoutError(f"{len(pending)} futures not done within {timeout} s") from None
+                raise TimeoutError(f"{len(pending) - count} of {len(pending)} futures not done within {timeout} s") from None
 
     @abstractmethod
     def scale(self, n: int) -> None:

@@ -2,7 +2,8 @@
 
 It is the reference for the other backends: same outcomes, same records. Concurrency is bounded by
 the function's ``replicas.max`` (one task per thread); running tasks are stopped (timeout, cancel)
-by raising an exception in their thread.
+through a StopSignal (see ``shoal.execution``): an exception raised in the handler's thread, and
+for runs with a timeout a supervising thread that ends the run even if the handler is blocked.
 """
 
 from __future__ import annotations
@@ -11,17 +12,17 @@ import concurrent.futures as cf
 import threading
 from typing import Callable
 
-from shoal.errors import BackendError, RunCancelledError
-from shoal.execution import RunOutcome, RunTask, async_raise, execute
+from shoal.errors import BackendError
+from shoal.execution import RunOutcome, RunTask, StopSignal, execute
 
 from .base import Backend, BackendFuture, OnStart, WorkerInfo
 
 
 class LocalFuture(BackendFuture):
-    def __init__(self, uid: str, future: cf.Future, backend: "LocalBackend"):
+    def __init__(self, uid: str, future: cf.Future, stop: StopSignal):
         self.uid = uid
         self._future = future
-        self._backend = backend
+        self._stop = stop
 
     def done(self) -> bool:
         return self._future.done()
@@ -33,16 +34,26 @@ class LocalFuture(BackendFuture):
             raise TimeoutError(f"run {self.uid} not done within {timeout} s") from None
 
     def cancel(self) -> bool:
+        """Drop the task if it has not started; otherwise ask it to stop (it ends as cancelled)."""
         if self._future.cancel():
             return True
-        return self._backend._interrupt(self.uid)
+        if self._future.done():
+            return False
+        self._stop.set()
+        return True
 
     def add_done_callback(self, callback: Callable[[BackendFuture], None]) -> None:
         self._future.add_done_callback(lambda _: callback(self))
 
 
 class LocalBackend(Backend):
-    """Threads of the calling process; ``n_workers`` threads at most (default: the function's max)."""
+    """Threads of the calling process: at most ``n_workers`` runs at once (default 1; the runner
+    adapts the shared backend to each function's ``replicas.max``).
+
+    There is one thread pool per size: changing the bound sends new tasks to a pool of the new size
+    while earlier tasks finish on theirs, and two callers adapting to the same size share one pool,
+    so runs of one function never exceed its maximum together.
+    """
 
     name = "local"
     remote = False
@@ -50,87 +61,87 @@ class LocalBackend(Backend):
     def __init__(self, n_workers: int | None = None, **options):
         if options:
             raise BackendError(f"unknown option {sorted(options)[0]!r} for the local backend; it takes n_workers")
-        if n_workers is not None and n_workers < 1:
-            raise BackendError("n_workers must be at least 1 for the local backend")
+        if n_workers is not None and (isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1):
+            raise BackendError(f"n_workers must be a whole number of at least 1 for the local backend, got {n_workers!r}")
         self._max = n_workers or 1
         self._min = 0
-        self._fixed = n_workers is not None
-        self._pool: cf.ThreadPoolExecutor | None = None
+        self._pools: dict[int, cf.ThreadPoolExecutor] = {}  # size -> pool
         self._lock = threading.Lock()
-        self._running: dict[str, int] = {}  # uid -> thread ident
+        self._running: dict[str, StopSignal] = {}  # uid -> how to stop it
         self._closed = False
 
     def _executor(self) -> cf.ThreadPoolExecutor:
         with self._lock:
             if self._closed:
                 raise BackendError("this local backend is closed; create a new one")
-            if self._pool is None:
-                self._pool = cf.ThreadPoolExecutor(self._max, thread_name_prefix="shoal-local")
-            return self._pool
+            pool = self._pools.get(self._max)
+            if pool is None:
+                pool = self._pools[self._max] = cf.ThreadPoolExecutor(self._max, thread_name_prefix="shoal-local")
+            return pool
 
     def submit(self, task: RunTask, on_start: OnStart | None = None) -> BackendFuture:
-        future = self._executor().submit(self._run, task, on_start)
-        return LocalFuture(task.uid, future, self)
+        stop = StopSignal()
+        future = self._executor().submit(self._run, task, on_start, stop)
+        return LocalFuture(task.uid, future, stop)
 
-    def _run(self, task: RunTask, on_start: OnStart | None) -> RunOutcome:
+    def _run(self, task: RunTask, on_start: OnStart | None, stop: StopSignal) -> RunOutcome:
         with self._lock:
-            self._running[task.uid] = threading.get_ident()
+            self._running[task.uid] = stop
+            if self._closed:  # picked up while close() was stopping the others
+                stop.set()
         try:
-            return execute(task, on_start)
+            return execute(task, on_start, stop)
         finally:
             with self._lock:
                 self._running.pop(task.uid, None)
 
-    def _interrupt(self, uid: str) -> bool:
-        with self._lock:
-            ident = self._running.get(uid)
-            return ident is not None and async_raise(ident, RunCancelledError)
-
     def scale(self, n: int) -> None:
-        if n < 1:
-            raise BackendError("the local backend needs at least one thread")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise BackendError(f"the local backend needs a whole number of at least one thread, got {n!r}")
         self._resize(n, n, "scale")
 
     def adapt(self, minimum: int, maximum: int) -> None:
-        # Threads are created on demand up to the maximum; that is the executor's own elasticity.
-        if not self._fixed:
-            self._resize(minimum, max(1, maximum), "adapt")
+        """Threads are created on demand up to ``maximum`` (the executor's own elasticity)."""
+        if not (isinstance(minimum, int) and isinstance(maximum, int)) or minimum < 0 or maximum < max(minimum, 1):
+            raise BackendError(f"adapt needs 0 <= minimum <= maximum and maximum >= 1, got ({minimum!r}, {maximum!r})")
+        self._resize(minimum, maximum, "adapt")
 
     def _resize(self, minimum: int, maximum: int, reason: str) -> None:
         with self._lock:
             before, self._min, self._max = self._max, minimum, maximum
-            old, self._pool = (self._pool, None) if maximum != before else (None, self._pool)
-        if old is not None:
-            old.shutdown(wait=False)  # queued and running tasks finish on the old threads
-            self._record_event(before, maximum, f"{reason} to {maximum} threads")
+        self._record_event(before, maximum, f"{reason} to {maximum} threads")
 
     def workers(self) -> list[WorkerInfo]:
+        """One entry per thread: busy ones with the run they execute, then idle ones."""
         with self._lock:
             running = list(self._running)
-            pool = self._pool
+            pool = self._pools.get(self._max)
         threads = len(getattr(pool, "_threads", ())) if pool else 0
-        infos = []
-        for index in range(threads):
-            uid = running[index] if index < len(running) else None
-            infos.append(
-                WorkerInfo(
-                    name=f"shoal-local-{index}",
-                    address="local",
-                    state="busy" if uid else "idle",
-                    running=(uid,) if uid else (),
-                )
-            )
-        return infos
+        busy = [
+            WorkerInfo(name=f"shoal-local-{i}", address="local", state="busy", running=(uid,))
+            for i, uid in enumerate(running)
+        ]
+        idle = [
+            WorkerInfo(name=f"shoal-local-{i}", address="local", state="idle")
+            for i in range(len(busy), max(threads, len(busy)))
+        ]
+        return busy + idle
 
     @property
     def slots(self) -> int:
         return self._max
 
     def close(self) -> None:
+        """Drop queued tasks, stop running ones (they end as cancelled) and wait for the threads.
+
+        A handler blocked in one long call without a timeout stops only when that call returns.
+        """
         with self._lock:
-            self._closed, pool, self._pool = True, self._pool, None
+            self._closed, pools, self._pools = True, list(self._pools.values()), {}
             running = list(self._running.values())
-        for ident in running:
-            async_raise(ident, RunCancelledError)
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        for pool in pools:
+            pool.shutdown(wait=False, cancel_futures=True)  # queued tasks end as cancelled
+        for stop in running:
+            stop.set()
+        for pool in pools:
+            pool.shutdown(wait=True)

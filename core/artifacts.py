@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable
 
-from .errors import ArtifactError
+from .errors import ArtifactError, ShoalError
 
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$")
 
@@ -40,6 +40,11 @@ class Packager:
 def _type_is(value: Any, module: str, names: tuple[str, ...]) -> bool:
     cls = type(value)
     return cls.__module__.split(".")[0] == module and cls.__name__ in names
+
+
+def _is_plain_array(value: Any) -> bool:
+    """An ndarray .npy can hold without pickle (object arrays go to the pickle packager)."""
+    return _type_is(value, "numpy", ("ndarray",)) and not value.dtype.hasobject
 
 
 def _dump_numpy(value: Any, handle: IO[bytes]) -> dict:
@@ -113,7 +118,9 @@ def _dump_folder(value: Any, handle: IO[bytes]) -> dict:
 
 
 def _load_folder(handle: IO[bytes], artifact: "Artifact") -> pathlib.Path:
-    target = _cache_dir() / f"{artifact.sha256}.d"
+    """The archive unpacked into the cache: shared per content hash, fresh when the hash is unknown
+    (a folder given by path or URL), so two different folders never share one cache entry."""
+    target = _cache_dir() / f"{artifact.sha256 or uuid.uuid4().hex}.d"
     if not target.exists():
         staging = pathlib.Path(tempfile.mkdtemp(dir=_cache_dir()))
         with tarfile.open(fileobj=handle, mode="r|gz") as archive:
@@ -155,7 +162,7 @@ def register_packager(packager: Packager) -> None:
 
 for _packager in reversed(
     [
-        Packager("numpy", ".npy", lambda v: _type_is(v, "numpy", ("ndarray",)), _dump_numpy, _load_numpy),
+        Packager("numpy", ".npy", _is_plain_array, _dump_numpy, _load_numpy),
         Packager("pandas", ".parquet", lambda v: _type_is(v, "pandas", ("DataFrame",)), _dump_frame, _load_frame),
         Packager(
             "bytes", ".bin", lambda v: isinstance(v, (bytes, bytearray, memoryview)), _dump_bytes,
@@ -310,8 +317,7 @@ class ArtifactStore:
             suffix = pathlib.Path(os.fspath(value)).suffix
         target = f"{self.root}/{relpath}{suffix}"
         meta, size, sha = self._write_atomically(target, packager, value)
-        fmt = suffix.lstrip(".") or packager.name
-        return Artifact(key, self.fs.unstrip_protocol(target), packager.name, fmt, size, sha, meta)
+        return Artifact(key, self.fs.unstrip_protocol(target), packager.name, _format(suffix, packager), size, sha, meta)
 
     def put_content_addressed(self, folder: str, value: Any, *, key: str) -> Artifact:
         """Store an input value once per content: ``<folder>/<sha256><suffix>``."""
@@ -323,8 +329,9 @@ class ArtifactStore:
             self.fs.rm(staging)
         else:
             self.fs.mv(staging, target)
-        fmt = packager.suffix.lstrip(".") or packager.name
-        return Artifact(key, self.fs.unstrip_protocol(target), packager.name, fmt, size, sha, meta)
+        return Artifact(
+            key, self.fs.unstrip_protocol(target), packager.name, _format(packager.suffix, packager), size, sha, meta
+        )
 
     def _write_atomically(self, target: str, packager: Packager, value: Any) -> tuple[dict, int, str]:
         parent = target.rsplit("/", 1)[0]
@@ -337,7 +344,7 @@ class ArtifactStore:
                 meta = packager.dump(value, buffered) or {}
                 buffered.flush()
             self.fs.mv(temp, target)
-        except ArtifactError:
+        except ShoalError:  # an artifact error, or a run stopped mid-write (cancel, timeout): as is
             self._discard(temp)
             raise
         except Exception as exc:  # noqa: BLE001 - any storage or packaging failure
@@ -353,12 +360,21 @@ class ArtifactStore:
             pass
 
 
+def _format(suffix: str, packager: Packager) -> str:
+    """The recorded format: the file suffix when it looks like one, else the packager's name
+    (a file named ``notes.my long name`` has no format, and the column holds 64 characters)."""
+    text = suffix.lstrip(".")
+    return text if text and len(text) <= 16 and text.replace(".", "").isalnum() else packager.name
+
+
 def reference(value: Any, key: str) -> Artifact | None:
     """An Artifact for an input given as an Artifact, a path or an fsspec URL; None for plain values."""
     if isinstance(value, Artifact):
         return Artifact(key, value.url, value.kind, value.format, value.size, value.sha256, value.meta)
     if isinstance(value, os.PathLike) or (isinstance(value, str) and ("://" in value or os.path.exists(value))):
         text = os.fspath(value)
+        if "://" not in text and not os.path.exists(text):  # a Path names a file: fail before the run
+            raise ArtifactError(f"input {key!r}: no such file or folder: {text}")
         url = text if "://" in text else pathlib.Path(text).resolve().as_uri()
         if text.rstrip("/").endswith(".tar.gz"):
             kind = "folder"

@@ -39,12 +39,33 @@ def _user_logger() -> logging.Logger:
     return _logger
 
 
+def finite_or_text(value: float) -> float | str:
+    """A float as the store keeps it: non-finite values become "NaN", "Infinity" or "-Infinity"
+    (the store's JSON convention, which PostgreSQL accepts and ``float()`` reads back)."""
+    value = float(value)
+    if math.isfinite(value):
+        return value
+    if math.isnan(value):
+        return "NaN"
+    return "Infinity" if value > 0 else "-Infinity"
+
+
 def to_json_value(value: Any) -> tuple[bool, Any]:
-    """(True, value as plain JSON) when ``value`` can be recorded as a result, else (False, None)."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return True, value
+    """(True, value as plain JSON) when ``value`` can be recorded as a result, else (False, None).
+
+    The converted value is exactly what the database gives back (plain bool/int/float/str, lists,
+    string keys), so a returned Run and the stored one agree.
+    """
+    if value is None:
+        return True, None
+    if isinstance(value, bool):
+        return True, bool(value)
+    if isinstance(value, int):
+        return True, int(value)
     if isinstance(value, float):
-        return True, (value if math.isfinite(value) else str(value))
+        return True, finite_or_text(value)
+    if isinstance(value, str):
+        return True, str.__str__(value)  # the text itself, also for str enums
     item = getattr(value, "item", None)
     if callable(item) and getattr(value, "shape", None) == () and type(value).__module__ == "numpy":
         return to_json_value(item())
@@ -123,10 +144,13 @@ class Context:
             self.log_result(str(key), value)
 
     def log_metric(self, key: str, value: float, step: int | None = None) -> None:
-        """Append ``value`` at ``step`` (default: the next step) to the metric series ``key``."""
+        """Append ``value`` at ``step`` (default: the next step) to the metric series ``key``
+        (NaN and infinities are kept as "NaN"/"Infinity", as the store keeps them)."""
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"metric keys must be non-empty strings, got {key!r}")
         series = self.metrics.setdefault(key, [])
         step = len(series) if step is None else int(step)
-        series.append([step, float(value)])
+        series.append([step, finite_or_text(value)])
 
     def log_artifact(self, key: str, value: Any, *, kind: str | None = None) -> Artifact:
         """Store a value (array, frame, bytes, text, JSON, object) or a local file/folder path.

@@ -7,7 +7,9 @@ raises for problems of the user's code: those become a failed outcome with the e
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
+import inspect
 import os
 import signal
 import socket
@@ -16,14 +18,15 @@ import time
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 from .artifacts import Artifact, ArtifactStore
 from .code import Code, load_handler
 from .context import Context
 from .errors import RunCancelledError, RunTimeoutError, ShoalError
+from . import logcapture
 from .logcapture import DEFAULT_LIMIT, capture_output
-from .params import signature_of
+from .params import handler_params, signature_of
 
 
 @dataclass
@@ -67,7 +70,7 @@ class RunOutcome:
     uid: str
     state: str
     attempt: int
-    started_at: float
+    started_at: float | None  # None: it never started (cancelled while pending)
     ended_at: float
     results: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, list] = field(default_factory=dict)
@@ -97,44 +100,152 @@ def async_raise(thread_id: int, exc_type: type[BaseException]) -> bool:
     return done == 1
 
 
+STOP_GRACE = 1.0  # seconds a stopped handler gets to unwind before its thread is abandoned
+POLL = 0.02  # how often a waiting worker looks at its stop signal
+
+
+class StopSignal:
+    """A request to stop one running attempt, deliverable from any thread (how backends cancel).
+
+    While the handler runs in the worker's own thread, ``set()`` raises RunCancelledError in it at
+    its next bytecode; a supervised handler's waiter (see ``supervise``) polls ``is_set()``.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requested = False
+        self._thread: int | None = None
+
+    def set(self) -> None:
+        with self._lock:
+            self._requested = True
+            if self._thread is not None:
+                async_raise(self._thread, RunCancelledError)
+                self._thread = None  # one exception is enough
+
+    def is_set(self) -> bool:
+        return self._requested
+
+    def call(self, body: Callable[[], Any]) -> Any:
+        """``body()`` in this thread, interruptible by ``set()`` only while it runs."""
+        with self._lock:
+            if self._requested:
+                raise RunCancelledError()
+            self._thread = threading.get_ident()
+        try:
+            return body()
+        finally:
+            with self._lock:  # a stop sent just before lands here, still inside the caller's try
+                self._thread = None
+
+
+def _alarm_usable() -> bool:
+    return threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
+
+
 @contextmanager
 def deadline(seconds: float | None) -> Iterator[None]:
-    """Raise RunTimeoutError inside the block after ``seconds`` (signal in the main thread, else an
-    asynchronous exception)."""
+    """Raise RunTimeoutError inside the block after ``seconds`` (SIGALRM: main thread only).
+
+    A signal also interrupts blocking calls such as ``time.sleep``; other threads use ``supervise``.
+    """
     if not seconds:
         yield
         return
-    if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
+    if not _alarm_usable():
+        raise RuntimeError("deadline() needs the main thread; use supervise() elsewhere")
 
-        def on_alarm(signum, frame):
-            raise RunTimeoutError()
+    def on_alarm(signum, frame):
+        raise RunTimeoutError()
 
-        previous = signal.signal(signal.SIGALRM, on_alarm)
-        signal.setitimer(signal.ITIMER_REAL, seconds)
-        try:
-            yield
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
-        return
-    thread_id = threading.get_ident()
-    lock = threading.Lock()
-    active = [True]
-
-    def fire() -> None:
-        with lock:
-            if active[0]:
-                async_raise(thread_id, RunTimeoutError)
-
-    timer = threading.Timer(seconds, fire)
-    timer.daemon = True
-    timer.start()
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
     finally:
-        with lock:
-            active[0] = False
-        timer.cancel()
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+class _HandlerThread(threading.Thread):
+    """Runs the handler so that the worker thread can give up on it.
+
+    An asynchronous exception only lands between bytecodes, never inside ``time.sleep`` or a
+    blocking read; running the handler here lets the waiting worker end the run on time anyway.
+    """
+
+    def __init__(self, body: Callable[[], Any], name: str):
+        super().__init__(name=name, daemon=True)
+        self.body = body
+        self.capture = logcapture.current()
+        self.finished = threading.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._active = True
+
+    def run(self) -> None:
+        try:
+            try:
+                with logcapture.attach(self.capture):
+                    self.value = self.body()
+            finally:
+                with self._lock:  # after this, stop() sends nothing more
+                    self._active = False
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting worker
+            self.error = exc
+        finally:
+            self.finished.set()
+
+    def stop(self, exc_type: type[BaseException]) -> None:
+        """Raise ``exc_type`` in the handler and give it STOP_GRACE seconds to unwind."""
+        with self._lock:
+            if self._active and self.ident is not None:
+                async_raise(self.ident, exc_type)
+        self.finished.wait(STOP_GRACE)
+
+    def result(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def supervise(
+    body: Callable[[], Any], *, timeout: float | None, stop: StopSignal | None = None, name: str = "shoal-run"
+) -> Any:
+    """``body()`` in a helper thread; RunTimeoutError after ``timeout`` s, RunCancelledError once
+    ``stop`` is set, both raised here even if the handler is blocked and cannot be stopped (its
+    thread is then abandoned)."""
+    call = _HandlerThread(body, name)
+    call.start()
+    end = None if not timeout else time.monotonic() + timeout
+    while True:
+        wait = POLL if stop is not None else None
+        if end is not None:
+            remaining = max(0.0, end - time.monotonic())
+            wait = remaining if wait is None else min(wait, remaining)
+        if call.finished.wait(wait):
+            return call.result()
+        if stop is not None and stop.is_set():
+            call.stop(RunCancelledError)
+            raise RunCancelledError()
+        if end is not None and time.monotonic() >= end:
+            call.stop(RunTimeoutError)
+            raise RunTimeoutError()
+
+
+def _invoke(body: Callable[[], Any], timeout: float | None, stop: StopSignal | None, name: str) -> Any:
+    """Call the handler where it can be stopped.
+
+    Without a timeout it runs in this thread (cheapest; a stop lands between bytecodes, so a handler
+    blocked in one long call stops when that call returns). A timeout in the main thread is a
+    SIGALRM; elsewhere the handler runs in a supervised helper thread so that the timeout holds
+    even when it is blocked.
+    """
+    if timeout and not _alarm_usable():
+        return supervise(body, timeout=timeout, stop=stop, name=name)
+    with deadline(timeout):
+        return stop.call(body) if stop is not None else body()
 
 
 @contextmanager
@@ -158,8 +269,15 @@ def _is_pruned(exc: BaseException) -> bool:
     return type(exc).__name__ == "TrialPruned" and type(exc).__module__.startswith("optuna")
 
 
-def execute(task: RunTask, on_start: Callable[[str, float], None] | None = None) -> RunOutcome:
-    """Run one attempt of ``task`` and return its outcome (never raises for user-code errors)."""
+def execute(
+    task: RunTask,
+    on_start: Callable[[str, float], None] | None = None,
+    stop: StopSignal | None = None,
+) -> RunOutcome:
+    """Run one attempt of ``task`` and return its outcome (never raises for user-code errors).
+
+    Setting ``stop`` (how a backend cancels a running task) ends the attempt as cancelled.
+    """
     started = time.time()
     if on_start is not None:
         on_start(task.uid, started)
@@ -178,15 +296,19 @@ def execute(task: RunTask, on_start: Callable[[str, float], None] | None = None)
     state, error, pruned = "completed", None, False
     with capture_output(task.log_limit, task.echo) as log:
         try:
-            with (task.scope(ctx) if task.scope else _null()), _environment(task.env), deadline(task.timeout):
+            with (task.scope(ctx) if task.scope else _null()), _environment(task.env):
                 func = task.callable or load_handler(task.code, task.handler)
-                value = _call(func, ctx, task.params, inputs)
-                _auto_log(ctx, value)
+
+                def body() -> None:
+                    _auto_log(ctx, _call(func, ctx, task.params, inputs))
+
+                _invoke(body, task.timeout, stop, f"shoal-run-{task.uid[:8]}")
         except RunTimeoutError as exc:
             state, error = "failed", error_record(exc, f"run exceeded its timeout of {task.timeout:g} s")
             error["type"] = "TimeoutError"
         except (RunCancelledError, KeyboardInterrupt) as exc:
             state, error = "cancelled", error_record(exc, "run was cancelled while running")
+            error["type"] = "CancelledError"  # as for a run cancelled before it started
         except BaseException as exc:  # noqa: BLE001 - everything the user's code raises is recorded
             if _is_pruned(exc):
                 state, pruned = "completed", True
@@ -200,9 +322,10 @@ def execute(task: RunTask, on_start: Callable[[str, float], None] | None = None)
         attempt=task.attempt,
         started_at=started,
         ended_at=time.time(),
-        results=ctx.results,
-        metrics=ctx.metrics,
-        artifacts=[a.to_record() for a in ctx.artifacts.values()],
+        # Copies: a handler that could not be stopped may still be logging in its abandoned thread.
+        results=dict(ctx.results),
+        metrics={key: list(series) for key, series in list(ctx.metrics.items())},
+        artifacts=[a.to_record() for a in list(ctx.artifacts.values())],
         logs=log.getvalue(),
         error=error,
         worker=worker,
@@ -217,21 +340,22 @@ def _null() -> Iterator[None]:
 
 def _call(func: Callable, ctx: Context, params: dict[str, Any], inputs: dict[str, Artifact]) -> Any:
     sig = signature_of(func)
-    kwargs = dict(params)
+    kwargs = handler_params(func, params)
     for key, artifact in inputs.items():
         if key in sig.names or sig.accepts_any:
             hint = sig.hints.get(key)
             kwargs[key] = artifact if hint is Artifact else artifact.load()
-    if sig.context_param is not None:
-        return func(ctx, **kwargs)
-    return func(**kwargs)
+    value = func(ctx, **kwargs) if sig.context_param is not None else func(**kwargs)
+    if inspect.iscoroutine(value):  # an ``async def`` handler: run it to the end on this thread
+        value = asyncio.run(value)
+    return value
 
 
 def _auto_log(ctx: Context, value: Any) -> None:
     """A returned mapping becomes results; any other value the result ``return``."""
     if value is None:
         return
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         ctx.log_results(value)
     else:
         ctx.log_result("return", value)

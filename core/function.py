@@ -8,49 +8,90 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 from .code import Code, capture, load_handler, load_object, source_from_file
 from .errors import CodeError, SpecError
 from .hashing import function_hash
-from .spec import NAME_PATTERN, SPEC_FIELDS, FunctionSpec, build_spec, canonical_spec, shorthand_resources
+from .spec import (
+    METADATA_FIELDS,
+    NAME_PATTERN,
+    PLACEMENT_SHORTHANDS,
+    RESOURCE_SHORTHANDS,
+    SPEC_FIELDS,
+    FunctionSpec,
+    build_spec,
+    canonical_spec,
+    shorthand_resources,
+    spec_to_dict,
+    unknown_field_error,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .project import Project
     from .runs import Run, RunHandle
 
-PLACEMENT_SHORTHANDS = ("node_selector", "affinity", "tolerations", "spot", "priority_class")
-RESOURCE_SHORTHANDS = ("cpu", "memory", "gpu")
+
+def _section(options: dict[str, Any], key: str, base: FunctionSpec | None) -> dict[str, Any]:
+    """The resources/placement section shorthands are merged into: the one passed explicitly
+    (which replaces the base's), else the base's, so ``with_spec(cpu=2)`` keeps the memory."""
+    if key in options:
+        return dict(options.pop(key) or {})
+    return spec_to_dict(base).get(key, {}) if base is not None else {}
 
 
-def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Turn user-facing keyword options into (spec fields, metadata), expanding shorthands."""
+def _split_options(
+    options: dict[str, Any], base: FunctionSpec | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Turn user-facing keyword options into (spec fields, metadata), expanding shorthands.
+
+    Shorthands (``cpu=``, ``spot=``, ...) change one entry of ``base``'s resources or placement;
+    ``resources=`` / ``placement=`` replace the whole section.
+    """
     options = dict(options)
-    metadata = {key: options.pop(key) for key in ("description", "labels") if key in options}
+    metadata = {key: options.pop(key) for key in METADATA_FIELDS if key in options}
     spec: dict[str, Any] = {}
     shorthands = {key: options.pop(key) for key in RESOURCE_SHORTHANDS if key in options}
     if any(value is not None for value in shorthands.values()):
-        resources = dict(options.pop("resources", None) or {})
-        extra = shorthand_resources(**shorthands)
-        for section, amounts in extra.items():
+        resources = _section(options, "resources", base)
+        for section, amounts in shorthand_resources(**shorthands).items():
             resources[section] = {**(resources.get(section) or {}), **amounts}
         spec["resources"] = resources
     placement_items = {key: options.pop(key) for key in PLACEMENT_SHORTHANDS if key in options}
     placement_items = {k: v for k, v in placement_items.items() if v is not None}
     if placement_items:
-        placement = dict(options.pop("placement", None) or {})
+        placement = _section(options, "placement", base)
         placement.update(placement_items)
         spec["placement"] = placement
     spec.update(options)
-    if "labels" in metadata and metadata["labels"] is not None:
-        labels = metadata["labels"]
-        if not isinstance(labels, Mapping) or not all(isinstance(k, str) for k in labels):
-            raise SpecError("invalid field 'labels': use a mapping of strings, e.g. {'team': 'ml'}")
-        metadata["labels"] = {k: str(v) for k, v in labels.items()}
     return spec, metadata
 
 
 def _check_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise SpecError(
-            f"invalid function name {name!r}: use letters, digits, '-', '_' or '.', starting with a letter or digit"
+            f"invalid function name {name!r}: use up to 128 letters, digits, '-', '_' or '.', starting with a "
+            "letter or digit (pass name=..., e.g. @shoal.function('train'))"
         )
     return name
+
+
+def _check_handler(handler: str) -> str:
+    if not isinstance(handler, str) or not handler.strip():
+        raise SpecError(f"invalid handler {handler!r}: give the name of the function in the code, e.g. 'train'")
+    return handler
+
+
+def _check_description(description: Any) -> str | None:
+    if description is not None and not isinstance(description, str):
+        raise SpecError(f"invalid field 'description': use a string, not {type(description).__name__}")
+    return description
+
+
+def _check_labels(labels: Any) -> dict[str, str]:
+    """Labels are string to string (they are filters in the store), so numbers become strings."""
+    if labels is None:
+        return {}
+    if not isinstance(labels, Mapping) or not all(isinstance(k, str) and k for k in labels):
+        raise SpecError("invalid field 'labels': use a mapping of strings, e.g. {'team': 'ml'}")
+    if any(isinstance(v, (Mapping, list, tuple, set)) or v is None for v in labels.values()):
+        raise SpecError("invalid field 'labels': values must be strings or numbers, e.g. {'team': 'ml'}")
+    return {k: str(v) for k, v in labels.items()}
 
 
 class Function:
@@ -77,16 +118,39 @@ class Function:
             raise SpecError("a Function needs code or a callable")
         set_ = object.__setattr__
         set_(self, "_name", _check_name(name))
-        set_(self, "_handler", handler)
+        set_(self, "_handler", _check_handler(handler))
         set_(self, "_spec", spec if spec is not None else FunctionSpec())
         set_(self, "_code", code)
         set_(self, "_callable", callable)
-        set_(self, "_description", description)
-        set_(self, "_labels", dict(labels or {}))
+        set_(self, "_description", _check_description(description))
+        set_(self, "_labels", _check_labels(labels))
         set_(self, "_hash", None)
 
     def __setattr__(self, key: str, value: Any) -> None:
         raise AttributeError("shoal.Function is immutable; use fn.with_spec(...) to get a changed copy")
+
+    def __delattr__(self, key: str) -> None:
+        raise AttributeError("shoal.Function is immutable; use fn.with_spec(...) to get a changed copy")
+
+    # Immutable, so a copy is the object itself. Pickling (cloudpickle for Dask and Ray) restores the
+    # slots directly, since __setattr__ refuses.
+    def __copy__(self) -> "Function":
+        return self
+
+    def __deepcopy__(self, memo: dict) -> "Function":
+        return self
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = {slot: getattr(self, slot) for slot in self.__slots__}
+        if state["_code"] is not None:
+            # Ship the code, not the live callable: it may live in a module only this process has
+            # (``shoal_code_...``), and the receiver rebuilds it from the code like any worker.
+            state["_callable"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for slot, value in state.items():
+            object.__setattr__(self, slot, value)
 
     # -- identity -----------------------------------------------------------------------------
     @property
@@ -99,7 +163,9 @@ class Function:
 
     @property
     def spec(self) -> FunctionSpec:
-        return self._spec
+        """A copy: the spec's mappings (env, defaults, ...) are mutable, and editing them in place
+        must not change this Function behind its cached hash."""
+        return self._spec.model_copy(deep=True)
 
     @property
     def description(self) -> str | None:
@@ -126,11 +192,11 @@ class Function:
 
     @property
     def replicas(self):
-        return self._spec.replicas
+        return self._spec.replicas  # frozen and holds no mappings: safe to share
 
     @property
     def resources(self):
-        return self._spec.resources
+        return self._spec.resources  # frozen and holds no mappings: safe to share
 
     @property
     def callable(self) -> Callable:
@@ -166,10 +232,16 @@ class Function:
     # -- construction -------------------------------------------------------------------------
     @classmethod
     def from_callable(cls, func: Callable, name: str | None = None, **options: Any) -> "Function":
+        """A function from a live Python callable; its code is captured on first use of ``code``/``hash``."""
+        if isinstance(func, Function):  # decorating again: the new options apply on top
+            return func.with_spec(**options, **({"name": name} if name else {}))
+        if not callable(func) or not isinstance(getattr(func, "__qualname__", None), str):
+            raise SpecError(
+                f"@shoal.function needs a Python function (def or lambda), got {type(func).__name__}; wrap it in a def"
+            )
         spec_fields, metadata = _split_options(options)
         spec = build_spec(spec_fields)
-        handler = func.__qualname__
-        return cls(name or func.__name__, handler, spec, callable=func, **metadata)
+        return cls(name or func.__name__, func.__qualname__, spec, callable=func, **metadata)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, handler: str, name: str | None = None, **options: Any) -> "Function":
@@ -185,9 +257,10 @@ class Function:
             if not isinstance(exc.__cause__, ImportError):
                 raise
             found = None  # a package only the workers have: ship the code unchecked
-        spec_fields, metadata = _split_options(options)
+        base = found.spec if isinstance(found, Function) else None
+        spec_fields, metadata = _split_options(options, base)
         if isinstance(found, Function):
-            spec = build_spec(spec_fields, base=found.spec)
+            spec = build_spec(spec_fields, base=base)
             metadata.setdefault("description", found.description)
             metadata.setdefault("labels", found.labels)
             return cls(name or found.name, handler, spec, code=code, callable=found.callable, **metadata)
@@ -197,7 +270,7 @@ class Function:
     def with_spec(self, **changes: Any) -> "Function":
         """A new Function with some spec fields (or name, description, labels) changed."""
         name = changes.pop("name", self._name)
-        spec_fields, metadata = _split_options(changes)
+        spec_fields, metadata = _split_options(changes, self._spec)
         spec = build_spec(spec_fields, base=self._spec)
         return Function(
             name,
@@ -216,7 +289,7 @@ class Function:
             "name": self._name,
             "handler": self._handler,
             "hash": self.hash,
-            "spec": self._spec.model_dump(mode="json", exclude_defaults=True),
+            "spec": spec_to_dict(self._spec),
             "code": self.code.to_dict(),
         }
         metadata = {}
@@ -230,19 +303,28 @@ class Function:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, verify: bool = True) -> "Function":
+        """The Function a ``to_dict`` document describes; with ``verify``, a recorded ``hash`` must match."""
         if not isinstance(data, Mapping):
             raise SpecError("a function document must be a mapping with name, handler, code and spec")
         unknown = sorted(set(data) - {"kind", "name", "handler", "hash", "spec", "code", "metadata"})
         if unknown:
             raise SpecError(f"unknown function document field {unknown[0]!r}")
+        if data.get("kind", "function") != "function":
+            raise SpecError(f"document kind is {data['kind']!r}; a function document has kind: function")
         for required in ("name", "handler", "code"):
             if required not in data:
                 raise SpecError(f"function document is missing {required!r}")
+        for section in ("spec", "metadata"):
+            if not isinstance(data.get(section) or {}, Mapping):
+                raise SpecError(f"function document field {section!r} must be a mapping")
         spec_data = dict(data.get("spec") or {})
         bad = sorted(set(spec_data) - set(SPEC_FIELDS))
         if bad:
-            raise SpecError(f"unknown spec field {bad[0]!r}; valid fields are: {', '.join(SPEC_FIELDS)}")
+            raise unknown_field_error(bad[0], SPEC_FIELDS)
         metadata = dict(data.get("metadata") or {})
+        bad = sorted(set(metadata) - set(METADATA_FIELDS))
+        if bad:
+            raise SpecError(f"unknown metadata field {bad[0]!r}; valid fields are: {', '.join(METADATA_FIELDS)}")
         fn = cls(
             data["name"],
             data["handler"],
@@ -252,6 +334,8 @@ class Function:
             labels=metadata.get("labels"),
         )
         recorded = data.get("hash")
+        if recorded is not None and not isinstance(recorded, str):
+            raise SpecError("function document field 'hash' must be a string of 64 hex characters")
         if verify and recorded and recorded != fn.hash:
             raise SpecError(
                 f"function {fn.name!r} document says hash {recorded[:12]} but its content hashes to "
@@ -274,7 +358,9 @@ class Function:
         import yaml
 
         text = os.fspath(source)
-        if "\n" not in text and os.path.exists(text):
+        if _looks_like_path(source):
+            if not os.path.isfile(text):
+                raise SpecError(f"function file not found: {os.path.abspath(text)}; check the path")
             with open(text, encoding="utf-8") as handle:
                 text = handle.read()
         try:
@@ -327,6 +413,15 @@ class Function:
         return map_function(self, params_list, inputs, backend=backend, project=project, watch=watch)
 
 
+def _looks_like_path(source: str | os.PathLike) -> bool:
+    """A PathLike, or one line of text that names a file or ends like a YAML/JSON file name."""
+    if not isinstance(source, str):
+        return True
+    if "\n" in source:
+        return False
+    return os.path.isfile(source) or source.strip().lower().endswith((".yaml", ".yml", ".json"))
+
+
 def function(name: Callable | str | None = None, **options: Any) -> Any:
     """Decorator turning a plain Python function into a ``shoal.Function``.
 
@@ -336,7 +431,7 @@ def function(name: Callable | str | None = None, **options: Any) -> Any:
     backend, timeout, retries, defaults, description, labels.
     """
     if callable(name):
-        return Function.from_callable(name)
+        return Function.from_callable(name, **options)
 
     def decorate(func: Callable) -> Function:
         return Function.from_callable(func, name, **options)

@@ -3,13 +3,17 @@
 What is hashed (format version 1), as canonical JSON (sorted keys, no whitespace, UTF-8):
 
 * ``handler`` — the handler name;
-* ``code`` — SHA-256 of the shipped source text after annotations (or, for functions shipped by
-  value, a digest of their bytecode and constants);
-* ``spec`` — every spec field that differs from its default: requirements, image, env, resources
-  (quantities normalised, so "1000m" == "1"), replicas, placement, volumes, backend, timeout,
-  retries and default parameters.
+* ``code`` — SHA-256 of the shipped source text after annotations, line endings normalised to
+  ``\\n`` (the text of ignored lines and of lines outside the start-code/end-code region does not
+  count); for functions shipped by value, ``shoal.code.bytecode_digest`` instead: bytecode,
+  constants, defaults, closure values and the globals the code reads (Python major.minor included);
+* ``spec`` — every spec field that differs from its default, as ``shoal.spec.canonical_spec`` gives
+  it: requirements, image, env (values and secret references; secret values are never in a spec),
+  resources (quantities normalised, so "1000m" == "1"), replicas, placement, volumes (with their
+  type), backend, timeout, retries and default parameters.
 
-Not hashed: the function name, description, labels, tags, timestamps, and the code's origin path.
+Not hashed: the function name, description, labels, tags, timestamps, the code's origin path and
+the line the shipped region starts at.
 """
 
 from __future__ import annotations

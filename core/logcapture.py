@@ -10,7 +10,7 @@ import io
 import sys
 import threading
 from contextlib import contextmanager
-from typing import Iterator, TextIO
+from typing import Iterator, TextIO, Tuple
 
 DEFAULT_LIMIT = 1 << 20  # bytes of log kept per run (the tail)
 
@@ -41,11 +41,24 @@ class BoundedLog:
         self._size = len(self._parts[0])
 
     def getvalue(self) -> str:
+        """The kept tail, with a note of what was dropped; NUL characters are replaced because
+        PostgreSQL text columns cannot hold them."""
         self._trim()
         text = self._parts[0] if self._parts else ""
         if self.dropped:
-            return f"[... {self.dropped} earlier characters dropped ...]\n{text}"
+            text = f"{dropped_note(self.dropped)}{text}"
+        return text.replace("\x00", "\ufffd")
+
+
+def dropped_note(count: int) -> str:
+    return f"[... {count} earlier characters dropped ...]\n"
+
+
+def tail(text: str, limit: int = DEFAULT_LIMIT) -> str:
+    """``text`` cut to its last ``limit`` characters (with the same note as BoundedLog)."""
+    if len(text) <= limit:
         return text
+    return dropped_note(len(text) - limit) + text[-limit:]
 
 
 class _Router(io.TextIOBase):
@@ -57,6 +70,8 @@ class _Router(io.TextIOBase):
         return getattr(_local, "captures", None)
 
     def write(self, text: str) -> int:
+        if not isinstance(text, str):  # as a real text stream; bytes would break the captured log
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         captures = self._targets()
         if captures:
             log, echo = captures[-1]
@@ -80,6 +95,11 @@ class _Router(io.TextIOBase):
     def encoding(self):  # type: ignore[override]
         return getattr(self.real, "encoding", "utf-8")
 
+    def __getattr__(self, name: str):
+        # Anything else (``buffer``, ``errors``, ``reconfigure``...) is the real stream's, so code that
+        # reaches past the text layer keeps working (its bytes are not captured).
+        return getattr(self.real, name)
+
 
 def _install() -> None:
     with _install_lock:
@@ -92,13 +112,32 @@ def _install() -> None:
 @contextmanager
 def capture_output(limit: int = DEFAULT_LIMIT, echo: bool = False) -> Iterator[BoundedLog]:
     """Capture this thread's stdout and stderr into a BoundedLog (echoing to the terminal if asked)."""
-    _install()
     log = BoundedLog(limit)
+    with attach((log, echo)):
+        yield log
+
+
+Capture = Tuple[BoundedLog, bool]
+
+
+def current() -> Capture | None:
+    """This thread's active capture (log, echo), to hand to a helper thread with ``attach``."""
+    stack = getattr(_local, "captures", None)
+    return stack[-1] if stack else None
+
+
+@contextmanager
+def attach(capture: Capture | None) -> Iterator[None]:
+    """Send this thread's output to ``capture`` (a no-op for None)."""
+    if capture is None:
+        yield
+        return
+    _install()
     stack = getattr(_local, "captures", None)
     if stack is None:
         stack = _local.captures = []
-    stack.append((log, echo))
+    stack.append(capture)
     try:
-        yield log
+        yield
     finally:
         stack.pop()

@@ -134,21 +134,55 @@ def bind(
         if unknown:
             valid = ", ".join(n for n in sig.names if n not in input_names) or "none"
             raise ParamError(f"unknown parameter {unknown[0]!r} for {handler}; it accepts: {valid}")
+    if sig.context_param is None and not sig.accepts_any:
+        stray = sorted(set(input_names) - set(sig.names))
+        if stray:  # it could reach the handler neither as an argument nor through ctx.inputs
+            raise ParamError(
+                f"input {stray[0]!r} matches no parameter of {handler}; name it after a parameter "
+                f"({', '.join(sig.names) or 'none'}) or add a ctx parameter and read ctx.inputs"
+            )
     missing = sorted(sig.required - set(given) - set(input_names))
     if missing:
         raise ParamError(f"missing required parameter {missing[0]!r} for {handler}; pass it with params= or --param")
     out = {}
     for key, value in given.items():
         hint = sig.hints.get(key, inspect.Parameter.empty)
-        out[key] = convert(key, value, hint, from_text=from_text and key in (params or {}))
-        try:
-            json.dumps(out[key], default=_json_default)
-        except (TypeError, ValueError):
-            raise ParamError(
-                f"parameter {key!r} ({type(out[key]).__name__}) cannot be recorded as JSON; "
-                f"pass large or binary data through inputs= instead"
-            ) from None
+        converted = convert(key, value, hint, from_text=from_text and key in (params or {}))
+        out[key] = _recordable(key, converted, hint)
     return out
+
+
+def _is_json(value: Any) -> bool:
+    try:
+        json.dumps(value, default=_json_default)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _recordable(name: str, value: Any, hint: Any) -> Any:
+    """``value`` in a form the run record holds: itself when it is JSON, else the JSON form its
+    hint gives it (a Path as text, an Enum as its value, a date in ISO form); the worker turns it
+    back with ``handler_params``."""
+    if _is_json(value):
+        return value
+    if hint is not Any and hint is not inspect.Parameter.empty:
+        try:
+            dumped = _adapter(hint).dump_python(value, mode="json")
+        except Exception:  # noqa: BLE001 - no JSON form: reported below
+            dumped = None
+        if dumped is not None and _is_json(dumped):
+            return dumped
+    raise ParamError(
+        f"parameter {name!r} ({type(value).__name__}) cannot be recorded as JSON; "
+        f"pass large or binary data through inputs= instead"
+    )
+
+
+def handler_params(func: Callable, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Recorded parameters as the handler's hints want them (on the worker, after ``bind``)."""
+    hints = signature_of(func).hints
+    return {key: convert(key, value, hints[key], from_text=False) if key in hints else value for key, value in params.items()}
 
 
 def _json_default(value: Any) -> Any:

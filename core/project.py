@@ -14,8 +14,9 @@ import re
 import threading
 from typing import TYPE_CHECKING, Any, Mapping
 
-from .errors import NotFoundError, ProjectError, ShoalError
-from .function import Function
+from .errors import CodeError, NotFoundError, ParamError, ProjectError, ShoalError, SpecError
+from .function import PLACEMENT_SHORTHANDS, RESOURCE_SHORTHANDS, Function
+from .spec import METADATA_FIELDS, SPEC_FIELDS
 
 if TYPE_CHECKING:  # pragma: no cover
     from .artifacts import ArtifactStore
@@ -25,7 +26,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
 CONFIG_FILE = "shoal.yaml"
 CONFIG_KEYS = ("name", "home", "database", "artifacts", "backend", "functions")
+TEXT_KEYS = ("name", "home", "database", "artifacts", "backend")
 FUNCTION_KEYS = ("file", "handler")
+ENTRY_KEYS = FUNCTION_KEYS + SPEC_FIELDS + RESOURCE_SHORTHANDS + PLACEMENT_SHORTHANDS + METADATA_FIELDS
+
+
+def masked(url: str) -> str:
+    """A database URL with its password replaced by ``***``, for messages and reprs."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
 def _default_name(path: pathlib.Path) -> str:
@@ -46,13 +54,40 @@ def load_config(root: pathlib.Path) -> dict[str, Any]:
         raise ProjectError(f"{path}: invalid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise ProjectError(f"{path}: expected a mapping with keys {', '.join(CONFIG_KEYS)}")
-    unknown = sorted(set(data) - set(CONFIG_KEYS))
+    unknown = sorted(set(data) - set(CONFIG_KEYS), key=str)
     if unknown:
         raise ProjectError(f"{path}: unknown key {unknown[0]!r}; valid keys: {', '.join(CONFIG_KEYS)}")
+    for key in TEXT_KEYS:
+        value = data.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ProjectError(f"{path}: {key!r} must be a string, got {value!r}; quote it, e.g. {key}: \"{value}\"")
     functions = data.get("functions") or {}
     if not isinstance(functions, dict):
         raise ProjectError(f"{path}: 'functions' must map names to 'file.py:handler' or {{file:, handler:, ...}}")
+    odd = [key for key in functions if not isinstance(key, str)]
+    if odd:
+        raise ProjectError(f"{path}: function name {odd[0]!r} must be a string; quote it")
     return data
+
+
+def _config_entry(entry: Any, where: str) -> tuple[str, str, dict[str, Any]]:
+    """Split one shoal.yaml function entry into (file, handler, spec options), checking its keys."""
+    if isinstance(entry, str):
+        entry = {"handler": entry}
+    if not isinstance(entry, Mapping):
+        raise ProjectError(f"{where} must be 'file.py:handler' or a mapping with file, handler and spec fields")
+    options = dict(entry)
+    if "name" in options:
+        raise ProjectError(f"{where}: remove 'name'; the key under 'functions' is the function's name")
+    unknown = sorted(set(options) - set(ENTRY_KEYS), key=str)
+    if unknown:
+        raise SpecError(f"{where}: unknown field {unknown[0]!r}; valid fields: {', '.join(ENTRY_KEYS)}")
+    handler, file = options.pop("handler", None), options.pop("file", None)
+    if isinstance(handler, str) and ":" in handler and file is None:
+        file, handler = handler.rsplit(":", 1)
+    if not isinstance(file, str) or not file or not isinstance(handler, str) or not handler:
+        raise ProjectError(f"{where} needs file and handler, e.g. handler: train.py:train")
+    return file, handler, options
 
 
 class FunctionRegistry:
@@ -140,8 +175,13 @@ class RunRegistry:
         parent: str | None = None,
         limit: int | None = None,
     ) -> "list[Run]":
-        from .runs import Run
+        from .runs import STATES, Run
 
+        for name in [state] if isinstance(state, str) else list(state or ()):
+            if name not in STATES:
+                raise ParamError(f"unknown run state {name!r}; use one of {', '.join(STATES)}")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise ParamError(f"limit must be a whole number >= 0 or None, got {limit!r}")
         records = self._project.store.list_runs(function=function, state=state, parent=parent, limit=limit)
         return [Run.from_record(r) for r in records]
 
@@ -233,31 +273,37 @@ class Project:
 
     # -- functions by name ------------------------------------------------------------------------
     def function_from_config(self, name: str) -> Function:
-        """Build the function ``name`` listed in shoal.yaml (file:handler plus spec fields)."""
+        """Build the function ``name`` listed in shoal.yaml (file:handler plus spec fields).
+
+        Options of a ``@shoal.function`` decorator in the file are the base; the yaml overrides
+        them. Relative files resolve against the project folder, not the working folder.
+        """
         try:
             entry = self.function_specs[name]
         except KeyError:
-            listed = ", ".join(sorted(self.function_specs)) or "none"
+            listed = ", ".join(sorted(map(str, self.function_specs))) or "none"
             raise NotFoundError(f"function {name!r} is not in {CONFIG_FILE} (it lists: {listed})") from None
-        if isinstance(entry, str):
-            entry = {"handler": entry}
-        if not isinstance(entry, Mapping):
-            raise ProjectError(f"{CONFIG_FILE}: functions.{name} must be 'file.py:handler' or a mapping")
-        entry = dict(entry)
-        target = entry.pop("handler", None)
-        file = entry.pop("file", None)
-        if target and ":" in target and file is None:
-            file, target = target.rsplit(":", 1)
-        if not file or not target:
-            raise ProjectError(f"{CONFIG_FILE}: functions.{name} needs file and handler (e.g. handler: train.py:train)")
-        return Function.from_file(self._path(file), target, name=name, **entry)
+        where = f"{CONFIG_FILE}: functions.{name}"
+        file, handler, options = _config_entry(entry, where)
+        try:
+            return Function.from_file(self._path(file), handler, name=name, **options)
+        except (SpecError, CodeError) as exc:
+            raise type(exc)(f"{where}: {exc}") from exc
+        except TypeError as exc:  # a field of the wrong shape that the spec checks did not catch
+            raise ProjectError(f"{where}: {exc}") from exc
 
     def get_function(self, ref: str) -> Function:
         """A shoal.yaml function by name (built from its file), else a stored version by reference."""
         base = ref.split(":")[0].split("@")[0]
         if ref == base and ref in self.function_specs:
             return self.function_from_config(ref)
-        return self.functions.get(ref)
+        try:
+            return self.functions.get(ref)
+        except NotFoundError as exc:
+            if ref != base or not self.function_specs:
+                raise
+            listed = ", ".join(sorted(map(str, self.function_specs)))
+            raise NotFoundError(f"{exc}; {CONFIG_FILE} lists: {listed}") from None
 
     def flush(self) -> None:
         """Wait until every finished run is written to the database."""
@@ -278,7 +324,7 @@ class Project:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<shoal.Project {self.name} root={self.root} database={self.database}>"
+        return f"<shoal.Project {self.name} root={self.root} database={masked(self.database)}>"
 
 
 _projects: dict[tuple, Project] = {}
@@ -295,7 +341,8 @@ def project(
     backend: str | None = None,
 ) -> Project:
     """Open (or create on first write) the project at ``path``; one instance per settings and process."""
-    key = (str(pathlib.Path(path).resolve()), name, str(home) if home else None, database, artifacts, backend)
+    environment = (os.environ.get("SHOAL_DATABASE"), os.environ.get("SHOAL_ARTIFACTS"))
+    key = (str(pathlib.Path(path).resolve()), name, str(home) if home else None, database, artifacts, backend, environment)
     with _projects_lock:
         found = _projects.get(key)
         if found is None:

@@ -11,7 +11,7 @@ from functools import lru_cache
 
 @lru_cache(maxsize=1024)
 def parse_quantity(value: str | int | float) -> Decimal:
-    """Return the quantity as a Decimal; raise ValueError for malformed or negative values."""
+    """Return the quantity as a Decimal; raise ValueError for malformed, infinite or negative values."""
     from kubernetes.utils.quantity import parse_quantity as _parse  # lazy: ~0.15 s import
 
     if isinstance(value, bool):
@@ -21,6 +21,8 @@ def parse_quantity(value: str | int | float) -> Decimal:
         number = _parse(text)
     except (ValueError, TypeError, ArithmeticError) as exc:
         raise ValueError(f"{value!r} is not a Kubernetes quantity ({exc})") from None
+    if not number.is_finite():  # the client accepts "inf"; Kubernetes does not
+        raise ValueError(f"{value!r} is not a finite quantity")
     if number < 0:
         raise ValueError(f"{value!r} is negative")
     return number

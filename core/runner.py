@@ -16,9 +16,12 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from .artifacts import Artifact, reference
+from .context import to_json_value
 from .errors import CodeError, ParamError, ShoalError, WorkerLostError
 from .execution import RunOutcome, RunTask, error_record
+from .logcapture import tail
 from .params import bind
+from .recorder import unrecordable
 from .runs import Run, RunHandle
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -30,6 +33,15 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def new_uid() -> str:
     return uuid.uuid4().hex
+
+
+def recordable(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Parameters as the database gives them back (plain JSON: NumPy scalars as numbers, NaN as "NaN")."""
+    out = {}
+    for key, value in params.items():
+        ok, converted = to_json_value(value)
+        out[key] = converted if ok else value
+    return out
 
 
 def utc(timestamp: float | None) -> datetime | None:
@@ -57,7 +69,10 @@ class Driver:
         self.backend = backend
         self.recorder = project.recorder
         self._local_callable = None if backend.remote else fn
-        project.functions.ensure_saved(fn)
+
+    def save_function(self) -> None:
+        """Store the function version (once per process) before its first run record."""
+        self.project.functions.ensure_saved(self.fn)
 
     # -- preparing ----------------------------------------------------------------------------
     def _handler(self):
@@ -72,31 +87,40 @@ class Driver:
         self, params: Mapping[str, Any] | None, inputs: Mapping[str, Any] | None, *, from_text: bool = False
     ) -> tuple[dict[str, Any], dict[str, Artifact]]:
         """Checked parameters and stored inputs; raises before anything is recorded."""
+        bound = self.check(params, inputs, from_text=from_text)
+        return bound, self.stage_inputs(inputs)
+
+    def check(
+        self, params: Mapping[str, Any] | None, inputs: Mapping[str, Any] | None, *, from_text: bool = False
+    ) -> dict[str, Any]:
+        """Parameters checked and converted against the handler (ParamError otherwise)."""
         if params is not None and not isinstance(params, Mapping):
             raise ParamError(f"params must be a mapping of name -> value, got {type(params).__name__}")
-        inputs = dict(inputs or {})
-        clash = sorted(set(inputs) & set(params or {}))
+        if inputs is not None and not isinstance(inputs, Mapping):
+            raise ParamError(f"inputs must be a mapping of name -> value or path, got {type(inputs).__name__}")
+        names = tuple(inputs or {})
+        for key in names:
+            if not isinstance(key, str) or not key.isidentifier():
+                raise ParamError(f"input names must be identifiers, got {key!r}")
+        clash = sorted(set(names) & set(params or {}))
         if clash:
             raise ParamError(f"{clash[0]!r} is given both as a parameter and as an input; use one")
         handler = self._handler()
         if handler is None:
-            bound = {**self.fn.spec.defaults, **dict(params or {})}
-        else:
-            bound = bind(
-                handler,
-                params,
-                defaults=self.fn.spec.defaults,
-                input_names=tuple(inputs),
-                from_text=from_text,
-                handler=f"{self.fn.name} ({self.fn.handler})",
-            )
-        return bound, self._stage_inputs(inputs)
+            return {**self.fn.spec.defaults, **dict(params or {})}
+        return bind(
+            handler,
+            params,
+            defaults=self.fn.spec.defaults,
+            input_names=names,
+            from_text=from_text,
+            handler=f"{self.fn.name} ({self.fn.handler})",
+        )
 
-    def _stage_inputs(self, inputs: dict[str, Any]) -> dict[str, Artifact]:
+    def stage_inputs(self, inputs: Mapping[str, Any] | None) -> dict[str, Artifact]:
+        """Each input as an Artifact: references kept as URLs, values stored once by content."""
         staged = {}
-        for key, value in inputs.items():
-            if not isinstance(key, str) or not key.isidentifier():
-                raise ParamError(f"input names must be identifiers, got {key!r}")
+        for key, value in (inputs or {}).items():
             artifact = reference(value, key)
             if artifact is None:  # a value: store it once by content, ship only its URL
                 artifact = self.project.artifacts.put_content_addressed(
@@ -119,20 +143,30 @@ class Driver:
             "function": self.fn.name,
             "function_hash": self.fn.hash,
             "state": "pending",
-            "params": params,
+            "params": recordable(params),
             "inputs": {key: artifact.url for key, artifact in inputs.items()},
             "parent": parent,
             "iteration": iteration,
             "backend": self.backend.name,
             "labels": dict(labels or {}),
             "attempts": 0,
+            "created_at": datetime.now(timezone.utc),  # set here so the returned Run and the row agree
         }
 
     # -- running ------------------------------------------------------------------------------
     def launch(
-        self, record: dict[str, Any], inputs: dict[str, Artifact], *, watch: bool = False, scope: Any = None
+        self,
+        record: dict[str, Any],
+        inputs: dict[str, Artifact],
+        *,
+        watch: bool = False,
+        scope: Any = None,
+        params: dict[str, Any] | None = None,
     ) -> RunHandle:
-        """Submit an already recorded run; returns its handle at once."""
+        """Submit an already recorded run; returns its handle at once.
+
+        ``params`` are the checked values for the handler (default: the recorded ones).
+        """
         spec = self.fn.spec
         task = RunTask(
             uid=record["uid"],
@@ -141,7 +175,7 @@ class Driver:
             function_hash=self.fn.hash,
             handler=self.fn.handler,
             code=self.fn.code,
-            params=record["params"],
+            params=params if params is not None else record["params"],
             artifact_url=self.project.artifacts_url,
             inputs={key: artifact.to_record() for key, artifact in inputs.items()},
             timeout=spec.timeout,
@@ -158,8 +192,10 @@ class Driver:
 
     def _submit(self, flight: "_Flight") -> None:
         def on_start(uid: str, started: float) -> None:
+            if flight.started_at is None:
+                flight.started_at = started
             flight.handle._set_state("running")
-            self.recorder.started(uid, {"state": "running", "started_at": utc(started)})
+            self.recorder.started(uid, {"state": "running", "started_at": utc(flight.started_at)})
 
         try:
             future = self.backend.submit(flight.task, on_start)
@@ -189,7 +225,8 @@ class Driver:
         logs = outcome.logs
         if flight.earlier_logs:
             parts = [f"--- attempt {i + 1} ---\n{text}" for i, text in enumerate(flight.earlier_logs + [logs])]
-            logs = "\n".join(parts)
+            logs = tail("\n".join(parts), flight.task.log_limit)
+        started = flight.started_at if flight.started_at is not None else outcome.started_at
         fields = {
             "state": outcome.state,
             "results": outcome.results,
@@ -197,7 +234,7 @@ class Driver:
             "logs": logs,
             "error": outcome.error,
             "attempts": outcome.attempt,
-            "started_at": utc(outcome.started_at),
+            "started_at": utc(started),  # the first attempt's start: duration covers the retries
             "ended_at": utc(outcome.ended_at),
         }
         record = {**flight.record, **fields}
@@ -223,7 +260,11 @@ class Driver:
             started_at=fields["started_at"],
             ended_at=fields["ended_at"],
         )
-        self.recorder.finished(run.uid, fields, outcome.artifacts, lambda problem: flight.handle._finish(run))
+        def resolve(problem: Exception | None) -> None:
+            # If the outcome could not be stored, the handle reports what the recorder wrote instead.
+            flight.handle._finish(run if problem is None else dataclasses.replace(run, artifacts={}, **unrecordable(fields, problem)))
+
+        self.recorder.finished(run.uid, fields, outcome.artifacts, resolve)
 
     def _cancel(self, flight: "_Flight") -> bool:
         if flight.future is None:
@@ -240,20 +281,23 @@ class _Flight:
     handle: RunHandle = None  # type: ignore[assignment]
     future: Any = None
     earlier_logs: list[str] = dataclasses.field(default_factory=list)
-    created_at: datetime = dataclasses.field(default_factory=lambda: datetime.now(timezone.utc))
+    started_at: float | None = None  # when the first attempt started
+
+    @property
+    def created_at(self) -> datetime:
+        return self.record["created_at"]
 
 
 def _outcome_of(task: RunTask, future: "BackendFuture") -> RunOutcome:
     try:
         return future.result()
     except cf.CancelledError:
-        now = datetime.now(timezone.utc).timestamp()
         return RunOutcome(
             uid=task.uid,
             state="cancelled",
-            attempt=task.attempt,
-            started_at=now,
-            ended_at=now,
+            attempt=task.attempt - 1,  # this attempt never started
+            started_at=None,
+            ended_at=datetime.now(timezone.utc).timestamp(),
             error={"type": "CancelledError", "message": "run was cancelled before it started", "traceback": ""},
         )
     except Exception as exc:  # noqa: BLE001 - engine failures become failed outcomes
@@ -292,9 +336,10 @@ def submit_function(
 ) -> RunHandle:
     driver = _driver(fn, backend, project)
     bound, staged = driver.prepare(params, inputs, from_text=from_text)
+    driver.save_function()
     record = driver.new_record(bound, staged, labels=labels)
     driver.project.store.create_runs([record])
-    return driver.launch(record, staged, watch=watch)
+    return driver.launch(record, staged, watch=watch, params=bound)
 
 
 def run_function(
@@ -344,16 +389,17 @@ def map_function(
     checked = []
     for index, params in enumerate(items):
         try:
-            checked.append(driver.prepare(params, inputs)[0])
+            checked.append(driver.check(params, inputs))
         except ParamError as exc:
             raise ParamError(f"params[{index}]: {exc}") from None
-    staged = driver.prepare(checked[0] if checked else {}, inputs)[1] if inputs else {}
+    staged = driver.stage_inputs(inputs)  # once for all children
+    driver.save_function()
     parent = driver.new_record({"map": len(items)}, staged)
     parent["state"] = "running"
     parent["started_at"] = datetime.now(timezone.utc)
     children = [driver.new_record(p, staged, parent=parent["uid"], iteration=i) for i, p in enumerate(checked)]
     driver.project.store.create_runs([parent] + children)
-    handles = [driver.launch(child, staged, watch=watch) for child in children]
+    handles = [driver.launch(child, staged, watch=watch, params=p) for child, p in zip(children, checked)]
     try:
         runs = _wait_all(handles)
     except KeyboardInterrupt:

@@ -6,6 +6,8 @@ silently ignored key. Validation errors are turned into one-line ``SpecError``s 
 
 from __future__ import annotations
 
+import difflib
+import json
 import re
 from typing import Annotated, Any, Literal, Union
 
@@ -14,9 +16,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import SpecError
 from .quantity import canonical_quantity, parse_quantity
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+# Used with ``fullmatch`` (``match`` + ``$`` would accept a trailing newline).
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+ENV_NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 Quantity = Union[str, int, float]
+RESOURCE_SHORTHANDS = ("cpu", "memory", "gpu")
+PLACEMENT_SHORTHANDS = ("node_selector", "affinity", "tolerations", "spot", "priority_class")
+
+
+def json_value(value: Any, what: str) -> Any:
+    """``value`` as plain JSON data (tuples become lists), so every process sees and hashes the same
+    thing; NaN, infinity and non-JSON objects are refused because the hash is canonical JSON."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} must be plain JSON data: strings, finite numbers, lists, mappings ({exc})") from None
 
 
 class _Model(BaseModel):
@@ -46,6 +60,8 @@ class ResourceAmounts(_Model):
             raise ValueError(f"{exc}; use Kubernetes quantity syntax such as 500m, 2, 4Gi, 512Mi") from None
         if info.field_name == "gpu" and number != number.to_integral_value():
             raise ValueError(f"{value!r} is not a whole number of GPUs")
+        if info.field_name == "cpu" and number * 1000 != (number * 1000).to_integral_value():
+            raise ValueError(f"{value!r} is finer than 1m (0.001 CPU), which Kubernetes refuses; round it")
         return str(value).strip()
 
 
@@ -109,6 +125,11 @@ class Placement(_Model):
     spot: Literal["none", "prefer", "require"] = "none"
     priority_class: str | None = None
 
+    @field_validator("affinity")
+    @classmethod
+    def _json_affinity(cls, value: dict | None) -> dict | None:
+        return None if value is None else json_value(value, "affinity")
+
 
 class _Volume(_Model):
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
@@ -167,7 +188,7 @@ class FunctionSpec(_Model):
     placement: Placement = Placement()
     volumes: tuple[Volume, ...] = ()
     backend: str | None = None
-    timeout: float | None = Field(default=None, gt=0)
+    timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     retries: int = Field(default=0, ge=0)
     defaults: dict[str, Any] = {}
 
@@ -176,12 +197,18 @@ class FunctionSpec(_Model):
     def _pip_specifiers(cls, value: Any) -> Any:
         if isinstance(value, str):
             value = [value]
+        if value is None:
+            return ()
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"use a list of pip requirement strings such as ['numpy>=1.26'], not {value!r}")
         from packaging.requirements import InvalidRequirement, Requirement
 
         out = []
-        for item in value or ():
+        for item in value:
+            if not isinstance(item, str):
+                raise ValueError(f"{item!r} is not a pip requirement string; use e.g. 'numpy>=1.26'")
             try:
-                out.append(str(Requirement(str(item))))
+                out.append(str(Requirement(item)))
             except InvalidRequirement as exc:
                 raise ValueError(f"{item!r} is not a pip requirement ({str(exc).splitlines()[0]}); use e.g. 'numpy>=1.26'") from None
         return tuple(out)
@@ -189,11 +216,19 @@ class FunctionSpec(_Model):
     @field_validator("env", mode="before")
     @classmethod
     def _env(cls, value: Any) -> Any:
-        value = dict(value or {})
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ValueError("use a mapping of variable names to strings or {secret:, key:} references")
+        value = dict(value)
         for key, item in value.items():
-            if not isinstance(key, str) or not ENV_NAME_PATTERN.match(key):
+            if not isinstance(key, str) or not ENV_NAME_PATTERN.fullmatch(key):
                 raise ValueError(f"{key!r} is not a valid environment variable name")
-            if isinstance(item, (int, float)) and not isinstance(item, bool):
+            if isinstance(item, bool) or not isinstance(item, (str, int, float, dict, SecretRef)):
+                raise ValueError(
+                    f"env {key!r} must be a string or a secret reference {{secret: name, key: key}}, not {item!r}"
+                )
+            if isinstance(item, (int, float)):
                 value[key] = str(item)
         return value
 
@@ -213,27 +248,39 @@ class FunctionSpec(_Model):
     @field_validator("defaults")
     @classmethod
     def _json_defaults(cls, value: dict) -> dict:
-        import json
-
-        try:
-            json.dumps(value)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"default parameters must be JSON-serialisable ({exc})") from None
-        return value
+        return json_value(value, "default parameters")
 
 
 SPEC_FIELDS = tuple(FunctionSpec.model_fields)
 METADATA_FIELDS = ("description", "labels")
+OPTION_FIELDS = SPEC_FIELDS + RESOURCE_SHORTHANDS + PLACEMENT_SHORTHANDS + METADATA_FIELDS
+
+
+def unknown_field_error(field: str, valid: tuple[str, ...] = OPTION_FIELDS) -> SpecError:
+    """A SpecError for a misspelt field, suggesting the closest valid one."""
+    close = difflib.get_close_matches(str(field), valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return SpecError(f"unknown spec field {field!r}{hint}; valid fields are: {', '.join(valid)}")
+
+
+def spec_to_dict(spec: FunctionSpec) -> dict[str, Any]:
+    """The non-default fields as JSON data; what documents store and ``build_spec`` reads back.
+
+    Each volume keeps its ``type`` even though it equals the model default: it is the discriminator
+    that tells a pvc from an nfs volume when the document is read back.
+    """
+    data = spec.model_dump(mode="json", exclude_defaults=True)
+    if "volumes" in data:
+        data["volumes"] = [{"type": volume.type, **dumped} for volume, dumped in zip(spec.volumes, data["volumes"])]
+    return data
 
 
 def build_spec(data: dict[str, Any], *, base: FunctionSpec | None = None) -> FunctionSpec:
     """Validate ``data`` (optionally over ``base``) into a FunctionSpec, or raise a one-line SpecError."""
     unknown = sorted(set(data) - set(SPEC_FIELDS))
     if unknown:
-        raise SpecError(
-            f"unknown spec field {unknown[0]!r}; valid fields are: {', '.join(SPEC_FIELDS + METADATA_FIELDS)}"
-        )
-    merged = base.model_dump(exclude_defaults=True) if base is not None else {}
+        raise unknown_field_error(unknown[0])
+    merged = spec_to_dict(base) if base is not None else {}
     merged.update(data)
     try:
         return FunctionSpec.model_validate(merged)
@@ -250,6 +297,8 @@ def spec_error(exc: ValidationError, prefix: str = "") -> SpecError:
         message = "unknown field; check the spelling against the documented spec fields"
     elif first["type"] == "union_tag_invalid":
         message = f"unknown volume type; use one of {', '.join(_VOLUME_TAGS)}"
+    elif first["type"] == "union_tag_not_found":
+        message = f"missing volume type; add type: one of {', '.join(_VOLUME_TAGS)}"
     elif first["type"] == "literal_error":
         message = f"{message} (got {first.get('input')!r})"
     field = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "spec"
@@ -290,7 +339,7 @@ def shorthand_resources(cpu: Any = None, memory: Any = None, gpu: Any = None) ->
 def canonical_spec(spec: FunctionSpec) -> dict[str, Any]:
     """The hashed form: non-default fields only (so new optional fields keep old hashes), quantities
     spelled one way."""
-    data = spec.model_dump(mode="json", exclude_defaults=True)
+    data = spec_to_dict(spec)
     for section in ("requests", "limits"):
         amounts = data.get("resources", {}).get(section, {})
         for kind, value in list(amounts.items()):

@@ -6,10 +6,11 @@ Errors print as one line on stderr with a non-zero exit (2 for bad input, 1 for 
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
+import pathlib
 import sys
-from typing import Any, List, Optional
+from typing import Any, Iterator, List, Optional
 
 import typer
 
@@ -29,24 +30,38 @@ runs_app = typer.Typer(help="Recorded runs.", no_args_is_help=True)
 app.add_typer(functions_app, name="functions")
 app.add_typer(runs_app, name="runs")
 
-_state: dict[str, Any] = {"debug": False, "project": None}
+_state: dict[str, Any] = {"debug": False}
 
 
 @app.callback()
 def _options(
     project: Optional[str] = typer.Option(
-        None, "--project", "-C", envvar="SHOAL_PROJECT_DIR", help="Project folder (default: the working folder)."
+        None,
+        "--project",
+        "-C",
+        envvar="SHOAL_PROJECT_DIR",
+        help="Run as if started in this project folder (like git -C): shoal.yaml, files and inputs are found there.",
     ),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
-    _state["project"] = project
     _state["debug"] = debug
+    if project:
+        _enter(project)
+
+
+def _enter(folder: str) -> None:
+    """Change into the project folder, which must exist: a typo must not create a new project."""
+    from shoal.errors import ProjectError
+
+    if not os.path.isdir(folder):
+        raise ProjectError(f"project folder {folder} does not exist; create it with: shoal init {folder}")
+    os.chdir(folder)
 
 
 def _project():
     import shoal
 
-    return shoal.project(_state["project"] or ".")
+    return shoal.project(".")
 
 
 def _pairs(values: List[str], option: str) -> dict[str, str]:
@@ -71,6 +86,29 @@ def _load_target(target: str):
     return _project().get_function(target)
 
 
+def _input_paths(inputs: dict[str, str]) -> dict[str, str]:
+    """``--input`` values are paths or URLs: a local path that does not exist is a typo.
+
+    (The Python API stores a plain string as a value; on the command line that would silently turn
+    ``--input data=trian.csv`` into the text "trian.csv".)
+    """
+    for key, value in inputs.items():
+        if "://" not in value and not os.path.exists(value):
+            raise ParamError(f"--input {key}={value}: no such file; give an existing path or a URL (s3://..., gs://...)")
+    return inputs
+
+
+@contextlib.contextmanager
+def _stdout_reserved(as_json: bool) -> Iterator[None]:
+    """With ``--json``, stdout carries the JSON document only: whatever else is printed meanwhile
+    (a module-level ``print`` in the user's file, an engine's banner) goes to stderr."""
+    if not as_json:
+        yield
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
 # -- shoal run ----------------------------------------------------------------------------------
 @app.command()
 def run(
@@ -81,21 +119,19 @@ def run(
     as_json: bool = typer.Option(False, "--json", help="Print the run record as JSON."),
     watch: bool = typer.Option(True, "--watch/--no-watch", help="Stream the handler's output."),
 ) -> None:
-    """Run a function once and record the run."""
+    """Run a function once and record the run (exit 1 if it fails, 2 for bad input)."""
     from shoal.runner import run_function
 
-    fn = _load_target(target)
-    result = run_function(
-        fn,
-        _pairs(param, "--param"),
-        _pairs(input, "--input"),
-        backend=backend,
-        project=_project(),
-        watch=watch and not as_json,
-        from_text=True,
-    )
+    with _stdout_reserved(as_json):
+        fn = _load_target(target)
+        project = _project()
+        params = _pairs(param, "--param")
+        inputs = _input_paths(_pairs(input, "--input"))
+        result = run_function(
+            fn, params, inputs, backend=backend, project=project, watch=watch and not as_json, from_text=True
+        )
     if as_json:
-        typer.echo(json.dumps(result.to_dict(), indent=2, default=str))
+        render.print_json(result.to_dict())
     else:
         render.run_summary(result)
     if result.state != "completed":
@@ -110,12 +146,16 @@ def init(
     example: bool = typer.Option(True, "--example/--no-example", help="Add an example train.py."),
 ) -> None:
     """Create a project: shoal.yaml, the .shoal home with its database, and an example function."""
+    from shoal.project import masked
     from shoal.scaffold import create_project
 
-    created = create_project(path, name=name, example=example)
+    project, created = create_project(path, name=name, example=example)
     for item in created:
         typer.echo(f"created {item}")
-    typer.echo(f"next: cd {path} && shoal run train --param lr=0.05" if example else "done")
+    typer.echo(f"project {project.name}: database {masked(project.database)}, artifacts {project.artifacts_url}")
+    if "train" in project.function_specs:
+        where = "" if project.root == pathlib.Path.cwd().resolve() else f"cd {path} && "
+        typer.echo(f"next: {where}shoal run train --param lr=0.05")
 
 
 # -- shoal functions ------------------------------------------------------------------------------
@@ -124,7 +164,7 @@ def functions_list(as_json: bool = typer.Option(False, "--json")) -> None:
     """The latest version of every stored function."""
     records = _project().functions.list()
     if as_json:
-        typer.echo(json.dumps([render.function_dict(r) for r in records], indent=2, default=str))
+        render.print_json([render.function_dict(r) for r in records])
     else:
         render.functions_table(records, title="functions")
 
@@ -137,7 +177,7 @@ def functions_show(
     """One version's document (spec, metadata, code)."""
     record = _project().functions.record(ref)
     if as_json:
-        typer.echo(json.dumps(render.function_dict(record, full=True), indent=2, default=str))
+        render.print_json(render.function_dict(record, full=True))
     else:
         render.function_document(record)
 
@@ -147,7 +187,7 @@ def functions_history(name: str, as_json: bool = typer.Option(False, "--json")) 
     """Every stored version of a function, newest first."""
     records = _project().functions.history(name)
     if as_json:
-        typer.echo(json.dumps([render.function_dict(r) for r in records], indent=2, default=str))
+        render.print_json([render.function_dict(r) for r in records])
     else:
         render.functions_table(records, title=f"history of {name}")
 
@@ -165,17 +205,13 @@ def runs_list(
     function: Optional[str] = typer.Option(None, "--function", "-f"),
     state: Optional[str] = typer.Option(None, "--state", "-s", help="pending, running, completed, failed, cancelled"),
     parent: Optional[str] = typer.Option(None, "--parent"),
-    limit: int = typer.Option(20, "--limit", "-n"),
+    limit: int = typer.Option(20, "--limit", "-n", min=0, help="At most this many runs (0: all)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Recorded runs, newest first."""
-    from shoal.runs import STATES
-
-    if state is not None and state not in STATES:
-        raise ParamError(f"unknown state {state!r}; use one of {', '.join(STATES)}")
-    runs = _project().runs.list(function=function, state=state, parent=parent, limit=limit)
+    runs = _project().runs.list(function=function, state=state, parent=parent, limit=limit or None)
     if as_json:
-        typer.echo(json.dumps([r.to_dict() for r in runs], indent=2, default=str))
+        render.print_json([r.to_dict() for r in runs])
     else:
         render.runs_table(runs)
 
@@ -185,7 +221,7 @@ def runs_show(uid: str, as_json: bool = typer.Option(False, "--json")) -> None:
     """One run: parameters, results, artifacts, error."""
     found = _project().runs.get(uid)
     if as_json:
-        typer.echo(json.dumps(found.to_dict(), indent=2, default=str))
+        render.print_json(found.to_dict())
     else:
         render.run_summary(found, detail=True)
 
@@ -193,7 +229,8 @@ def runs_show(uid: str, as_json: bool = typer.Option(False, "--json")) -> None:
 @runs_app.command("logs")
 def runs_logs(uid: str) -> None:
     """The captured stdout/stderr of a run."""
-    typer.echo(_project().runs.logs(uid), nl=False)
+    logs = _project().runs.logs(uid)
+    typer.echo(logs, nl=bool(logs) and not logs.endswith("\n"))
 
 
 @app.command()
@@ -205,14 +242,22 @@ def version() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: one-line errors and meaningful exit codes."""
+    """Console entry point: one-line errors and meaningful exit codes, tracebacks only with --debug."""
     try:
         app(args=argv)  # typer exits by itself on success, usage errors and typer.Exit
     except ShoalError as exc:
-        if _state["debug"]:
-            raise
-        render.error(str(exc))
-        sys.exit(exc.exit_code)
+        _fail(exc, str(exc), exc.exit_code)
+    except OSError as exc:  # a folder that cannot be created, a file that cannot be read...
+        _fail(exc, str(exc), 1)
+    except Exception as exc:  # noqa: BLE001 - a bug: still one line, the traceback with --debug
+        _fail(exc, f"unexpected {type(exc).__name__}: {exc} (run again with --debug for the traceback)", 1)
+
+
+def _fail(exc: BaseException, message: str, code: int) -> None:
+    if _state["debug"]:
+        raise exc
+    render.error(message)
+    sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,26 +1,69 @@
-"""Human-readable output of the CLI (rich tables); JSON output is built in main."""
+"""Output of the CLI: rich tables for people, strict JSON for scripts, one-line errors.
+
+Everything that comes from users or their code (results, parameters, error messages, descriptions,
+paths) is passed to rich as ``Text``, never as a markup string: a value such as ``[/x]`` or
+``:smile:`` must print literally, not raise ``MarkupError`` or turn into an emoji.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any
 
 from rich.console import Console
 from rich.syntax import Syntax
 from rich.table import Table
+from rich.text import Text
 
 console = Console(highlight=False)
 errors = Console(stderr=True, highlight=False)
 
+STATE_STYLE = {"completed": "green", "failed": "red", "cancelled": "yellow", "running": "cyan", "pending": "dim"}
+
+
+# -- errors and JSON --------------------------------------------------------------------------------
+def one_line(message: str) -> str:
+    """Join a multi-line message into one line (errors are one line; tracebacks need --debug)."""
+    return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
 
 def error(message: str) -> None:
-    errors.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    """``error: <message>`` on stderr, on one line, printed literally."""
+    errors.print(Text.assemble(("error:", "bold red"), " ", one_line(message)), soft_wrap=True)
 
 
-def _short(value: Any, width: int = 60) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return text if len(text) <= width else text[: width - 1] + "…"
+def _finite(value: Any) -> Any:
+    """Non-finite floats as the strings the store uses ("NaN", "Infinity"), so output is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
+def json_text(data: Any) -> str:
+    """Strict JSON (no NaN tokens, which jq and JavaScript reject); unknown objects as strings."""
+    return json.dumps(_finite(data), indent=2, default=str, allow_nan=False)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json_text(data) + "\n")
+    sys.stdout.flush()
+
+
+# -- cells ------------------------------------------------------------------------------------------
+def _text(value: Any, style: str = "") -> Text:
+    """A literal table cell."""
+    return Text(value if isinstance(value, str) else str(value), style=style)
+
+
+def _short(value: Any, width: int = 60) -> Text:
+    text = value if isinstance(value, str) else json.dumps(_finite(value), default=str)
+    return _text(text if len(text) <= width else text[: width - 1] + "…")
 
 
 def _when(value) -> str:
@@ -33,41 +76,49 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
-STATE_STYLE = {"completed": "green", "failed": "red", "cancelled": "yellow", "running": "cyan", "pending": "dim"}
+def _state(state: str) -> Text:
+    return _text(state, STATE_STYLE.get(state, ""))
 
 
+def _metric(series: list) -> str:
+    step, value = series[-1][0], series[-1][1]
+    shown = f"{value:g}" if isinstance(value, (int, float)) else str(value)
+    return f"{shown} (step {step}, {len(series)} points)"
+
+
+# -- runs -------------------------------------------------------------------------------------------
 def run_summary(run, detail: bool = False) -> None:
-    style = STATE_STYLE.get(run.state, "")
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
     table.add_row("run", run.uid)
-    table.add_row("function", f"{run.function}@{run.function_hash[:12]}")
-    table.add_row("state", f"[{style}]{run.state}[/]")
+    table.add_row("function", _text(f"{run.function}@{run.function_hash[:12]}"))
+    table.add_row("state", _state(run.state))
     table.add_row("duration", _duration(run.duration))
     if run.attempts > 1:
         table.add_row("attempts", str(run.attempts))
     if detail:
-        table.add_row("backend", run.backend or "-")
+        table.add_row("backend", _text(run.backend or "-"))
         table.add_row("started", _when(run.started_at))
         if run.parent:
             table.add_row("parent", f"{run.parent} (iteration {run.iteration})")
         for key, value in run.params.items():
-            table.add_row(f"param {key}", _short(value))
+            table.add_row(_text(f"param {key}"), _short(value))
         for key, value in run.inputs.items():
-            table.add_row(f"input {key}", _short(value))
+            table.add_row(_text(f"input {key}"), _short(value))
     for key, value in run.results.items():
-        table.add_row(f"result {key}", _short(value))
+        table.add_row(_text(f"result {key}"), _short(value))
     for key, series in (run.metrics or {}).items():
         if series:
-            table.add_row(f"metric {key}", f"{series[-1][1]:g} (step {series[-1][0]}, {len(series)} points)")
+            table.add_row(_text(f"metric {key}"), _text(_metric(series)))
     for key, artifact in run.artifacts.items():
-        table.add_row(f"artifact {key}", f"{artifact.kind}, {artifact.size} B, {artifact.url}")
+        table.add_row(_text(f"artifact {key}"), _text(f"{artifact.kind}, {artifact.size} B, {artifact.url}"))
     if run.error:
-        table.add_row("error", f"[red]{run.error.get('type')}: {run.error.get('message')}[/]")
+        message = f"{run.error.get('type')}: {run.error.get('message')}"
+        table.add_row("error", _text(message, "red"))
     console.print(table)
     if detail and run.error and run.error.get("traceback"):
-        console.print(run.error["traceback"].rstrip(), markup=False)
+        console.print(_text(run.error["traceback"].rstrip()))
 
 
 def runs_table(runs) -> None:
@@ -75,11 +126,10 @@ def runs_table(runs) -> None:
     for column in ("uid", "function", "state", "started", "duration", "results"):
         table.add_column(column)
     for run in runs:
-        style = STATE_STYLE.get(run.state, "")
         table.add_row(
             run.uid[:12],
-            run.function + (f" #{run.iteration}" if run.iteration is not None else ""),
-            f"[{style}]{run.state}[/]",
+            _text(run.function + (f" #{run.iteration}" if run.iteration is not None else "")),
+            _state(run.state),
             _when(run.started_at),
             _duration(run.duration),
             _short(run.results, 50) if run.results else "",
@@ -87,6 +137,7 @@ def runs_table(runs) -> None:
     console.print(table)
 
 
+# -- functions --------------------------------------------------------------------------------------
 def function_dict(record, full: bool = False) -> dict[str, Any]:
     data = {
         "name": record.name,
@@ -102,12 +153,16 @@ def function_dict(record, full: bool = False) -> dict[str, Any]:
 
 
 def functions_table(records, title: str) -> None:
-    table = Table(title=title)
+    table = Table(title=_text(title))
     for column in ("name", "hash", "tags", "created", "description"):
         table.add_column(column)
     for record in records:
         table.add_row(
-            record.name, record.hash[:12], ", ".join(record.tags), _when(record.created_at), record.description or ""
+            _text(record.name),
+            record.hash[:12],
+            _text(", ".join(record.tags)),
+            _when(record.created_at),
+            _text(record.description or ""),
         )
     console.print(table)
 
@@ -117,11 +172,13 @@ def function_document(record) -> None:
 
     doc = dict(record.spec)
     code = doc.pop("code", {})
-    console.print(f"[bold]{record.name}[/]@{record.hash}  tags: {', '.join(record.tags) or '-'}")
+    header = Text.assemble((record.name, "bold"), f"@{record.hash}  tags: {', '.join(record.tags) or '-'}")
+    console.print(header, soft_wrap=True)
     console.print(Syntax(yaml.safe_dump(doc, sort_keys=False), "yaml", background_color="default"))
     if code.get("kind") == "source":
-        console.print(f"[bold]code[/] ({code.get('origin', '')})")
+        console.print(Text.assemble(("code", "bold"), f" ({code.get('origin', '')})"))
         console.print(Syntax(code.get("text", ""), "python", background_color="default", line_numbers=True))
     else:
-        console.print(f"[bold]code[/]: {code.get('kind')} ({len(code.get('text', ''))} bytes)")
+        console.print(Text.assemble(("code", "bold"), f": {code.get('kind')} ({len(code.get('text', ''))} bytes)"))
     sys.stdout.flush()
+

@@ -9,8 +9,10 @@ A URL that cannot be used fails here, at once, with one line naming the URL and 
 
 from __future__ import annotations
 
-import os
+import random
 import re
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -111,18 +113,21 @@ def _make_parents(folder: Path) -> list[Path]:
         missing.append(candidate)
     created = []
     for candidate in reversed(missing):
-        candidate.mkdir()
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            if not candidate.is_dir():
+                raise
+            continue  # another process opening the same store just made it; not ours to remove
         created.append(candidate)
     return created
 
 
-def _remove_created(path: Path, existed: bool, folders: list[Path]) -> None:
-    if not existed:
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            try:
-                os.unlink(f"{path}{suffix}")
-            except OSError:
-                pass
+def _remove_folders(folders: list[Path]) -> None:
+    """Undo :func:`_make_parents` as far as the folders are still empty.
+
+    The database file itself is never removed: another process may have created it meanwhile.
+    """
     for folder in reversed(folders):
         try:
             folder.rmdir()
@@ -132,12 +137,11 @@ def _remove_created(path: Path, existed: bool, folders: list[Path]) -> None:
 
 def _open_sqlite(url: URL) -> Engine:
     path = sqlite_path(url)
-    existed, folders = True, []
+    folders: list[Path] = []
     if path is not None:
         if str(path).startswith("~"):
             path = path.expanduser()
             url = url.set(database=str(path))
-        existed = path.exists()
         try:
             folders = _make_parents(path.parent)
         except OSError as error:
@@ -155,13 +159,32 @@ def _open_sqlite(url: URL) -> Engine:
             connection.exec_driver_sql("SELECT 1")
     except exc.DBAPIError as error:
         engine.dispose()
-        if path is not None:
-            _remove_created(path, existed, folders)
+        _remove_folders(folders)
         raise StoreError(
             f"cannot open SQLite database {mask(url)} ({first_line(error)}); "
             "check that the path is a writable file location"
         ) from error
     return engine
+
+
+def _switch_to_wal(cursor: Any) -> None:
+    """Put the database in WAL mode (a persistent setting; a no-op once done).
+
+    Measured: when several processes switch a fresh file at once, a few get "database is locked"
+    immediately, because SQLite skips the busy handler for this lock upgrade. So retry, briefly.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    while True:
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                # Returns the resulting mode: not "wal" where the file system cannot do WAL, in
+                # which case SQLite keeps its rollback journal (correct, only less concurrent).
+                cursor.execute("PRAGMA journal_mode = WAL").fetchone()
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) and "busy" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(random.uniform(0.001, 0.02))
 
 
 def _install_sqlite_events(engine: Engine, *, wal: bool) -> None:
@@ -174,8 +197,8 @@ def _install_sqlite_events(engine: Engine, *, wal: bool) -> None:
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
-            if wal and cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                cursor.execute("PRAGMA journal_mode = WAL")
+            if wal:
+                _switch_to_wal(cursor)
             cursor.execute("PRAGMA synchronous = NORMAL")
             cursor.execute("PRAGMA foreign_keys = ON")
         finally:

@@ -40,7 +40,12 @@ def save_version(
     upsert(
         connection,
         functions,
-        [dict(project=project, name=name, hash=hash, spec=spec, description=description, labels=labels, created_at=now)],
+        [
+            dict(
+                project=project, name=name, hash=hash, spec=spec,
+                description=description, labels=labels, created_at=now,
+            )
+        ],
         keys=("project", "name", "hash"),
         update=("spec", "description", "labels"),
     )
@@ -81,7 +86,10 @@ def resolve(connection: Connection, project: str, ref: FunctionRef) -> FunctionR
     ).all()
     if not rows:
         _require_name(connection, project, ref.name)
-        target = f"tag {ref.tag!r} points at a missing version" if ref.tag else f"no version whose hash starts with {ref.hash_prefix!r}"
+        if ref.tag:
+            target = f"tag {ref.tag!r} points at a missing version"
+        else:
+            target = f"no version whose hash starts with {ref.hash_prefix!r}"
         raise NotFoundError(
             f"function {ref.name!r}: {target}; run `shoal functions history {ref.name}` to see its versions"
         )

@@ -20,7 +20,7 @@ from sqlalchemy import exc
 from sqlalchemy.engine import Connection, Engine
 
 from ..errors import StoreError
-from .engine import SQLITE_BEGIN, mask, sqlite_path
+from .engine import SQLITE_BEGIN, first_line, mask, sqlite_path
 
 HEAD = "0002_artifacts"
 """The newest revision in ``migrations/versions`` (a test keeps the two in step)."""
@@ -43,9 +43,12 @@ def current_revision(connection: Connection) -> str | None:
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Migrate forward to ``revision`` (default: the head), doing nothing if already there."""
     if revision in ("head", HEAD):
-        with engine.execution_options(**{SQLITE_BEGIN: "DEFERRED"}).connect() as connection:
-            if current_revision(connection) == HEAD:
-                return
+        try:
+            with engine.execution_options(**{SQLITE_BEGIN: "DEFERRED"}).connect() as connection:
+                if current_revision(connection) == HEAD:
+                    return
+        except exc.SQLAlchemyError as error:
+            raise StoreError(f"cannot read the schema revision of {mask(engine.url)}: {first_line(error)}") from error
     _run(engine, "upgrade", revision)
 
 
@@ -73,7 +76,7 @@ def _run(engine: Engine, command_name: str, revision: str) -> None:
                 "created by a newer shoal, upgrade shoal"
             ) from error
         except exc.SQLAlchemyError as error:
-            raise StoreError(f"migrating the database at {mask(engine.url)} failed: {error}") from error
+            raise StoreError(f"migrating the database at {mask(engine.url)} failed: {first_line(error)}") from error
 
 
 @contextlib.contextmanager

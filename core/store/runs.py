@@ -96,7 +96,9 @@ def require_runs(connection: Connection, project: str, uids: Iterable[str]) -> N
         raise NotFoundError(f"no run with uid {shown} in project {project!r}; {LIST_HINT}")
 
 
-def update_runs(connection: Connection, project: str, items: Sequence[tuple[str, dict[str, Any]]], now: datetime) -> None:
+def update_runs(
+    connection: Connection, project: str, items: Sequence[tuple[str, dict[str, Any]]], now: datetime
+) -> None:
     """Apply each ``(uid, fields)``; runs with the same set of fields share one executemany."""
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
     for uid, fields in items:
@@ -170,7 +172,9 @@ def get(connection: Connection, project: str, uid_or_prefix: str) -> RunRecord:
             raise NotFoundError(f"no run with uid or uid prefix {uid_or_prefix!r} in project {project!r}; {LIST_HINT}")
         if len(rows) > 1:
             shown = ", ".join(r.uid for r in rows[:10]) + (", ..." if len(rows) > 10 else "")
-            raise AmbiguousError(f"run uid prefix {uid_or_prefix!r} matches several runs: {shown}; give more characters")
+            raise AmbiguousError(
+                f"run uid prefix {uid_or_prefix!r} matches several runs: {shown}; give more characters"
+            )
         row = rows[0]
     return _records(connection, [row])[0]
 

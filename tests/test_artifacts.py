@@ -1,0 +1,353 @@
+"""Artifacts and inputs on real local folders and fsspec's memory:// filesystem: packagers, atomic
+writes (no temporary files left, also after a failure), content hashes, content-addressed inputs."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pandas as pd
+import pytest
+
+import shoal
+from shoal.artifacts import PACKAGERS, Artifact, ArtifactStore, Packager, register_packager
+
+HANDLERS = '''
+import pathlib
+import time
+
+import numpy as np
+import pandas as pd
+
+import shoal
+
+
+def produce(ctx: shoal.Context, folder: str):
+    ctx.log_artifact("array", np.arange(6).reshape(2, 3))
+    ctx.log_artifact("frame", pd.DataFrame({"a": [1, 2], "b": ["x", "y"]}))
+    ctx.log_artifact("raw", b"\\x00\\x01binary")
+    ctx.log_artifact("note", "some text")
+    ctx.log_artifact("config", {"layers": [1, 2], "name": "m"})
+    ctx.log_artifact("table", pathlib.Path(folder) / "table.csv")
+    ctx.log_artifact("model_dir", pathlib.Path(folder) / "model")
+    ctx.log_artifact("objects", np.array([{"a": 1}, None], dtype=object))
+    return {"model": np.ones(2)}
+
+
+def total(data, scale: float = 1.0):
+    return {"total": float(np.asarray(data).sum()) * scale, "type": type(data).__name__}
+
+
+def read_text_input(doc):
+    return {"text": pathlib.Path(doc).read_text(), "is_path": isinstance(doc, pathlib.Path)}
+
+
+def read_folder_input(bundle):
+    return {"content": (pathlib.Path(bundle) / "content.txt").read_text()}
+
+
+def unpicklable(ctx):
+    import threading
+    ctx.log_result("before", 1)
+    ctx.log_artifact("lock", threading.Lock())
+
+
+def odd_file_name(ctx, folder: str):
+    path = pathlib.Path(folder) / ("data." + "x" * 80)
+    path.write_text("odd")
+    ctx.log_artifact("odd", path)
+
+
+class Slow:
+    """Written by a packager that takes its time (registered below)."""
+
+
+def _dump_slow(value, handle):
+    pathlib.Path("dump-started").write_text("yes")
+    for _ in range(1000):
+        handle.write(b"x" * 1000)
+        time.sleep(0.01)
+    return {}
+
+
+from shoal.artifacts import Packager, register_packager  # noqa: E402
+
+register_packager(Packager("slow", ".slow", lambda v: isinstance(v, Slow), _dump_slow, lambda h, a: h.read()))
+
+
+def slow_artifact(ctx):
+    ctx.log_artifact("slow", Slow())
+
+
+def frame_input(df):
+    return {"rows": len(df), "cols": list(df.columns)}
+'''
+
+
+@pytest.fixture
+def fn(tmp_path):
+    path = tmp_path / "handlers.py"
+    path.write_text(HANDLERS)
+    return lambda handler, **options: shoal.Function.from_file(path, handler, **options)
+
+
+@pytest.fixture
+def source_folder(tmp_path) -> Path:
+    folder = tmp_path / "src"
+    (folder / "model" / "sub").mkdir(parents=True)
+    (folder / "model" / "weights.bin").write_bytes(b"w" * 100)
+    (folder / "model" / "sub" / "meta.txt").write_text("meta")
+    (folder / "table.csv").write_text("a,b\n1,2\n")
+    return folder
+
+
+def check_stored(artifact: Artifact) -> bytes:
+    """The stored bytes, after checking size and sha256 against them."""
+    with fsspec.open(artifact.url, "rb") as handle:
+        data = handle.read()
+    assert artifact.size == len(data)
+    assert artifact.sha256 == hashlib.sha256(data).hexdigest()
+    return data
+
+
+def temp_files(fs, root: str) -> list[str]:
+    return [p for p in fs.find(root) if Path(p).name.startswith((".tmp-", ".staging-"))]
+
+
+def test_every_packager_round_trips(any_project, fn, source_folder):
+    run = fn("produce").run({"folder": str(source_folder)}, project=any_project, watch=False)
+    assert run.state == "completed", run.error
+    stored = any_project.runs.get(run.uid)
+    assert stored.artifacts == run.artifacts
+    a = stored.artifacts
+    assert {k: v.kind for k, v in a.items()} == {
+        "array": "numpy", "frame": "pandas", "raw": "bytes", "note": "text", "config": "json",
+        "table": "file", "model_dir": "folder", "objects": "pickle", "model": "numpy",
+    }
+    for artifact in a.values():
+        check_stored(artifact)
+
+    np.testing.assert_array_equal(a["array"].load(), np.arange(6).reshape(2, 3))
+    assert a["array"].meta == {"shape": [2, 3], "dtype": "int64"}
+    pd.testing.assert_frame_equal(a["frame"].load(), pd.DataFrame({"a": [1, 2], "b": ["x", "y"]}))
+    assert a["raw"].load() == b"\x00\x01binary"
+    assert a["note"].load() == "some text"
+    assert a["config"].load() == {"layers": [1, 2], "name": "m"}
+    assert Path(a["table"].load()).read_text() == "a,b\n1,2\n" and a["table"].url.endswith("table.csv")
+    folder = a["model_dir"].load()
+    assert (folder / "weights.bin").read_bytes() == b"w" * 100
+    assert (folder / "sub" / "meta.txt").read_text() == "meta"
+    objects = a["objects"].load()
+    assert objects.dtype == object and objects[0] == {"a": 1} and objects[1] is None
+    np.testing.assert_array_equal(stored.output("model"), np.ones(2))
+
+    fs, root = fsspec.core.url_to_fs(any_project.artifacts_url)
+    assert temp_files(fs, root) == []
+
+
+def test_failing_packager_leaves_no_temp_file_and_keeps_earlier_results(project, fn):
+    run = fn("unpicklable").run(project=project, watch=False)
+    assert run.state == "failed"
+    assert run.error["type"] == "shoal.errors.ArtifactError" and "lock" in run.error["message"]
+    assert run.results == {"before": 1} and run.artifacts == {}
+    store_root = Path(project.artifacts_url)
+    assert [p for p in store_root.rglob("*") if p.is_file()] == []  # nothing half-written
+
+
+@pytest.fixture
+def memory_store():
+    url = f"memory://shoal-test-{uuid.uuid4().hex[:8]}"
+    store = ArtifactStore(url)
+    yield store
+    if store.fs.exists(store.root):
+        store.fs.rm(store.root, recursive=True)
+
+
+def test_memory_store_put_and_load(memory_store):
+    values = {"a": np.arange(300_000), "b": b"bytes", "c": "text", "d": [1, 2, {"x": None}], "e": pd.DataFrame({"z": [1.5]})}
+    for key, value in values.items():
+        artifact = memory_store.put(f"p/runs/r/{key}", value, key=key)
+        assert artifact.url.startswith("memory://")
+        check_stored(artifact)
+    loaded = {key: Artifact.from_record(memory_store.put(f"p/runs/r/{key}", v, key=key).to_record()).load() for key, v in values.items()}
+    np.testing.assert_array_equal(loaded["a"], values["a"])
+    assert loaded["b"] == b"bytes" and loaded["c"] == "text" and loaded["d"] == [1, 2, {"x": None}]
+    pd.testing.assert_frame_equal(loaded["e"], values["e"])
+    assert temp_files(memory_store.fs, memory_store.root) == []
+
+
+def test_memory_store_failure_leaves_no_temp_file(memory_store):
+    with pytest.raises(shoal.ArtifactError, match="not picklable"):
+        memory_store.put("p/runs/r/lock", threading.Lock(), key="lock")
+    with pytest.raises(shoal.ArtifactError):
+        memory_store.put("p/runs/r/arr", np.arange(3), key="arr", kind="json")
+    assert memory_store.fs.find(memory_store.root) == []
+
+
+def test_custom_packager_failing_mid_write(tmp_path):
+    class Weird:
+        pass
+
+    def dump(value, handle):
+        handle.write(b"x" * (3 << 20))  # more than the write buffer: bytes reach the temp file
+        raise RuntimeError("packager broke")
+
+    register_packager(Packager("weird", ".weird", lambda v: isinstance(v, Weird), dump, lambda h, a: None))
+    try:
+        store = ArtifactStore(str(tmp_path / "store"))
+        with pytest.raises(shoal.ArtifactError, match="packager broke"):
+            store.put("p/runs/r/w", Weird(), key="w")
+        assert [p for p in (tmp_path / "store").rglob("*") if p.is_file()] == []
+    finally:
+        PACKAGERS.pop("weird")
+
+
+def test_invalid_keys_and_kinds(tmp_path):
+    store = ArtifactStore(str(tmp_path / "store"))
+    with pytest.raises(shoal.ArtifactError, match="invalid artifact key"):
+        store.put("p/x", 1, key="a/b")
+    with pytest.raises(shoal.ArtifactError, match="unknown artifact kind"):
+        store.put("p/x", 1, key="x", kind="nosuch")
+    with pytest.raises(shoal.ArtifactError, match="missing"):
+        Artifact("k", (tmp_path / "nope.npy").as_uri(), "numpy").load()
+
+
+def test_run_with_a_memory_artifact_store(tmp_path, monkeypatch, fn, source_folder):
+    monkeypatch.chdir(tmp_path)
+    url = f"memory://shoal-run-{uuid.uuid4().hex[:8]}"
+    with shoal.Project(tmp_path, name="mem", artifacts=url) as project:
+        data = np.arange(5.0)
+        run = fn("total").run({"scale": 2}, inputs={"data": data}, project=project, watch=False)
+        assert run.results == {"total": 20.0, "type": "ndarray"}
+        assert run.inputs["data"].startswith("memory://")
+        produced = fn("produce").run({"folder": str(source_folder)}, project=project, watch=False)
+        assert produced.state == "completed", produced.error
+        for artifact in produced.artifacts.values():
+            assert artifact.url.startswith(url.replace("memory://", "memory:///"))
+            check_stored(artifact)
+        assert Path(produced.artifacts["table"].load()).read_text() == "a,b\n1,2\n"
+        assert (produced.artifacts["model_dir"].load() / "sub" / "meta.txt").read_text() == "meta"
+        fs, root = fsspec.core.url_to_fs(url)
+        assert temp_files(fs, root) == []
+
+
+def test_inputs_are_stored_once_by_content(project, fn):
+    data = np.arange(1000, dtype=np.float64)
+    first = fn("total").run(inputs={"data": data}, project=project, watch=False)
+    second = fn("total").run({"scale": 3}, inputs={"data": data.copy()}, project=project, watch=False)
+    assert first.results == {"total": float(data.sum()), "type": "ndarray"}
+    assert second.results["total"] == 3 * float(data.sum())
+    assert first.inputs == second.inputs
+    stored = [p for p in (project.root / ".shoal" / "artifacts" / "test" / "inputs").iterdir()]
+    assert len(stored) == 1
+    assert stored[0].name == hashlib.sha256(stored[0].read_bytes()).hexdigest() + ".npy"
+    np.testing.assert_array_equal(np.load(stored[0]), data)
+    assert project.runs.get(first.uid).inputs == {"data": stored[0].as_uri()}
+
+
+def test_map_stores_a_shared_input_once(project, fn, tmp_path):
+    data = np.arange(10.0)
+    runs = fn("total").map([{"scale": s} for s in (1, 2, 3)], inputs={"data": data}, project=project)
+    assert [r.results["total"] for r in runs] == [45.0, 90.0, 135.0]
+    assert len({r.inputs["data"] for r in runs}) == 1
+    folder = project.root / ".shoal" / "artifacts" / "test" / "inputs"
+    assert len(list(folder.iterdir())) == 1
+
+
+def test_inputs_given_as_paths_and_artifacts(project, fn, tmp_path, source_folder):
+    np.save(tmp_path / "numbers.npy", np.array([1.0, 2.0]))
+    run = fn("total").run(inputs={"data": tmp_path / "numbers.npy"}, project=project, watch=False)
+    assert run.results == {"total": 3.0, "type": "ndarray"}
+    assert run.inputs == {"data": (tmp_path / "numbers.npy").as_uri()}
+    assert not (project.root / ".shoal" / "artifacts" / "test" / "inputs").exists()  # not copied
+
+    (tmp_path / "doc.md").write_text("# title")
+    run = fn("read_text_input").run(inputs={"doc": str(tmp_path / "doc.md")}, project=project, watch=False)
+    assert run.results == {"text": "# title", "is_path": True}
+
+    frame = pd.DataFrame({"a": [1, 2, 3]})
+    made = fn("frame_input").run(inputs={"df": frame}, project=project, watch=False)
+    assert made.results == {"rows": 3, "cols": ["a"]}
+
+    produced = fn("produce").run({"folder": str(source_folder)}, project=project, watch=False)
+    assert produced.state == "completed", produced.error
+    again = fn("total").run(inputs={"data": produced.artifacts["array"]}, project=project, watch=False)
+    assert again.results == {"total": 15.0, "type": "ndarray"}  # an earlier run's artifact as input
+    assert again.inputs == {"data": produced.artifacts["array"].url}
+
+
+def _tarball(path: Path, text: str) -> Path:
+    with tarfile.open(path, "w:gz") as archive:
+        data = text.encode()
+        info = tarfile.TarInfo("content.txt")
+        info.size = len(data)
+        archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_two_different_folder_inputs_are_not_confused(project, fn, tmp_path):
+    first = _tarball(tmp_path / "one.tar.gz", "first bundle")
+    second = _tarball(tmp_path / "two.tar.gz", "second bundle")
+    a = fn("read_folder_input").run(inputs={"bundle": first}, project=project, watch=False)
+    b = fn("read_folder_input").run(inputs={"bundle": second}, project=project, watch=False)
+    assert a.results == {"content": "first bundle"}
+    assert b.results == {"content": "second bundle"}
+
+
+def test_context_outside_a_run_cannot_store_artifacts():
+    ctx = shoal.Context()
+    with pytest.raises(shoal.ArtifactError, match="not inside a run"):
+        ctx.log_artifact("x", 1)
+    ctx.report(0.5, step=3)  # outside tuning: only a metric
+    assert ctx.metrics == {"objective": [[3, 0.5]]}
+    ctx.log_result("value", np.float32(2.5))
+    assert ctx.results == {"value": 2.5} and type(ctx.results["value"]) is float
+
+
+def test_file_with_an_odd_suffix_is_recorded(any_project, fn, tmp_path):
+    run = fn("odd_file_name").run({"folder": str(tmp_path)}, project=any_project, watch=False)
+    stored = any_project.runs.get(run.uid)
+    assert stored.state == "completed", stored.error  # the format column holds 64 characters
+    assert stored.artifacts["odd"].format == "file"
+    assert Path(stored.artifacts["odd"].load()).read_text() == "odd"
+    assert {k: a.format for k, a in fn("produce").run(
+        {"folder": str(_folder(tmp_path))}, project=any_project, watch=False).artifacts.items()} == {
+        "array": "npy", "frame": "parquet", "raw": "bin", "note": "txt", "config": "json", "table": "csv",
+        "model_dir": "tar.gz", "objects": "pkl", "model": "npy",
+    }
+
+
+def _folder(tmp_path: Path) -> Path:
+    (tmp_path / "model").mkdir(exist_ok=True)
+    (tmp_path / "model" / "w.bin").write_bytes(b"w")
+    (tmp_path / "table.csv").write_text("a\n")
+    return tmp_path
+
+
+def test_a_missing_input_path_fails_before_the_run(project, fn, tmp_path):
+    with pytest.raises(shoal.ArtifactError, match="no such file"):
+        fn("total").run(inputs={"data": tmp_path / "missing.npy"}, project=project, watch=False)
+    assert project.store.count_runs() == 0
+
+
+def test_cancel_while_an_artifact_is_written(project, fn, tmp_path):
+    try:
+        handle = fn("slow_artifact").submit(project=project)
+        marker = tmp_path / "dump-started"
+        end = time.monotonic() + 20
+        while not marker.exists() and time.monotonic() < end:
+            time.sleep(0.01)
+        assert handle.cancel() is True
+        run = handle.result(30)
+        assert run.state == "cancelled" and run.error["type"] == "CancelledError"  # not an artifact failure
+        assert run.artifacts == {}
+        assert [p for p in Path(project.artifacts_url).rglob("*") if p.is_file()] == []
+    finally:
+        PACKAGERS.pop("slow", None)

@@ -1,0 +1,269 @@
+"""The local backend against the backend contract (backends/base.py), used directly and through runs:
+submit, as_completed, scale, adapt, workers, close, cancellation, concurrency bounded by the replicas."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import time
+import uuid
+
+import pytest
+
+import shoal
+import shoal.backends
+from shoal.backends import Backend, BackendFuture
+from shoal.execution import RunTask, execute
+
+HANDLERS = '''
+import fcntl
+import json
+import pathlib
+import time
+
+
+def square(x: int):
+    print("square of", x)
+    return {"square": x * x}
+
+
+def nap(seconds: float = 30.0):
+    time.sleep(seconds)
+    return {"slept": seconds}
+
+
+def spin(marker: str = "", steps: int = 2000):
+    if marker:
+        pathlib.Path(marker).write_text("started")
+    for _ in range(steps):
+        time.sleep(0.01)
+    return {"done": True}
+
+
+def _update(path, change):
+    with open(path, "r+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        state = json.loads(handle.read() or "{}")
+        state["now"] = state.get("now", 0) + change
+        state["peak"] = max(state.get("peak", 0), state["now"])
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps(state))
+        return state
+
+
+def concurrent(counter: str, pair: int = 2, hold: float = 0.05):
+    """Count how many run at once; wait (bounded) until ``pair`` are in flight together."""
+    _update(counter, +1)
+    end = time.monotonic() + 5
+    while time.monotonic() < end:
+        with open(counter) as handle:
+            fcntl.flock(handle, fcntl.LOCK_SH)
+            if json.loads(handle.read())["now"] >= pair:
+                break
+        time.sleep(0.005)
+    time.sleep(hold)
+    _update(counter, -1)
+    return {}
+'''
+
+
+@pytest.fixture
+def fn(tmp_path):
+    path = tmp_path / "handlers.py"
+    path.write_text(HANDLERS)
+    return lambda handler, **options: shoal.Function.from_file(path, handler, **options)
+
+
+def task(fn: shoal.Function, params: dict | None = None, **fields) -> RunTask:
+    """A RunTask as the runner builds it (code shipped, no in-process callable)."""
+    return RunTask(
+        uid=uuid.uuid4().hex,
+        project="test",
+        function=fn.name,
+        function_hash=fn.hash,
+        handler=fn.handler,
+        code=fn.code,
+        params=params or {},
+        artifact_url=str(fields.pop("artifact_url", "/tmp/shoal-test-artifacts")),
+        **fields,
+    )
+
+
+def wait_for(condition, timeout: float = 20.0) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.01)
+
+
+def test_get_local_as_a_context_manager(fn):
+    square = fn("square")
+    with shoal.backends.get("local", n_workers=2) as backend:
+        assert isinstance(backend, Backend) and backend.name == "local" and backend.slots == 2
+        futures = [backend.submit(task(square, {"x": i})) for i in range(5)]
+        assert all(isinstance(f, BackendFuture) for f in futures)
+        outcomes = [f.result(30) for f in futures]
+        assert [o.results for o in outcomes] == [{"square": i * i} for i in range(5)]
+        assert all(o.state == "completed" and o.logs == f"square of {i}\n" for i, o in enumerate(outcomes))
+        done = list(backend.as_completed(futures, timeout=30))
+        assert sorted(f.uid for f in done) == sorted(f.uid for f in futures)
+    with pytest.raises(shoal.BackendError, match="closed"):
+        backend.submit(task(square, {"x": 1}))
+    backend.close()  # idempotent
+
+
+def test_on_start_is_called(fn):
+    started = []
+    with shoal.backends.get("local") as backend:
+        outcome = backend.submit(task(fn("square"), {"x": 2}), lambda uid, at: started.append((uid, at))).result(30)
+    assert [uid for uid, _ in started] == [outcome.uid]
+    assert started[0][1] == outcome.started_at
+
+
+def test_as_completed_times_out(fn):
+    with shoal.backends.get("local", n_workers=1) as backend:
+        fast = backend.submit(task(fn("square"), {"x": 3}))
+        slow = backend.submit(task(fn("spin")))
+        seen = []
+        with pytest.raises(TimeoutError):
+            for future in backend.as_completed([fast, slow], timeout=0.5):
+                seen.append(future)
+        assert seen == [fast]
+        assert slow.cancel() is True
+        assert slow.result(30).state == "cancelled"
+
+
+def test_cancel_pending_and_running_futures(fn, tmp_path):
+    marker = tmp_path / "started"
+    with shoal.backends.get("local", n_workers=1) as backend:
+        running = backend.submit(task(fn("spin"), {"marker": str(marker)}))
+        pending = backend.submit(task(fn("square"), {"x": 1}))
+        wait_for(marker.exists)
+        assert [w.state for w in backend.workers()] == ["busy"]
+        assert backend.workers()[0].running == (running.uid,)
+        assert pending.cancel() is True
+        with pytest.raises(cf.CancelledError):
+            pending.result(30)
+        assert running.cancel() is True
+        outcome = running.result(30)
+        assert outcome.state == "cancelled" and outcome.error["type"] == "CancelledError"
+        assert running.cancel() is False  # already done
+        wait_for(lambda: all(w.state == "idle" for w in backend.workers()))
+
+
+def test_close_stops_running_tasks(fn, tmp_path):
+    marker = tmp_path / "started"
+    backend = shoal.backends.get("local", n_workers=2)
+    running = backend.submit(task(fn("spin"), {"marker": str(marker)}))
+    wait_for(marker.exists)
+    backend.close()
+    assert running.done()
+    assert running.result().state == "cancelled"
+
+
+def test_close_does_not_hang_on_a_blocked_task_with_a_timeout(fn):
+    """A run with a timeout is supervised: stopping it works even while it is blocked in a call."""
+    backend = shoal.backends.get("local", n_workers=1)
+    future = backend.submit(task(fn("nap"), {"seconds": 60}, timeout=120))
+    wait_for(lambda: backend.workers() and backend.workers()[0].state == "busy")
+    backend.close()
+    assert future.result().state == "cancelled"
+
+
+def test_timeout_of_a_blocked_task_in_a_worker_thread(fn):
+    with shoal.backends.get("local") as backend:
+        outcome = backend.submit(task(fn("nap"), {"seconds": 60}, timeout=0.2)).result(30)
+    assert outcome.state == "failed" and outcome.error["type"] == "TimeoutError"
+
+
+def test_timeout_in_the_main_thread(fn):
+    outcome = execute(task(fn("nap"), {"seconds": 60}, timeout=0.2))
+    assert outcome.state == "failed" and outcome.error["type"] == "TimeoutError"
+    assert execute(task(fn("square"), {"x": 5}, timeout=10)).results == {"square": 25}
+
+
+def test_scale_adapt_workers_and_events():
+    backend = shoal.backends.get("local", n_workers=2)
+    try:
+        assert backend.slots == 2 and backend.workers() == []
+        backend.adapt(1, 4)
+        assert backend.slots == 4
+        backend.scale(3)
+        assert backend.slots == 3
+        events = backend.scaling_events()
+        assert [(e.workers_before, e.workers_after, e.direction) for e in events] == [(2, 4, "up"), (4, 3, "down")]
+        for bad in ((3, 1), (-1, 2), (0, 0)):
+            with pytest.raises(shoal.BackendError):
+                backend.adapt(*bad)
+        with pytest.raises(shoal.BackendError):
+            backend.scale(0)
+    finally:
+        backend.close()
+
+
+def test_unknown_backends_and_options():
+    with pytest.raises(shoal.BackendError, match="unknown backend 'nosuch'"):
+        shoal.backends.get("nosuch")
+    with pytest.raises(shoal.BackendError, match="unknown option 'bogus'"):
+        shoal.backends.get("local", bogus=1)
+    with pytest.raises(shoal.BackendError, match="n_workers"):
+        shoal.backends.get("local", n_workers=0)
+    with pytest.raises(shoal.BackendError):
+        shoal.backends.get("")
+    assert "local" in shoal.backends.available()
+
+
+def test_unknown_backend_name_in_a_run_records_nothing(project, fn):
+    with pytest.raises(shoal.BackendError, match="nosuch"):
+        fn("square").run({"x": 1}, backend="nosuch", project=project, watch=False)
+    assert project.store.count_runs() == 0
+
+
+def _counter(tmp_path) -> str:
+    path = tmp_path / f"counter-{uuid.uuid4().hex[:6]}.json"
+    path.write_text("{}")
+    return str(path)
+
+
+@pytest.mark.parametrize("replicas", [(1, 1), (0, 2), (1, 3)])
+def test_concurrency_never_exceeds_max_replicas(project, fn, tmp_path, replicas):
+    maximum = replicas[1]
+    counter = _counter(tmp_path)
+    runs = fn("concurrent", replicas=replicas).map(
+        [{"counter": counter, "pair": maximum} for _ in range(2 * maximum)], project=project
+    )
+    assert all(r.state == "completed" for r in runs), [r.error for r in runs]
+    state = json.loads(open(counter).read())
+    assert state["now"] == 0
+    assert state["peak"] == maximum  # reached, never exceeded
+
+
+def test_a_backend_object_passed_to_run(project, fn, tmp_path):
+    counter = _counter(tmp_path)
+    with shoal.backends.get("local", n_workers=2) as backend:
+        runs = fn("concurrent").map([{"counter": counter, "pair": 2} for _ in range(4)], backend=backend, project=project)
+        assert backend.slots == 2  # the caller's backend is used as given
+    assert all(r.backend == "local" and r.state == "completed" for r in runs)
+    assert json.loads(open(counter).read())["peak"] == 2
+
+
+def test_submit_on_a_closed_backend_records_a_failed_run(project, fn):
+    backend = shoal.backends.get("local")
+    backend.close()
+    run = fn("square").run({"x": 2}, backend=backend, project=project, watch=False)
+    assert run.state == "failed" and run.error["type"] == "BackendError" and "closed" in run.error["message"]
+    assert project.runs.get(run.uid) == run
+
+
+def test_other_functions_in_between_do_not_raise_the_bound(project, fn, tmp_path):
+    """Runs of one function submitted around a run of a function with other replicas share one bound."""
+    counter = _counter(tmp_path)
+    bounded, other = fn("concurrent", replicas=(1, 2)), fn("square", replicas=(1, 1))
+    params = {"counter": counter, "pair": 2, "hold": 0.3}
+    handles = [bounded.submit(params, project=project) for _ in range(2)]
+    handles.append(other.submit({"x": 3}, project=project))
+    handles += [bounded.submit(params, project=project) for _ in range(2)]
+    assert [h.result(30).state for h in handles] == ["completed"] * 5
+    assert json.loads(open(counter).read())["peak"] == 2
