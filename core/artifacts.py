@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable
 
-from .errors import ArtifactError, ShoalError
+from .errors import ArtifactError, RunCancelledError, ShoalError
 
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$")
 
@@ -344,7 +344,7 @@ class ArtifactStore:
                 meta = packager.dump(value, buffered) or {}
                 buffered.flush()
             self.fs.mv(temp, target)
-        except ShoalError:  # an artifact error, or a run stopped mid-write (cancel, timeout): as is
+        except (ShoalError, RunCancelledError):  # an artifact error, or a run stopped mid-write: as is
             self._discard(temp)
             raise
         except Exception as exc:  # noqa: BLE001 - any storage or packaging failure

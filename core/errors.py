@@ -58,7 +58,7 @@ class BackendError(ShoalError):
 
 
 class RunFailedError(ShoalError):
-    """A run ended in a failed or cancelled state (raised by ``RunHandle.result(raise_on_failure=True)``)."""
+    """A run ended in a failed or cancelled state (raised by ``Run.raise_for_state()``)."""
 
     def __init__(self, message: str, run=None):
         super().__init__(message)
@@ -69,8 +69,12 @@ class RunTimeoutError(ShoalError, TimeoutError):
     """A run exceeded its ``timeout``, or a wait on a run handle timed out."""
 
 
-class RunCancelledError(ShoalError):
-    """A run was cancelled while it was running."""
+class RunCancelledError(BaseException):
+    """Raised inside a running handler to stop it when its run is cancelled.
+
+    A BaseException (like ``asyncio.CancelledError``) so a handler's ``except Exception:`` does not
+    swallow the cancellation.
+    """
 
 
 class WorkerLostError(ShoalError):
