@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Iterable, Iterator
 
+from shoal.errors import BackendError
 from shoal.execution import RunOutcome, RunTask
 
 OnStart = Callable[[str, float], None]
@@ -68,8 +69,32 @@ class Backend(ABC):
     """Base class of execution backends; usable as a context manager."""
 
     name: ClassVar[str]
-    #: True when workers may run on other machines (so local-only resources cannot be used).
-    remote: ClassVar[bool] = False
+    #: True when tasks run in the calling process (the live callable is used, nothing is pickled).
+    in_process: ClassVar[bool] = False
+
+    @property
+    def remote(self) -> bool:
+        """True when workers may run on other machines (so local-only files cannot be shared)."""
+        return False
+
+    def ensure_requirements(self, requirements: tuple[str, ...]) -> None:
+        """Make sure workers can import what a function needs, before its first run.
+
+        The default checks the driver's own environment, which embedded engines' workers share;
+        engines that can install packages (Ray ``runtime_env``, Dask worker plugins) override it.
+        """
+        from shoal.requirements import missing_requirements
+
+        missing = missing_requirements(requirements)
+        if missing:
+            raise BackendError(
+                f"requirements missing on the {self.name} workers: {', '.join(missing)}; "
+                f"install them (pip install {' '.join(m.split(' (')[0] for m in missing)})"
+                + (" or pass install_requirements=True to the backend" if self.can_install else "")
+            )
+
+    #: True when the backend can install requirements on its workers (``install_requirements=True``).
+    can_install: ClassVar[bool] = False
 
     def start(self) -> "Backend":
         """Start or connect to the engine (idempotent). Submitting starts it implicitly."""

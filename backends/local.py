@@ -56,7 +56,7 @@ class LocalBackend(Backend):
     """
 
     name = "local"
-    remote = False
+    in_process = True
 
     def __init__(self, n_workers: int | None = None, **options):
         if options:

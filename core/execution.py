@@ -333,6 +333,33 @@ def execute(
     )
 
 
+_attempts: dict[str, StopSignal] = {}
+_attempts_lock = threading.Lock()
+
+
+def execute_registered(task: RunTask, on_start: Callable[[str, float], None] | None = None) -> RunOutcome:
+    """``execute`` for engines whose workers live in other processes: the attempt is registered in
+    this worker process so that ``stop_attempt(uid)``, sent through the engine, can cancel it."""
+    stop = StopSignal()
+    with _attempts_lock:
+        _attempts[task.uid] = stop
+    try:
+        return execute(task, on_start, stop)
+    finally:
+        with _attempts_lock:
+            _attempts.pop(task.uid, None)
+
+
+def stop_attempt(uid: str) -> bool:
+    """Cancel the attempt of run ``uid`` running in this process; False if none is."""
+    with _attempts_lock:
+        stop = _attempts.get(uid)
+    if stop is None:
+        return False
+    stop.set()
+    return True
+
+
 @contextmanager
 def _null() -> Iterator[None]:
     yield

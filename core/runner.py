@@ -68,10 +68,15 @@ class Driver:
         self.project = project
         self.backend = backend
         self.recorder = project.recorder
-        self._local_callable = None if backend.remote else fn
+        self._local_callable = fn if backend.in_process else None
 
     def save_function(self) -> None:
-        """Store the function version (once per process) before its first run record."""
+        """Check that the workers have the requirements, then store the function version (once
+        per process) before its first run record."""
+        checked = self.backend.__dict__.setdefault("_requirements_checked", set())
+        if self.fn.hash not in checked:
+            self.backend.ensure_requirements(self.fn.spec.requirements)
+            checked.add(self.fn.hash)
         self.project.functions.ensure_saved(self.fn)
 
     # -- preparing ----------------------------------------------------------------------------
