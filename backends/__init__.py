@@ -21,6 +21,7 @@ __all__ = ["Backend", "BackendFuture", "ScalingEvent", "WorkerInfo", "available"
 
 _REGISTRY: dict[str, Any] = {
     "local": "shoal.backends.local:LocalBackend",
+    "dask": "shoal.backends.dask:DaskBackend",
 }
 _shared: dict[str, Backend] = {}
 _shared_lock = threading.Lock()
