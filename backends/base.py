@@ -104,6 +104,11 @@ class Backend(ABC):
     def submit(self, task: RunTask, on_start: OnStart | None = None) -> BackendFuture:
         """Queue one task; ``on_start(uid, time)`` is called when it starts, where the engine tells."""
 
+    def submit_many(self, tasks: list[RunTask], on_start: list[OnStart | None] | None = None) -> list[BackendFuture]:
+        """Queue many tasks at once; engines override this to batch them (one graph update, not N)."""
+        starts = on_start if on_start is not None else [None] * len(tasks)
+        return [self.submit(task, start) for task, start in zip(tasks, starts)]
+
     def as_completed(self, futures: Iterable[BackendFuture], timeout: float | None = None) -> Iterator[BackendFuture]:
         """Yield futures as they finish (any order); TimeoutError if they are not all done within
         ``timeout`` seconds of the call (as ``concurrent.futures.as_completed``)."""

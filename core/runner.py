@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
+import os
+import random
 import threading
-import uuid
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
@@ -31,8 +32,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from .project import Project
 
 
+_uids = random.Random(os.urandom(16))
+_uids_lock = threading.Lock()
+os.register_at_fork(after_in_child=lambda: _uids.seed(os.urandom(16)))
+
+
 def new_uid() -> str:
-    return uuid.uuid4().hex
+    """A random 128-bit hex uid (from a generator seeded once by the OS: os.urandom per run is slow
+    on some virtual machines)."""
+    with _uids_lock:
+        return f"{_uids.getrandbits(128):032x}"
 
 
 def recordable(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -68,14 +77,16 @@ class Driver:
         self.project = project
         self.backend = backend
         self.recorder = project.recorder
-        self._local_callable = fn if backend.in_process else None
+        self.spec = fn.spec  # one copy for all runs of this driver
+        self._env = {k: v for k, v in self.spec.env.items() if isinstance(v, str)}
+        self._callable = fn.callable if backend.in_process else None
 
     def save_function(self) -> None:
         """Check that the workers have the requirements, then store the function version (once
         per process) before its first run record."""
         checked = self.backend.__dict__.setdefault("_requirements_checked", set())
         if self.fn.hash not in checked:
-            self.backend.ensure_requirements(self.fn.spec.requirements)
+            self.backend.ensure_requirements(self.spec.requirements)
             checked.add(self.fn.hash)
         self.project.functions.ensure_saved(self.fn)
 
@@ -112,11 +123,11 @@ class Driver:
             raise ParamError(f"{clash[0]!r} is given both as a parameter and as an input; use one")
         handler = self._handler()
         if handler is None:
-            return {**self.fn.spec.defaults, **dict(params or {})}
+            return {**self.spec.defaults, **dict(params or {})}
         return bind(
             handler,
             params,
-            defaults=self.fn.spec.defaults,
+            defaults=self.spec.defaults,
             input_names=names,
             from_text=from_text,
             handler=f"{self.fn.name} ({self.fn.handler})",
@@ -172,7 +183,35 @@ class Driver:
 
         ``params`` are the checked values for the handler (default: the recorded ones).
         """
-        spec = self.fn.spec
+        flight = self._flight(record, inputs, watch=watch, scope=scope, params=params)
+        self._submit(flight)
+        return flight.handle
+
+    def launch_many(
+        self, records: list[dict[str, Any]], inputs: dict[str, Artifact], params: list[dict[str, Any]], *, watch: bool = False
+    ) -> list[RunHandle]:
+        """Submit many recorded runs in one go (engines batch them: one graph update, not N)."""
+        flights = [self._flight(r, inputs, watch=watch, params=p) for r, p in zip(records, params)]
+        try:
+            futures = self.backend.submit_many([f.task for f in flights], [self._on_start(f) for f in flights])
+        except Exception as exc:  # noqa: BLE001 - the engine refused: record failures, never hang
+            for flight in flights:
+                self._record(flight, _failed_outcome(flight.task, exc))
+            return [f.handle for f in flights]
+        for flight, future in zip(flights, futures):
+            self._attach(flight, future)
+        return [f.handle for f in flights]
+
+    def _flight(
+        self,
+        record: dict[str, Any],
+        inputs: dict[str, Artifact],
+        *,
+        watch: bool = False,
+        scope: Any = None,
+        params: dict[str, Any] | None = None,
+    ) -> "_Flight":
+        spec = self.spec
         task = RunTask(
             uid=record["uid"],
             project=self.project.name,
@@ -185,28 +224,33 @@ class Driver:
             inputs={key: artifact.to_record() for key, artifact in inputs.items()},
             timeout=spec.timeout,
             iteration=record.get("iteration"),
-            env={k: v for k, v in spec.env.items() if isinstance(v, str)},
+            env=self._env,
             echo=watch,
             scope=scope,
-            callable=self._local_callable.callable if self._local_callable is not None else None,
+            callable=self._callable,
         )
         flight = _Flight(task=task, record=record)
         flight.handle = RunHandle(task.uid, self.fn.name, lambda handle: self._cancel(flight))
-        self._submit(flight)
-        return flight.handle
+        return flight
 
-    def _submit(self, flight: "_Flight") -> None:
+    def _on_start(self, flight: "_Flight"):
         def on_start(uid: str, started: float) -> None:
             if flight.started_at is None:
                 flight.started_at = started
             flight.handle._set_state("running")
             self.recorder.started(uid, {"state": "running", "started_at": utc(flight.started_at)})
 
+        return on_start
+
+    def _submit(self, flight: "_Flight") -> None:
         try:
-            future = self.backend.submit(flight.task, on_start)
+            future = self.backend.submit(flight.task, self._on_start(flight))
         except Exception as exc:  # noqa: BLE001 - the engine refused: record a failure, never hang
             self._record(flight, _failed_outcome(flight.task, exc))
             return
+        self._attach(flight, future)
+
+    def _attach(self, flight: "_Flight", future: "BackendFuture") -> None:
         flight.future = future
         if flight.handle.cancel_requested:
             future.cancel()
@@ -214,7 +258,7 @@ class Driver:
 
     def _on_done(self, flight: "_Flight", future: "BackendFuture") -> None:
         outcome = _outcome_of(flight.task, future)
-        retries = self.fn.spec.retries
+        retries = self.spec.retries
         if (
             outcome.state == "failed"
             and flight.task.attempt <= retries
@@ -404,7 +448,7 @@ def map_function(
     parent["started_at"] = datetime.now(timezone.utc)
     children = [driver.new_record(p, staged, parent=parent["uid"], iteration=i) for i, p in enumerate(checked)]
     driver.project.store.create_runs([parent] + children)
-    handles = [driver.launch(child, staged, watch=watch, params=p) for child, p in zip(children, checked)]
+    handles = driver.launch_many(children, staged, checked, watch=watch)
     try:
         runs = _wait_all(handles)
     except KeyboardInterrupt:
