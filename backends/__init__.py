@@ -68,8 +68,12 @@ def _parse(spec: str) -> tuple[str, dict[str, Any]]:
     """"dask://host:8786" -> ("dask", {"address": "dask://host:8786"}); each engine reads its own URL."""
     if "://" in spec:
         scheme = spec.split("://", 1)[0]
-        return scheme, {"address": spec}
+        return SCHEME_ALIASES.get(scheme, scheme), {"address": spec}
     return spec, {}
+
+
+#: Address schemes that name an engine other than themselves (Dask schedulers speak tcp/tls).
+SCHEME_ALIASES = {"tcp": "dask", "tls": "dask"}
 
 
 def get(spec: "str | Backend | None" = "local", **options: Any) -> Backend:

@@ -149,16 +149,13 @@ class Backend(ABC):
         """Stop everything this backend started; idempotent."""
 
     def _record_event(self, before: int, after: int, reason: str) -> None:
-        import logging
-        import time
-
+        """Keep a scaling event (the project's recorder persists and logs it)."""
         if before == after:
             return
         event = ScalingEvent(time.time(), "up" if after > before else "down", before, after, reason)
         events = self.__dict__.setdefault("_events", [])
         events.append(event)
         del events[:-1000]
-        logging.getLogger("shoal.scaling").info("%s: %d -> %d workers (%s)", self.name, before, after, reason)
 
     def __enter__(self) -> "Backend":
         return self.start()

@@ -19,6 +19,8 @@ from .function import PLACEMENT_SHORTHANDS, RESOURCE_SHORTHANDS, Function
 from .spec import METADATA_FIELDS, SPEC_FIELDS
 
 if TYPE_CHECKING:  # pragma: no cover
+    from shoal.backends.base import Backend
+
     from .artifacts import ArtifactStore
     from .recorder import Recorder
     from .runs import Run
@@ -305,13 +307,25 @@ class Project:
             listed = ", ".join(sorted(map(str, self.function_specs)))
             raise NotFoundError(f"{exc}; {CONFIG_FILE} lists: {listed}") from None
 
+    def watch_backend(self, backend: "Backend") -> None:
+        """Record the scaling events of ``backend`` in this project from now on.
+
+        Idempotent and cheap, so it can be called for every driver. The recorder's thread pulls
+        the events when it writes a batch of runs, and every flush (including the one at
+        interpreter exit) pulls them too; each new event is also logged on ``shoal.scaling``.
+        """
+        self.recorder.watch(backend)
+
     def flush(self) -> None:
-        """Wait until every finished run is written to the database."""
+        """Wait until every finished run, and every scaling event seen so far, is in the database."""
         if self._recorder is not None:
             self._recorder.flush()
 
     def close(self) -> None:
-        self.flush()
+        with self._lock:
+            recorder = self._recorder
+        if recorder is not None:
+            recorder.close()
         with self._lock:
             store, self._store, self._recorder = self._store, None, None
         if store is not None:

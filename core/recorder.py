@@ -4,6 +4,10 @@ Engines call back from their own threads (Dask's event loop, Ray's, local worker
 them should wait on the database. The recorder drains whatever has queued up and writes it in one
 transaction, so a burst of 1,000 finished runs costs a few commits, not 1,000. A handle resolves only
 after its outcome is committed; the queue is flushed at interpreter exit.
+
+The recorder also persists the scaling events of the backends it is told to watch: it pulls them
+after writing a batch (at most once per ``SCALING_PULL_INTERVAL``), when its thread goes idle, and on
+every flush (so the last scale-down is stored at exit too). Nothing is pulled per run.
 """
 
 from __future__ import annotations
@@ -12,13 +16,19 @@ import atexit
 import logging
 import queue
 import threading
+import time
 import weakref
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from shoal.backends.base import Backend, ScalingEvent
 
 log = logging.getLogger("shoal.recorder")
+scaling_log = logging.getLogger("shoal.scaling")
 MAX_BATCH = 500
 IDLE_EXIT = 10.0  # seconds without work after which the writer thread ends
+SCALING_PULL_INTERVAL = 1.0  # seconds between pulls of scaling events triggered by batches
 
 
 @dataclass
@@ -29,13 +39,46 @@ class _Item:
     then: Callable[[Exception | None], None] | None = None
 
 
+def backend_label(backend: "Backend") -> str:
+    """How scaling events name a backend: its engine address if it has one, else its name."""
+    return str(getattr(backend, "address", None) or backend.name)
+
+
+def _event_key(event: "ScalingEvent") -> tuple[float, str, str]:
+    """What makes an event the same event again (the store's unique key, per backend)."""
+    return (event.time, event.direction, event.reason)
+
+
+@dataclass
+class _Watch:
+    """A watched backend and the keys of its events that are already persisted.
+
+    The backend is held strongly until the project closes, so events of a backend the caller has
+    already dropped still reach the database at the next flush.
+    """
+
+    backend: "Backend"
+    label: str
+    seen: set[tuple[float, str, str]] = field(default_factory=set)
+
+
 class Recorder:
     def __init__(self, store):
         self._store = store
         self._queue: queue.Queue[_Item] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._watches: dict[int, _Watch] = {}
+        self._scaling_lock = threading.Lock()  # one pull at a time (writer thread or a flush)
+        self._next_pull = 0.0
         _recorders.add(self)
+
+    def watch(self, backend: "Backend") -> None:
+        """Persist the scaling events ``backend`` reports from now on (idempotent, cheap)."""
+        if id(backend) in self._watches:  # the common case (every driver calls this): no lock to wait on
+            return
+        with self._scaling_lock:
+            self._watches.setdefault(id(backend), _Watch(backend, backend_label(backend)))
 
     def started(self, uid: str, fields: dict[str, Any]) -> None:
         self._enqueue(_Item(uid, fields, None))
@@ -53,9 +96,54 @@ class Recorder:
                 self._thread.start()
 
     def flush(self) -> None:
-        """Block until everything queued so far is written."""
+        """Block until everything queued so far is written, scaling events included.
+
+        The events are pulled in the calling thread: at interpreter exit no new writer thread
+        could be started.
+        """
         if self._thread is not None and self._thread.is_alive():
             self._queue.join()
+        self.pull_scaling_events()
+
+    def close(self) -> None:
+        """Flush, then stop watching backends (their later events belong to no open project)."""
+        self.flush()
+        with self._scaling_lock:
+            self._watches.clear()
+
+    def pull_scaling_events(self, throttled: bool = False) -> None:
+        """Store and log the new scaling events of every watched backend.
+
+        ``throttled`` pulls only if ``SCALING_PULL_INTERVAL`` has passed since the last pull, which
+        keeps the cost per batch near zero when runs finish in a steady stream.
+        """
+        if not self._watches:
+            return
+        with self._scaling_lock:
+            now = time.monotonic()
+            if throttled and now < self._next_pull:
+                return
+            self._next_pull = now + SCALING_PULL_INTERVAL
+            for watch in list(self._watches.values()):
+                self._pull(watch)
+
+    def _pull(self, watch: _Watch) -> None:
+        try:
+            events = list(watch.backend.scaling_events())
+        except Exception as exc:  # noqa: BLE001 - an engine hiccup must not stop run recording
+            log.warning("could not read the scaling events of %s: %s", watch.label, exc)
+            return
+        new = [event for event in events if _event_key(event) not in watch.seen]
+        if new:
+            try:
+                self._store.record_scaling_events(watch.label, new)
+            except Exception as exc:  # noqa: BLE001 - retried at the next pull
+                log.warning("could not record %d scaling event(s) of %s: %s", len(new), watch.label, exc)
+                return
+            for event in new:
+                _log_event(watch.label, event)
+        # Only what the backend still reports can come back, so the set stays as small as its history.
+        watch.seen = {_event_key(event) for event in events}
 
     def _loop(self) -> None:
         """Write batches until the queue has been empty for IDLE_EXIT seconds, then end the thread
@@ -64,6 +152,7 @@ class Recorder:
             try:
                 first = self._queue.get(timeout=IDLE_EXIT)
             except queue.Empty:
+                self.pull_scaling_events()  # the scale-down after the last run ends lands here
                 with self._lock:
                     if self._queue.empty():
                         self._thread = None
@@ -77,6 +166,7 @@ class Recorder:
                     break
             try:
                 self._write(batch)
+                self.pull_scaling_events(throttled=True)
             except Exception:  # noqa: BLE001 - never let the thread die with handles waiting on it
                 log.exception("recording a batch of %d runs failed", len(batch))
             finally:
@@ -116,6 +206,17 @@ class Recorder:
                 except Exception as again:  # noqa: BLE001
                     log.error("could not record even the failure of run %s: %s", item.uid, again)
             return exc
+
+
+def _count(value: int | None) -> str:
+    return "?" if value is None or value < 0 else str(value)
+
+
+def _log_event(label: str, event: "ScalingEvent") -> None:
+    scaling_log.info(
+        "%s scaled %s: %s -> %s workers (%s)",
+        label, event.direction, _count(event.workers_before), _count(event.workers_after), event.reason,
+    )
 
 
 def unrecordable(fields: dict[str, Any], problem: Exception) -> dict[str, Any]:

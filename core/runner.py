@@ -77,6 +77,7 @@ class Driver:
         self.project = project
         self.backend = backend
         self.recorder = project.recorder
+        project.watch_backend(backend)  # its scaling events go to the project's records
         self.spec = fn.spec  # one copy for all runs of this driver
         self._env = {k: v for k, v in self.spec.env.items() if isinstance(v, str)}
         self._callable = fn.callable if backend.in_process else None

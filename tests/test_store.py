@@ -469,8 +469,14 @@ def schema_of(url: str, skip: tuple[str, ...] = ()) -> dict:
                 for c in inspector.get_columns(table)
             ]
             indexes = sorted((i["name"], tuple(i["column_names"]), bool(i["unique"])) for i in inspector.get_indexes(table))
+            uniques = sorted((u["name"], tuple(u["column_names"])) for u in inspector.get_unique_constraints(table))
             pk = inspector.get_pk_constraint(table)
-            out[table] = {"columns": columns, "indexes": indexes, "pk": (pk["name"], tuple(pk["constrained_columns"]))}
+            out[table] = {
+                "columns": columns,
+                "indexes": indexes,
+                "uniques": uniques,
+                "pk": (pk["name"], tuple(pk["constrained_columns"])),
+            }
         return out
     finally:
         engine.dispose()
@@ -484,7 +490,7 @@ def test_head_constant_matches_migration_scripts():
     config.set_main_option("script_location", str(migrate.MIGRATIONS))
     scripts = ScriptDirectory.from_config(config)
     assert scripts.get_heads() == [migrate.HEAD]
-    assert [s.revision for s in scripts.walk_revisions()] == ["0002_artifacts", "0001_initial"]
+    assert [s.revision for s in scripts.walk_revisions()] == ["0003_scaling_events", "0002_artifacts", "0001_initial"]
 
 
 def test_migrations_fresh_upgraded_and_model_are_identical(new_db):
@@ -496,6 +502,7 @@ def test_migrations_fresh_upgraded_and_model_are_identical(new_db):
         migrate.upgrade(engine, "0001_initial")
         at_0001 = schema_of(stepped)
         assert "artifacts" not in at_0001
+        assert "scaling_events" not in at_0001
         assert "labels" not in [c[0] for c in at_0001["runs"]["columns"]]
         assert "ix_runs_project_state" not in [i[0] for i in at_0001["runs"]["indexes"]]
         now = datetime.now(timezone.utc)
@@ -520,7 +527,10 @@ def test_migrations_fresh_upgraded_and_model_are_identical(new_db):
         engine.dispose()
 
     head = schema_of(fresh)
-    assert set(head) == {"functions", "function_tags", "runs", "artifacts", migrate.VERSION_TABLE}
+    assert set(head) == {"functions", "function_tags", "runs", "artifacts", "scaling_events", migrate.VERSION_TABLE}
+    assert head["scaling_events"]["uniques"] == [
+        ("uq_scaling_events_event", ("project", "backend", "time", "direction", "reason"))
+    ]
     assert schema_of(stepped) == head
     assert schema_of(modelled) == schema_of(fresh, skip=(migrate.VERSION_TABLE,))
 

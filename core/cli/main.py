@@ -27,8 +27,10 @@ app = typer.Typer(
 )
 functions_app = typer.Typer(help="Stored function versions.", no_args_is_help=True)
 runs_app = typer.Typer(help="Recorded runs.", no_args_is_help=True)
+cluster_app = typer.Typer(help="Workers and scaling events of the execution engines.", no_args_is_help=True)
 app.add_typer(functions_app, name="functions")
 app.add_typer(runs_app, name="runs")
+app.add_typer(cluster_app, name="cluster")
 
 _state: dict[str, Any] = {"debug": False}
 
@@ -231,6 +233,55 @@ def runs_logs(uid: str) -> None:
     """The captured stdout/stderr of a run."""
     logs = _project().runs.logs(uid)
     typer.echo(logs, nl=bool(logs) and not logs.endswith("\n"))
+
+
+# -- shoal cluster ------------------------------------------------------------------------------
+EMBEDDED_NOTE = (
+    "embedded clusters live only while a shoal process runs; showing recorded scaling events "
+    "(give --backend dask://HOST:8786 to list the workers of a running cluster)"
+)
+
+
+def _live_workers(address: str) -> tuple[list, str]:
+    """Connect to a running engine, list its workers, and disconnect (the cluster is not touched).
+
+    Returns the workers and the label under which that engine's scaling events are recorded.
+    """
+    from shoal import backends
+    from shoal.recorder import backend_label
+
+    backend = backends.get(address)  # the scheme names the engine (tcp:// and tls:// are Dask's)
+    try:
+        return backend.workers(), backend_label(backend)
+    finally:
+        backend.close()
+
+
+@cluster_app.command("status")
+def cluster_status(
+    backend: Optional[str] = typer.Option(
+        None, "--backend", "-b", help="A backend name (filters the events) or an engine address (also lists its live workers)."
+    ),
+    limit: int = typer.Option(20, "--limit", "-n", min=0, help="At most this many events (0: all)."),
+    as_json: bool = typer.Option(False, "--json", help='Print {"workers": [...], "events": [...]} only.'),
+) -> None:
+    """Recorded scaling events of the project, and the live workers of an engine given by address."""
+    workers = None
+    label = backend
+    with _stdout_reserved(as_json):
+        if backend is not None and "://" in backend:
+            workers, label = _live_workers(backend)
+        events = _project().store.list_scaling_events(backend=label, limit=limit or None)
+    if as_json:
+        render.print_json(
+            {"workers": [render.worker_dict(w) for w in workers or []], "events": [render.event_dict(e) for e in events]}
+        )
+        return
+    if workers is None:
+        render.note(EMBEDDED_NOTE)
+    else:
+        render.workers_table(workers, title=f"workers of {label}")
+    render.events_table(events)
 
 
 @app.command()

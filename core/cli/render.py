@@ -45,6 +45,11 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def note(message: str) -> None:
+    """A one-line remark for people (never on the JSON path)."""
+    console.print(_text(one_line(message), "dim"), soft_wrap=True)
+
+
 def json_text(data: Any) -> str:
     """Strict JSON (no NaN tokens, which jq and JavaScript reject); unknown objects as strings."""
     return json.dumps(_finite(data), indent=2, default=str, allow_nan=False)
@@ -182,3 +187,62 @@ def function_document(record) -> None:
         console.print(Text.assemble(("code", "bold"), f": {code.get('kind')} ({len(code.get('text', ''))} bytes)"))
     sys.stdout.flush()
 
+
+# -- clusters ---------------------------------------------------------------------------------------
+def _count(value: int | None) -> str:
+    return "?" if value is None else str(value)
+
+
+def event_dict(record) -> dict[str, Any]:
+    return {
+        "time": record.time.isoformat(),
+        "backend": record.backend,
+        "direction": record.direction,
+        "workers_before": record.workers_before,
+        "workers_after": record.workers_after,
+        "reason": record.reason,
+    }
+
+
+def worker_dict(worker) -> dict[str, Any]:
+    return {
+        "name": worker.name,
+        "address": worker.address,
+        "state": worker.state,
+        "slots": worker.slots,
+        "running": list(worker.running),
+        "resources": dict(worker.resources),
+    }
+
+
+def events_table(records) -> None:
+    if not records:
+        note("no scaling events recorded")
+        return
+    table = Table(title=f"scaling events ({len(records)})")
+    for column in ("time (UTC)", "backend", "direction", "before -> after", "reason"):
+        table.add_column(column)
+    for record in records:
+        table.add_row(
+            _when(record.time),
+            _text(record.backend),
+            _text(record.direction, "green" if record.direction == "up" else "yellow"),
+            f"{_count(record.workers_before)} -> {_count(record.workers_after)}",
+            _text(record.reason),
+        )
+    console.print(table)
+
+
+def workers_table(workers, title: str) -> None:
+    table = Table(title=_text(f"{title} ({len(workers)})"))
+    for column in ("name", "address", "state", "slots", "running"):
+        table.add_column(column)
+    for worker in workers:
+        table.add_row(
+            _text(worker.name),
+            _text(worker.address),
+            _text(worker.state),
+            str(worker.slots),
+            _text(", ".join(uid[:12] for uid in worker.running) or "-"),
+        )
+    console.print(table)

@@ -1,4 +1,5 @@
-"""The store: every function version (by content hash) with movable tags, runs, artifact records.
+"""The store: every function version (by content hash) with movable tags, runs, artifact records,
+and the scaling events of backends.
 
 SQLite by default (WAL, safe under many concurrent writer processes), PostgreSQL by URL; the schema
 is versioned with alembic and migrated when a :class:`Store` opens. Importing this package pulls in
@@ -8,7 +9,7 @@ SQLAlchemy but not alembic, which loads only when a database actually needs migr
 from __future__ import annotations
 
 from .engine import open_engine
-from .records import ArtifactRecord, FunctionRecord, RunRecord
+from .records import ArtifactRecord, FunctionRecord, RunRecord, ScalingEventRecord
 from .store import Store
 
-__all__ = ["ArtifactRecord", "FunctionRecord", "RunRecord", "Store", "open_engine"]
+__all__ = ["ArtifactRecord", "FunctionRecord", "RunRecord", "ScalingEventRecord", "Store", "open_engine"]

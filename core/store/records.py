@@ -70,3 +70,15 @@ class RunRecord:
     ended_at: datetime | None
     updated_at: datetime
     artifacts: tuple[ArtifactRecord, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ScalingEventRecord:
+    """One recorded change in a backend's number of workers (``None`` counts: the engine did not say)."""
+
+    backend: str
+    time: datetime
+    direction: str
+    workers_before: int | None
+    workers_after: int | None
+    reason: str

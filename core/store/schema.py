@@ -122,5 +122,23 @@ artifacts = sa.Table(
     sa.PrimaryKeyConstraint("run_uid", "key", name="pk_artifacts"),
 )
 
+scaling_events = sa.Table(
+    "scaling_events",
+    metadata,
+    sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+    _project(),
+    sa.Column("backend", sa.String(255), nullable=False),  # a backend name or an engine address
+    sa.Column("time", UTCDateTime(), nullable=False),
+    sa.Column("direction", sa.String(8), nullable=False),  # up or down
+    sa.Column("workers_before", sa.Integer(), nullable=True),  # NULL: the engine did not say
+    sa.Column("workers_after", sa.Integer(), nullable=True),
+    sa.Column("reason", sa.Text(), nullable=False),
+    sa.PrimaryKeyConstraint("id", name="pk_scaling_events"),
+    # The same event pulled twice (two flushes, two processes) is stored once.
+    sa.UniqueConstraint("project", "backend", "time", "direction", "reason", name="uq_scaling_events_event"),
+    sa.Index("ix_scaling_events_project_time", "project", "time"),
+)
+
 RUN_FIELDS: tuple[str, ...] = tuple(c.name for c in runs.columns if c.name != "project")
 ARTIFACT_FIELDS: tuple[str, ...] = tuple(c.name for c in artifacts.columns if c.name != "project")
+SCALING_FIELDS: tuple[str, ...] = tuple(c.name for c in scaling_events.columns if c.name not in ("id", "project"))

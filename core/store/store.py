@@ -1,8 +1,8 @@
 """The :class:`Store`: one object per (database, project) that the rest of shoal talks to.
 
-It owns the engine and the transactions; the SQL lives in :mod:`.functions` and :mod:`.runs`.
-Every method is one transaction, so a crash never leaves half a save or half a finished run, and the
-engine's connection pool makes one ``Store`` safe to share between threads.
+It owns the engine and the transactions; the SQL lives in :mod:`.functions`, :mod:`.runs` and
+:mod:`.scaling`. Every method is one transaction, so a crash never leaves half a save or half a
+finished run, and the engine's connection pool makes one ``Store`` safe to share between threads.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from sqlalchemy.engine import Connection, Engine
 from ..errors import ShoalError, SpecError, StoreError
 from . import functions as fn_sql
 from . import runs as run_sql
+from . import scaling as scaling_sql
 from .engine import SQLITE_BEGIN, first_line, is_memory, mask, open_engine
 from .migrate import upgrade
-from .records import FunctionRecord, RunRecord
+from .records import FunctionRecord, RunRecord, ScalingEventRecord
 from .refs import LATEST, check_hash, check_name, check_tag, parse_function_ref
 from .schema import utcnow
 
@@ -199,3 +200,22 @@ class Store:
         with self._transaction(write=False) as connection:
             return run_sql.count(connection, self.project, function, state, parent)
 
+
+    # -- scaling events --------------------------------------------------------------------------
+
+    def record_scaling_events(self, backend: str, events: Sequence[scaling_sql.ScalingEventLike]) -> None:
+        """Store scaling events of ``backend`` (a name or an engine address) in one transaction.
+
+        Idempotent: an event already stored (same backend, time, direction and reason) is skipped,
+        so callers may hand over a backend's whole recent history every time. Worker counts that
+        are negative or None mean "unknown" and are stored as NULL.
+        """
+        rows = scaling_sql.event_rows(self.project, backend, events)
+        if rows:
+            with self._transaction(write=True) as connection:
+                scaling_sql.insert_events(connection, rows)
+
+    def list_scaling_events(self, backend: str | None = None, limit: int | None = 50) -> list[ScalingEventRecord]:
+        """Recorded scaling events, newest first, of one backend label or of all (``None``)."""
+        with self._transaction(write=False) as connection:
+            return scaling_sql.query(connection, self.project, backend, limit)
