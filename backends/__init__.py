@@ -22,6 +22,7 @@ __all__ = ["Backend", "BackendFuture", "ScalingEvent", "WorkerInfo", "available"
 _REGISTRY: dict[str, Any] = {
     "local": "shoal.backends.local:LocalBackend",
     "dask": "shoal.backends.dask:DaskBackend",
+    "ray": "shoal.backends.ray:RayBackend",
 }
 _shared: dict[str, Backend] = {}
 _shared_lock = threading.Lock()

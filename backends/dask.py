@@ -4,14 +4,23 @@ or any ``distributed.deploy.Cluster`` the user passes (e.g. a dask-kubernetes ``
 Workers run ``execute_registered(task)`` in their own processes; the driver records the outcomes.
 Elasticity is Dask's own ``Adaptive`` (``cluster.adapt(minimum, maximum)``); its log is the record of
 scaling events. Starts of runs reach the driver as Dask events (``log_event``/``subscribe_topic``);
-a running attempt is cancelled with ``client.run(stop_attempt, uid)`` on the workers.
+a running attempt is cancelled with ``client.run(cancel_on_worker, [uid])`` on the workers, which
+also keeps a cancelled task that waits on a worker from starting there.
+
+Worker deaths: the embedded cluster lets a task fail at once when its worker dies
+(``allowed-failures: 0``), so shoal's own ``retries`` decide whether a run that was executing is run
+again. A task that had not started yet when its worker died (it was only queued there) never ran:
+it is submitted again, so a dying worker loses only the run it was executing.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import hashlib
 import logging
+import queue
 import threading
+import time
 from typing import Any, Callable
 
 from shoal.errors import BackendError, WorkerLostError
@@ -21,84 +30,284 @@ from .base import Backend, BackendFuture, OnStart, ScalingEvent, WorkerInfo
 
 START_TOPIC = "shoal-run-start"
 KEY_PREFIX = "shoal-run-"
+MAX_RESUBMITS = 3  # a task lost this often with its worker before starting fails as worker lost
+SCALE_DOWN_WAIT = 30.0  # seconds scale() waits for Dask to retire workers
+CLOSE_GRACE = 3.0  # seconds close() gives stopped runs to report their outcome
+MAX_BATCH = 1000  # outcomes fetched by one gather
+
+log = logging.getLogger("shoal.backends.dask")
 
 
-def run_on_worker(task: RunTask) -> RunOutcome:
-    """The task Dask executes: one attempt, announcing its start to the driver."""
+def run_on_worker(task: RunTask, key: str) -> RunOutcome:
+    """The task Dask executes: one attempt, announcing its start (and where) to the driver."""
+    with _refused_lock:
+        refused = task.uid in _refused
+        _refused.pop(task.uid, None)
+    if refused:  # cancelled while it waited on this worker: the user's code must not run
+        return _never_started(task)
 
     def announce(uid: str, started: float) -> None:
         from distributed import get_worker
 
         try:
-            get_worker().log_event(START_TOPIC, {"uid": uid, "time": started})
+            worker = get_worker()
         except ValueError:  # not inside a worker (e.g. client.run): nothing to announce
-            pass
+            return
+        worker.log_event(START_TOPIC, {"key": key, "uid": uid, "time": started, "worker": worker.address})
 
     return execute_registered(task, announce)
 
 
-def _uid_of(key: Any) -> str | None:
-    text = str(key)
-    return text[len(KEY_PREFIX):].split("-")[0] if text.startswith(KEY_PREFIX) else None
+# Worker side: runs cancelled before they started here, newest last (bounded: most never arrive).
+_refused: dict[str, None] = {}
+_refused_lock = threading.Lock()
+MAX_REFUSED = 10_000
+
+
+def cancel_on_worker(uids: list[str]) -> list[str]:
+    """Run on every worker by ``client.run``: stop these runs where they run, and refuse to start
+    the others here. Dask's own cancel reaches a worker later than this call, by another channel,
+    so a task queued on a worker could otherwise start after it was cancelled."""
+    stopped = []
+    with _refused_lock:
+        for uid in uids:
+            if stop_attempt(uid):
+                stopped.append(uid)
+            else:
+                _refused[uid] = None
+        while len(_refused) > MAX_REFUSED:
+            del _refused[next(iter(_refused))]
+    return stopped
+
+
+def _never_started(task: RunTask) -> RunOutcome:
+    now = time.time()
+    error = {"type": "CancelledError", "message": "run was cancelled before it started", "traceback": ""}
+    return RunOutcome(uid=task.uid, state="cancelled", attempt=task.attempt - 1, started_at=None, ended_at=now, error=error)
+
+
+def dask_setup(worker: Any) -> None:
+    """Worker preload of the embedded cluster: ignore SIGINT in worker processes.
+
+    Ctrl-C in a terminal reaches the whole process group; the driver then cancels the runs and
+    shuts the cluster down itself. A worker killed by the same signal would turn the runs it was
+    executing into "worker lost" failures instead of cancelled runs.
+    """
+    import signal
+
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread of the worker process: leave the default
+        pass
 
 
 class DaskFuture(BackendFuture):
-    def __init__(self, uid: str, future: Any, backend: "DaskBackend"):
-        self.uid = uid
-        self._future = future
-        self._backend = backend
-        self._settled: tuple[RunOutcome | None, BaseException | None] | None = None
-        self._settle_lock = threading.Lock()
+    """One attempt of one run on Dask; resolves when the attempt has ended.
 
+    It owns its callbacks (rather than handing Dask's future out) so that a task lost with its
+    worker before it started can be submitted again under a new key without the caller noticing.
+    """
+
+    def __init__(self, task: RunTask, backend: "DaskBackend", on_start: OnStart | None):
+        self.uid = task.uid
+        self._task = task
+        self._backend = backend
+        self._on_start = on_start
+        self._future: Any = None
+        self._key = ""
+        self._submissions = 0
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._callbacks: list[Callable[[BackendFuture], None]] = []
+        self._settled: tuple[RunOutcome | None, BaseException | None] | None = None
+        self.started = False
+        self.worker = ""
+        self.cancel_requested = False
+
+    # -- driving the Dask future ----------------------------------------------------------------
+    def _launch(self) -> None:
+        """Submit the attempt (again, after a loss before it started) under a fresh key."""
+        key = self._next_key()
+        self._attach(self._backend.client.submit(run_on_worker, self._task, key, key=key, pure=False))
+
+    def _next_key(self) -> str:
+        """A new Dask key per submission: a resubmission must not reuse the erred one."""
+        self._submissions += 1
+        suffix = f"-{self._submissions}" if self._submissions > 1 else ""
+        self._key = f"{KEY_PREFIX}{self.uid}-{self._task.attempt}{suffix}"
+        self._backend._futures[self._key] = self
+        return self._key
+
+    def _attach(self, future: Any) -> None:
+        self._future = future
+        future.add_done_callback(self._on_dask_done)
+
+    def _announced(self, started: float, worker: str) -> None:
+        """The start event of this attempt arrived (Dask's event loop thread)."""
+        self.started, self.worker = True, worker
+        if self._on_start is not None:
+            self._on_start(self.uid, started)
+
+    def _on_dask_done(self, future: Any) -> None:
+        """Dask's callback thread: hand the finished task to the backend's collector."""
+        self._backend._collector.put(self, future)
+
+    def _settle(self, future: Any, gathered: Any = None) -> None:
+        """Resubmit a task lost before it started; else keep its outcome (``gathered``, when the
+        collector fetched it in a batch) or error, release Dask's copy and resolve. Dask's copy
+        goes at once so idle workers can be retired, and ``result()`` needs no client later."""
+        self._backend._futures.pop(str(future.key), None)
+        if self._lost_before_start(future) and self._resubmit(future):
+            return
+        if gathered is not None:
+            settled: tuple[RunOutcome | None, BaseException | None] = (gathered, None)
+        else:
+            try:
+                settled = (self._fetch(future), None)
+            except BaseException as exc:  # noqa: BLE001 - kept and re-raised by every result() call
+                settled = (None, exc)
+        future.release()
+        self._resolve(settled)
+
+    def _resolve(self, settled: tuple[RunOutcome | None, BaseException | None]) -> None:
+        with self._lock:
+            if self._done.is_set():
+                return
+            self._settled = settled
+            self._done.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback(self)
+
+    def _lost_before_start(self, future: Any) -> bool:
+        if future.status != "error" or self.started or self.cancel_requested or self._backend._closed:
+            return False
+        if self._submissions > MAX_RESUBMITS:
+            return False
+        from distributed import KilledWorker
+
+        return isinstance(future.exception(), KilledWorker)
+
+    def _resubmit(self, future: Any) -> bool:
+        future.release()
+        try:
+            self._launch()
+        except Exception:  # noqa: BLE001 - cannot resubmit (scheduler gone): report the loss instead
+            log.debug("could not resubmit run %s", self.uid, exc_info=True)
+            return False
+        return True
+
+    def _fetch(self, future: Any) -> RunOutcome:
+        from distributed import KilledWorker
+        from distributed.client import FutureCancelledError
+
+        try:
+            return future.result()
+        except FutureCancelledError as exc:
+            if self.cancel_requested or self._backend._closed:
+                raise cf.CancelledError(f"run {self.uid} was cancelled") from None
+            # Nobody here cancelled it: Dask dropped it (e.g. the connection to the scheduler was lost).
+            raise BackendError(f"dask dropped run {self.uid} ({exc.reason}): {exc.msg or exc}") from None
+        except cf.CancelledError:
+            raise
+        except KilledWorker as exc:
+            if self.cancel_requested and not self.started:
+                raise cf.CancelledError(f"run {self.uid} was cancelled") from None
+            raise WorkerLostError(f"the dask worker running it died ({exc})") from None
+        except Exception as exc:  # noqa: BLE001 - execute() never raises for user code: this is Dask's
+            raise BackendError(f"dask failed to run the task: {type(exc).__name__}: {exc}") from exc
+
+    # -- the contract ---------------------------------------------------------------------------
     def done(self) -> bool:
-        return self._settled is not None or self._future.done()
+        return self._done.is_set()
 
     def result(self, timeout: float | None = None) -> RunOutcome:
-        """The outcome; once fetched, Dask's copy is released so idle workers can be retired."""
-        with self._settle_lock:
-            if self._settled is None:
-                try:
-                    self._settled = (self._fetch(timeout), None)
-                except TimeoutError:
-                    raise
-                except BaseException as exc:  # noqa: BLE001 - kept and re-raised on every call
-                    self._settled = (None, exc)
-                self._future.release()
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"run {self.uid} not done within {timeout} s")
         outcome, error = self._settled
         if error is not None:
             raise error
         return outcome
 
-    def _fetch(self, timeout: float | None) -> RunOutcome:
-        from distributed import KilledWorker
-        from distributed.client import FutureCancelledError
-
-        try:
-            return self._future.result(timeout=timeout)
-        except FutureCancelledError as exc:
-            if self._backend._lost_scheduler():
-                raise BackendError(f"the dask scheduler went away: {exc}") from None
-            raise cf.CancelledError(str(exc)) from None
-        except cf.CancelledError:
-            raise
-        except KilledWorker as exc:
-            raise WorkerLostError(f"the dask worker running it died ({exc})") from None
-        except TimeoutError:
-            raise TimeoutError(f"run {self.uid} not done within {timeout} s") from None
-        except Exception as exc:  # noqa: BLE001 - execute() never raises for user code: this is Dask's
-            raise BackendError(f"dask failed to run the task: {type(exc).__name__}: {exc}") from exc
-
     def cancel(self) -> bool:
-        """Stop the attempt on the worker running it, or drop it from the queue if none runs it."""
+        """Stop the attempt where it runs (its outcome, with what it logged, comes back as
+        cancelled), or drop it from Dask's queue and from any worker holding it if it has not
+        started. A started one is never cancelled in Dask: that would drop an outcome just made."""
         if self.done():
             return False
-        if self._backend._stop_remote(self.uid):
-            return True
-        self._future.cancel()
+        self.cancel_requested = True
+        if not self.started:
+            self._backend._remember_cancelled([self.uid])  # it may be starting right now: see _on_start_event
+            self._future.cancel()
+        self._backend._cancel_on_workers([self.uid])
         return True
 
     def add_done_callback(self, callback: Callable[[BackendFuture], None]) -> None:
-        self._future.add_done_callback(lambda _: callback(self))
+        with self._lock:
+            if not self._done.is_set():
+                self._callbacks.append(callback)
+                return
+        callback(self)
+
+
+class _Collector:
+    """Fetches the outcomes of finished tasks in batches and resolves their futures.
+
+    Dask runs every done-callback on one thread; fetching each outcome there costs a round trip per
+    run. Here one ``gather`` fetches all that finished meanwhile. Callbacks of the resolved futures
+    (the runner's recording and retries) run on this collector's thread.
+    """
+
+    def __init__(self, client: Any):
+        self._client = client
+        self._queue: queue.Queue[tuple[DaskFuture, Any] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="shoal-dask-collector", daemon=True)
+        self._thread.start()
+
+    def put(self, future: DaskFuture, dask_future: Any) -> None:
+        self._queue.put((future, dask_future))
+
+    def stop(self) -> None:
+        """Settle what is queued, then end the thread (not waited for when called from it)."""
+        self._queue.put(None)
+        if threading.current_thread() is not self._thread:
+            self._thread.join(CLOSE_GRACE)
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            self._settle(batch)
+
+    def _next_batch(self) -> list[tuple[DaskFuture, Any]] | None:
+        first = self._queue.get()
+        if first is None:
+            return None
+        batch = [first]
+        while len(batch) < MAX_BATCH:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                self._queue.put(None)  # stop after this batch
+                break
+            batch.append(item)
+        return batch
+
+    def _settle(self, batch: list[tuple[DaskFuture, Any]]) -> None:
+        finished = [(f, d) for f, d in batch if d.status == "finished"]
+        try:
+            values = self._client.gather([d for _, d in finished]) if finished else []
+        except Exception:  # noqa: BLE001 - one could not be fetched: fetch each on its own below
+            finished, values = [], []
+        gathered = {id(d): value for (_, d), value in zip(finished, values)}
+        for future, dask_future in batch:
+            try:
+                future._settle(dask_future, gathered.get(id(dask_future)))
+            except Exception:  # noqa: BLE001 - a failing callback must not stop the collector
+                log.exception("settling run %s failed", future.uid)
 
 
 class DaskBackend(Backend):
@@ -147,9 +356,11 @@ class DaskBackend(Backend):
         self._install = install_requirements
         self._cluster_options = cluster_options
         self._client: Any = None
+        self._collector: _Collector | None = None
         self._adaptive: Any = None
         self._bounds: tuple[int, int] | None = None
-        self._starts: dict[str, OnStart] = {}
+        self._futures: dict[str, DaskFuture] = {}  # Dask key -> future of the attempt, until done
+        self._cancelled: dict[str, None] = {}  # uids cancelled before they announced a start, newest last
         self._lock = threading.RLock()
         self._closed = False
 
@@ -190,6 +401,7 @@ class DaskBackend(Backend):
                     self._owns_cluster = True
                 self._client = Client(self._cluster, set_as_default=False)
             self._client.subscribe_topic(START_TOPIC, self._on_start_event)
+            self._collector = _Collector(self._client)
             return self
 
     def _connect(self, client_class: Any) -> Any:
@@ -213,53 +425,106 @@ class DaskBackend(Backend):
             "memory_limit": self._memory_limit,
         }
         options.update(self._cluster_options)
+        if options.get("processes"):  # dask_setup: worker processes leave Ctrl-C to the driver
+            options["preload"] = [*(options.get("preload") or []), __name__]
+        # Without a dashboard the scheduler still serves HTTP, on port 8787 unless told otherwise:
+        # a random local port avoids "port in use" warnings and exposing it on every interface.
+        options["scheduler_kwargs"] = {"dashboard_address": "127.0.0.1:0", **(options.get("scheduler_kwargs") or {})}
         try:
             return LocalCluster(**options)
-        except TypeError as exc:
-            raise BackendError(f"invalid option for the embedded dask cluster: {exc}") from None
+        except (TypeError, RuntimeError) as exc:  # a bad worker option surfaces as "Nanny failed to start"
+            raise BackendError(f"the embedded dask cluster did not start (check its options): {_root_cause(exc)}") from None
 
     def close(self) -> None:
+        """Cancel what is in flight (queued tasks are dropped, running ones stopped: both come back
+        cancelled), then close the client and, if this backend started it, the cluster."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             client, cluster = self._client, self._cluster if self._owns_cluster else None
-            self._client = None
         if client is not None:
+            self._cancel_in_flight()
+            self._collector.stop()
+            self._client = None
             try:
                 client.close()
             except Exception:  # noqa: BLE001 - closing must not fail at exit
                 pass
+            for future in list(self._futures.values()):  # not settled in time: never left hanging
+                future._resolve((None, cf.CancelledError(f"run {future.uid} was cancelled: the backend closed")))
         if cluster is not None:
             try:
                 cluster.close()
             except Exception:  # noqa: BLE001
                 pass
 
-    def _lost_scheduler(self) -> bool:
-        client = self._client
-        return client is None or client.status not in ("running", "connecting")
+    def _cancel_in_flight(self) -> None:
+        """Drop queued tasks first, then stop running ones (so a freed worker starts nothing new),
+        and give their outcomes a moment to arrive."""
+        live = [f for f in list(self._futures.values()) if not f.done()]
+        if not live:
+            return
+        waiting = [f for f in live if not f.started]
+        for future in live:
+            future.cancel_requested = True
+        self._remember_cancelled([f.uid for f in waiting])
+        try:
+            self._client.cancel([f._future for f in waiting])
+        except Exception:  # noqa: BLE001 - scheduler gone: nothing to drop
+            pass
+        self._cancel_on_workers([f.uid for f in waiting] + [f.uid for f in live if f.started])
+        end = time.monotonic() + CLOSE_GRACE
+        for future in live:
+            future._done.wait(max(0.0, end - time.monotonic()))
 
     # -- running --------------------------------------------------------------------------------
     def submit(self, task: RunTask, on_start: OnStart | None = None) -> BackendFuture:
-        client = self.client
-        if on_start is not None:
-            self._starts[task.uid] = on_start
-        key = f"{KEY_PREFIX}{task.uid}-{task.attempt}"
-        future = client.submit(run_on_worker, task, key=key, pure=False)
-        result = DaskFuture(task.uid, future, self)
-        result.add_done_callback(lambda _: self._starts.pop(task.uid, None))
-        return result
+        self.start()
+        future = DaskFuture(task, self, on_start)
+        future._launch()
+        return future
+
+    def submit_many(self, tasks: list[RunTask], on_start: list[OnStart | None] | None = None) -> list[BackendFuture]:
+        """All tasks in one graph update (``client.map``) rather than one message per task."""
+        self.start()
+        starts = on_start if on_start is not None else [None] * len(tasks)
+        futures = [DaskFuture(task, self, start) for task, start in zip(tasks, starts)]
+        keys = [future._next_key() for future in futures]
+        for future, submitted in zip(futures, self._client.map(run_on_worker, tasks, keys, key=keys, pure=False)):
+            future._attach(submitted)
+        return futures
 
     def _on_start_event(self, event: Any) -> None:
+        """A run started on a worker (Dask's event loop thread; events of other clients too)."""
         _, message = event
-        callback = self._starts.pop(message.get("uid"), None)
-        if callback is not None:
-            callback(message["uid"], message["time"])
+        uid = message.get("uid")
+        if uid in self._cancelled:  # cancelled as it started: its Dask future may already be gone
+            self._cancelled.pop(uid, None)
+            self._stop_soon(uid)
+        future = self._futures.get(message.get("key"))
+        if future is not None:
+            future._announced(message["time"], message.get("worker", ""))
 
-    def _stop_remote(self, uid: str) -> bool:
+    def _remember_cancelled(self, uids: list[str]) -> None:
+        """Keep the uids of runs cancelled before they started, for a start event that may still
+        come; bounded, as most never start."""
+        for uid in uids:
+            self._cancelled[uid] = None
+        while len(self._cancelled) > MAX_REFUSED:
+            self._cancelled.pop(next(iter(self._cancelled)), None)
+
+    def _stop_soon(self, uid: str) -> None:
+        """Stop a run that started after it was cancelled. Dask cannot stop a running task (it only
+        drops its result), so without this the handler would hold its worker to the end. From
+        another thread: ``client.run`` would block the event loop that delivers start events."""
+        threading.Thread(target=self._cancel_on_workers, args=([uid],), name="shoal-dask-stop", daemon=True).start()
+
+    def _cancel_on_workers(self, uids: list[str]) -> bool:
+        """Stop these runs' attempts on whichever workers run them (and keep the workers from
+        starting them later); True if any was stopped."""
         try:
-            answers = self._client.run(stop_attempt, uid)
+            answers = self._client.run(cancel_on_worker, uids)
         except Exception:  # noqa: BLE001 - no workers or scheduler gone: nothing is running it
             return False
         return any(answers.values())
@@ -282,16 +547,30 @@ class DaskBackend(Backend):
             if self._adaptive is not None:
                 self._adaptive.stop()
                 self._adaptive = None
-            before = len(cluster.scheduler_info.get("workers", {}))
+            before = len(self._accepting_workers())
             cluster.scale(n)
             self._bounds = (n, n)
+        if n < before:
+            self._wait_for_retirement(n)
         self._record_event(before, n, "scale")
+
+    def _accepting_workers(self) -> list[str]:
+        """Addresses of the workers the scheduler still sends tasks to."""
+        info = self.client.scheduler_info(**_all_workers(self.client)).get("workers", {})
+        return [address for address, worker in info.items() if worker.get("status", "running") == "running"]
+
+    def _wait_for_retirement(self, n: int) -> None:
+        """Dask retires workers asynchronously; tasks submitted meanwhile could still land on the
+        leaving ones and exceed the new bound, so wait (bounded) until at most ``n`` accept tasks."""
+        end = time.monotonic() + SCALE_DOWN_WAIT
+        while len(self._accepting_workers()) > n and time.monotonic() < end:
+            time.sleep(0.02)
 
     def adapt(self, minimum: int, maximum: int) -> None:
         """Dask ``Adaptive`` between the bounds; equal bounds fix the size. A cluster known only by
         its address is left as its operator configured it."""
-        if minimum < 0 or maximum < max(minimum, 1):
-            raise BackendError(f"adapt needs 0 <= minimum <= maximum and maximum >= 1, got ({minimum}, {maximum})")
+        if not (_whole(minimum) and _whole(maximum)) or minimum < 0 or maximum < max(minimum, 1):
+            raise BackendError(f"adapt needs 0 <= minimum <= maximum and maximum >= 1, got ({minimum!r}, {maximum!r})")
         if self.address is not None and self._cluster is None:
             return
         with self._lock:
@@ -330,17 +609,24 @@ class DaskBackend(Backend):
         return sorted(events, key=lambda e: e.time)
 
     def workers(self) -> list[WorkerInfo]:
+        """Workers as the scheduler lists them; ``running`` holds this backend's started runs."""
         client = self.client
-        info = client.scheduler_info(n_workers=-1).get("workers", {}) if _accepts_n_workers(client) else client.scheduler_info().get("workers", {})
+        info = client.scheduler_info(**_all_workers(client)).get("workers", {})
         processing = client.processing()
+        started: dict[str, list[str]] = {}
+        for future in list(self._futures.values()):
+            if future.started and not future.done():
+                started.setdefault(future.worker, []).append(future.uid)
         out = []
         for address, worker in sorted(info.items()):
-            running = tuple(uid for uid in (_uid_of(k) for k in processing.get(address, ())) if uid)
+            running = tuple(started.get(address, ()))
+            status = worker.get("status", "running")
+            state = "closing" if status != "running" else ("busy" if running or processing.get(address) else "idle")
             out.append(
                 WorkerInfo(
                     name=str(worker.get("name", address)),
                     address=address,
-                    state="busy" if running else "idle",
+                    state=state,
                     slots=int(worker.get("nthreads", 1)),
                     running=running,
                     resources=dict(worker.get("resources", {})),
@@ -354,15 +640,12 @@ class DaskBackend(Backend):
         return upper * self._threads
 
     def ensure_requirements(self, requirements: tuple[str, ...]) -> None:
-        """Install with Dask's PipInstall worker plugin when allowed; else check the workers (or,
-        for the embedded cluster, this environment, which its workers share)."""
+        """Install with Dask's PipInstall plugin when allowed, then check the workers (or, for the
+        embedded cluster, this environment, which its workers share)."""
         if not requirements:
             return
         if self._install:
-            from distributed.diagnostics.plugin import PipInstall
-
-            self.client.register_plugin(PipInstall(packages=list(requirements)), name="shoal-requirements")
-            return
+            self._install_requirements(requirements)
         if not self.remote:
             super().ensure_requirements(requirements)
             return
@@ -379,15 +662,46 @@ class DaskBackend(Backend):
                 f"workers' image, or pass install_requirements=True to the backend"
             )
 
+    def _install_requirements(self, requirements: tuple[str, ...]) -> None:
+        """Register PipInstall under a name per requirement set: Dask skips a plugin whose name is
+        already registered, so one fixed name would install only the first function's packages."""
+        from distributed.diagnostics.plugin import PipInstall
+
+        name = requirements_plugin_name(requirements)
+        try:
+            self.client.register_plugin(PipInstall(packages=list(requirements)), name=name)
+        except Exception as exc:  # noqa: BLE001 - pip's failure, relayed by Dask
+            raise BackendError(
+                f"installing requirements {', '.join(requirements)} on the dask workers failed: "
+                f"{str(exc).strip()[-500:]}"
+            ) from None
+
     def __repr__(self) -> str:
         where = self.address or (type(self._cluster).__name__ if self._cluster is not None else "embedded LocalCluster")
         return f"<shoal DaskBackend {where}>"
 
 
-def _accepts_n_workers(client: Any) -> bool:
+def requirements_plugin_name(requirements: tuple[str, ...]) -> str:
+    """The name of the PipInstall plugin of one set of requirements (same set, same name)."""
+    digest = hashlib.sha256("\n".join(sorted(requirements)).encode()).hexdigest()[:12]
+    return f"shoal-requirements-{digest}"
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _all_workers(client: Any) -> dict[str, Any]:
+    """``scheduler_info`` lists only a few workers unless asked for all (newer distributed)."""
     import inspect
 
-    return "n_workers" in inspect.signature(client.scheduler_info).parameters
+    return {"n_workers": -1} if "n_workers" in inspect.signature(client.scheduler_info).parameters else {}
 
 
-__all__ = ["DaskBackend", "run_on_worker"]
+__all__ = ["DaskBackend", "cancel_on_worker", "dask_setup", "requirements_plugin_name", "run_on_worker"]

@@ -85,6 +85,7 @@ class Driver:
     def save_function(self) -> None:
         """Check that the workers have the requirements, then store the function version (once
         per process) before its first run record."""
+        self.backend.start()  # an unreachable engine is an error here, before any record
         checked = self.backend.__dict__.setdefault("_requirements_checked", set())
         if self.fn.hash not in checked:
             self.backend.ensure_requirements(self.spec.requirements)
@@ -414,7 +415,8 @@ def _wait_all(handles: list[RunHandle]) -> list[Run]:
         for handle in handles:
             handle.wait()
     except KeyboardInterrupt:
-        for handle in handles:
+        # Pending ones first: stopping a running run frees a worker that would start the next one.
+        for handle in sorted(handles, key=lambda h: h.state == "running"):
             handle.cancel()
         for handle in handles:
             handle.wait(30)

@@ -63,3 +63,29 @@ def any_project(request, tmp_path, monkeypatch) -> shoal.Project:
         proj = shoal.Project(tmp_path, name="test")
     yield proj
     proj.close()
+
+
+@pytest.fixture(scope="session")
+def dask_backend():
+    """One embedded Dask LocalCluster (two single-thread worker processes) for the whole session:
+    startup costs a second or two, so the conformance suite shares it; closed with its processes."""
+    import shoal.backends
+
+    backend = shoal.backends.get("dask", n_workers=2)
+    backend.start()
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(scope="session")
+def ray_backend():
+    """One local Ray instance of its own (2 CPUs, fixed size) for the whole session: startup costs a
+    few seconds, and Ray allows one connection per process, so every in-process Ray test shares it;
+    closed with its processes at the end."""
+    pytest.importorskip("ray")
+    import shoal.backends
+
+    backend = shoal.backends.get("ray", num_cpus=2)
+    backend.start()
+    yield backend
+    backend.close()

@@ -1,0 +1,289 @@
+"""Faults on the dask backend: a worker process killed in the middle of a run, a scheduler that
+cannot be reached or goes away, and Ctrl-C in a process running ``fn.map``.
+
+Every process a test starts (schedulers, workers, scripts) is ended by PID; nothing is found or
+killed by name.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+import shoal
+from shoal.backends.dask import DaskBackend
+
+HANDLERS = '''
+import os
+import pathlib
+import time
+
+
+def victim(ctx, pidfile: str, seconds: float = 60.0):
+    """Writes its worker's pid, then runs long enough to be killed; a second attempt is quick."""
+    if ctx.attempt == 1:
+        pathlib.Path(pidfile).write_text(str(os.getpid()))
+        time.sleep(seconds)
+    return {"pid": os.getpid(), "attempt": ctx.attempt}
+
+
+def bystander(i: int, log: str, hold: float = 0.3):
+    with open(log, "a") as handle:
+        handle.write(f"{i}\\n")
+    time.sleep(hold)
+    return {"i": i}
+
+
+def square(x: int):
+    return {"square": x * x}
+
+
+def looper(marker: str = "", steps: int = 3000):
+    if marker:
+        pathlib.Path(marker).write_text(str(os.getpid()))
+    for _ in range(steps):
+        time.sleep(0.01)
+    return {"done": True}
+'''
+
+INTERRUPTED_SCRIPT = '''
+import signal
+import sys
+
+import shoal
+
+if __name__ == "__main__":
+    # Ctrl-C raises KeyboardInterrupt, as in a terminal, even if the test runner was started with
+    # SIGINT ignored (a background job of a shell), which this process would inherit.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    folder, handlers = sys.argv[1], sys.argv[2]
+    project = shoal.Project(folder, name="interrupted")
+    looper = shoal.Function.from_file(handlers, "looper", replicas=(1, 1))
+    looper.map([{"marker": f"{folder}/started-{i}"} for i in range(4)], backend="dask", project=project)
+'''
+
+
+@pytest.fixture
+def fn(tmp_path):
+    path = tmp_path / "handlers.py"
+    path.write_text(HANDLERS)
+    return lambda handler, **options: shoal.Function.from_file(path, handler, **options)
+
+
+@pytest.fixture(scope="module")
+def two_workers():
+    """An embedded cluster of two worker processes that these tests may kill workers of."""
+    backend = DaskBackend(n_workers=2)
+    backend.start()
+    yield backend
+    backend.close()
+
+
+def wait_for(condition, timeout: float = 60.0, what: str = "condition") -> None:
+    """Poll ``condition`` until true (a synchronisation aid with a generous limit, not a timing test)."""
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"{what} not reached within {timeout} s")
+        time.sleep(0.05)
+
+
+def finishes(call, limit: float = 120.0):
+    """``call()`` in a thread; its result, or AssertionError if it is still running after ``limit`` s
+    (the test's guard against a hang, far above the expected time)."""
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(limit)
+    if thread.is_alive():
+        raise AssertionError(f"still running after {limit} s: it hangs")
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def descendants(pid: int) -> list[int]:
+    try:
+        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def kill_by_pid(pids) -> None:
+    """SIGKILL what is left of the processes a test started, and reap its own children."""
+    for pid in pids:
+        if alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    for pid in pids:
+        try:
+            psutil.Process(pid).wait(10)
+        except (psutil.NoSuchProcess, psutil.TimeoutExpired, ChildProcessError):
+            pass
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# -- a worker process killed mid-run --------------------------------------------------------------
+@pytest.mark.parametrize("retries", [0, 1])
+def test_worker_killed_mid_run(two_workers, project, fn, tmp_path, retries):
+    backend = two_workers
+    wait_for(lambda: len(backend.workers()) == 2, what="two workers")  # a killed one is restarted
+    pidfile, log = tmp_path / "pid", tmp_path / "bystanders.log"
+    victim = fn("victim", retries=retries).submit({"pidfile": str(pidfile)}, backend=backend, project=project)
+    wait_for(lambda: pidfile.exists() and pidfile.read_text(), what="victim start")
+    wait_for(lambda: victim.state == "running", what="running state")
+    [where] = [w.address for w in backend.workers() if victim.uid in w.running]
+
+    bystander = fn("bystander")
+    others = [bystander.submit({"i": i, "log": str(log)}, backend=backend, project=project) for i in range(6)]
+    # One of them waits in the victim's worker queue: it never started, so it must not be lost.
+    wait_for(lambda: len(backend.client.processing().get(where, ())) >= 2, what="a bystander queued on the victim's worker")
+    killed = int(pidfile.read_text())
+    os.kill(killed, signal.SIGKILL)
+
+    run = victim.result(120)
+    if retries == 0:
+        assert run.state == "failed" and run.attempts == 1
+        assert run.error["type"] == "WorkerLostError"
+        assert run.error["message"].startswith("worker lost")
+    else:
+        assert run.state == "completed", run.error
+        assert run.attempts == 2 and run.results["attempt"] == 2
+        assert run.results["pid"] != killed  # the retry ran in another worker process
+    assert project.runs.get(run.uid) == run
+
+    outcomes = [h.result(120) for h in others]
+    assert [r.state for r in outcomes] == ["completed"] * 6, [r.error for r in outcomes]
+    assert sorted(int(line) for line in log.read_text().split()) == list(range(6))  # none lost, none twice
+
+
+# -- the engine cannot be reached -----------------------------------------------------------------
+def test_unreachable_scheduler_is_a_clear_error(project, fn):
+    backend = DaskBackend("dask://127.0.0.1:1", connect_timeout=2)
+    with pytest.raises(shoal.BackendError, match=r"cannot reach the dask scheduler at tcp://127\.0\.0\.1:1"):
+        finishes(backend.start)
+
+    other = DaskBackend("dask://127.0.0.1:1", connect_timeout=2)
+    with pytest.raises(shoal.BackendError, match=r"127\.0\.0\.1:1"):
+        finishes(lambda: fn("square").run({"x": 2}, backend=other, project=project, watch=False))
+    assert project.runs.list() == []  # refused before anything was recorded
+    other.close()
+    backend.close()
+
+
+def test_scheduler_going_away_mid_run(project, fn, tmp_path):
+    dask = str(Path(sys.executable).parent / "dask")
+    port = free_port()
+    logs = open(tmp_path / "cluster.log", "w")
+    scheduler = subprocess.Popen(
+        [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"], stdout=logs, stderr=logs
+    )
+    worker = subprocess.Popen(
+        [dask, "worker", f"tcp://127.0.0.1:{port}", "--nworkers", "1", "--nthreads", "1", "--no-dashboard", "--death-timeout", "20"],
+        stdout=logs,
+        stderr=logs,
+    )
+    started = [scheduler.pid, worker.pid]
+    backend = DaskBackend(f"dask://127.0.0.1:{port}", connect_timeout=30)
+    try:
+        backend.start()
+        wait_for(lambda: len(backend.workers()) == 1, what="the worker joining")
+        started += descendants(worker.pid)  # the nanny's worker process
+        looper = fn("looper")
+        marker = tmp_path / "started"
+        running = looper.submit({"marker": str(marker)}, backend=backend, project=project)
+        waiting = looper.submit({"marker": str(tmp_path / "never")}, backend=backend, project=project)
+        wait_for(marker.exists, what="run start")
+
+        scheduler.kill()
+        scheduler.wait(30)
+        for handle in (running, waiting):
+            run = handle.result(120)
+            assert run.state == "failed"
+            assert run.error["type"] == "BackendError"
+            assert "lost the connection to the scheduler" in run.error["message"]
+            assert project.runs.get(run.uid) == run
+        finishes(backend.close)
+    finally:
+        backend.close()
+        started += [pid for pid in descendants(worker.pid) if pid not in started]  # any born since
+        kill_by_pid(started)
+        logs.close()
+    assert not any(alive(pid) for pid in started)
+
+
+# -- Ctrl-C ---------------------------------------------------------------------------------------
+def test_ctrl_c_cancels_pending_runs_and_leaves_no_process(tmp_path):
+    handlers = tmp_path / "handlers.py"
+    handlers.write_text(HANDLERS)
+    script = tmp_path / "interrupted.py"
+    script.write_text(INTERRUPTED_SCRIPT)
+    folder = tmp_path / "project"
+    folder.mkdir()
+    output = open(tmp_path / "script.log", "w")
+    # Its own session, as a terminal's foreground job: Ctrl-C reaches the whole process group.
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(folder), str(handlers)], stdout=output, stderr=output, start_new_session=True
+    )
+    children: list[int] = []
+    try:
+        wait_for(lambda: list(folder.glob("started-*")) or process.poll() is not None, timeout=120, what="first run start")
+        assert process.poll() is None, (tmp_path / "script.log").read_text()[-3000:]
+        children = descendants(process.pid)
+        assert children  # the embedded cluster's worker processes (and multiprocessing's helper)
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(120)
+        assert process.returncode != 0  # interrupted, not finished
+        wait_for(lambda: not any(alive(pid) for pid in children), what="no orphan process")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)
+        kill_by_pid(children)
+        output.close()
+
+    project = shoal.Project(folder, name="interrupted")
+    try:
+        runs = project.runs.list()
+        [parent] = [r for r in runs if r.parent is None]
+        children_runs = sorted((r for r in runs if r.parent == parent.uid), key=lambda r: r.iteration)
+        assert parent.state == "cancelled"
+        assert [r.state for r in children_runs] == ["cancelled"] * 4
+        assert all(r.error["type"] == "CancelledError" for r in children_runs)
+        began = {int(p.name.split("-")[1]) for p in folder.glob("started-*")}
+        assert any(r.started_at is not None for r in children_runs)  # the running one was stopped
+        for run in children_runs:
+            if run.iteration not in began:  # pending when Ctrl-C came: recorded as never started
+                assert run.started_at is None and run.attempts == 0
+    finally:
+        project.close()

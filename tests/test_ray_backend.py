@@ -1,0 +1,526 @@
+"""The ray backend on real local Ray: runs through ``fn.run``/``map``/``submit`` with everything
+recorded, cancellation, a worker killed mid-run, unreachable addresses, requirements, the default
+instance ignoring RAY_ADDRESS, close leaving no process, and autoscaling between replicas (0, 2) on a
+local autoscaling cluster.
+
+Ray allows one connection per process: in-process tests share the session's ``ray_backend`` (a fixed
+instance of 2 CPUs); tests that need an instance of their own run a script in a child process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray")
+
+import shoal  # noqa: E402
+import shoal.backends  # noqa: E402
+from shoal.backends.ray import RayBackend  # noqa: E402
+from shoal.errors import BackendError  # noqa: E402
+
+HANDLERS = '''
+import os
+import pathlib
+import time
+
+import shoal
+
+
+def add(x: int, y: float = 1.0):
+    print("adding", x, y)
+    return {"sum": x + y, "pid": os.getpid()}
+
+
+def logs_everything(ctx: shoal.Context, n: int = 3):
+    ctx.log_result("accuracy", 0.75)
+    for step in range(n):
+        ctx.log_metric("loss", 1.0 / (step + 1), step=step)
+    ctx.log_artifact("notes", "written on a ray worker")
+    print("through print")
+    return {"pid": os.getpid()}
+
+
+def fails(ctx):
+    ctx.log_result("before", 1)
+    raise ValueError("broken on purpose")
+
+
+def looper(ctx, marker: str = "", steps: int = 3000):
+    for step in range(steps):
+        ctx.log_metric("step", step)
+        if marker and step == 0:
+            pathlib.Path(marker).write_text(str(os.getpid()))
+        time.sleep(0.01)
+    return {"done": True}
+
+
+def stubborn(marker: str):
+    """Ignores interrupts: only killing its worker stops it."""
+    pathlib.Path(marker).write_text(str(os.getpid()))
+    end = time.monotonic() + 120
+    while time.monotonic() < end:
+        try:
+            time.sleep(0.05)
+        except BaseException:
+            pass
+    return {}
+
+
+def victim(ctx, pidfile: str):
+    """First attempt: publish the worker's pid and wait to be killed; later attempts succeed."""
+    if ctx.attempt == 1:
+        pathlib.Path(pidfile).write_text(str(os.getpid()))
+        time.sleep(120)
+    return {"attempt": ctx.attempt, "pid": os.getpid()}
+
+
+def nap(seconds: float = 0.5):
+    time.sleep(seconds)
+    return {"pid": os.getpid()}
+'''
+
+
+@pytest.fixture
+def fn(tmp_path):
+    """fn(handler, **options): a Function from a handlers file outside sys.path."""
+    path = tmp_path / "handlers.py"
+    path.write_text(HANDLERS)
+    return lambda handler, **options: shoal.Function.from_file(path, handler, **options)
+
+
+def wait_for(condition, timeout: float = 60.0, what: str = "condition") -> None:
+    """Poll ``condition`` until true (generous limits: this is synchronisation, not timing)."""
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"{what} not reached within {timeout} s")
+        time.sleep(0.05)
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def run_script(source: str, tmp_path: Path, timeout: float = 150.0, env: dict | None = None) -> dict:
+    """Run ``source`` in a child Python (its own Ray connection); it prints one JSON line last."""
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(source))
+    child = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path)],
+        cwd=tmp_path,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = child.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)  # the child and anything it started in its group
+        out, err = child.communicate()
+        raise AssertionError(f"script did not finish within {timeout} s\n{out[-3000:]}\n{err[-3000:]}") from None
+    assert child.returncode == 0, f"script failed ({child.returncode})\n{out[-3000:]}\n{err[-3000:]}"
+    return json.loads(out.strip().splitlines()[-1]) | {"stderr": err}
+
+
+# -- runs through the session's instance ------------------------------------------------------------
+def test_the_session_instance_is_fixed_size_and_local(ray_backend):
+    assert ray_backend.name == "ray" and not ray_backend.remote and not ray_backend.in_process
+    assert ray_backend.slots == 2
+    workers = ray_backend.workers()
+    assert sum(w.slots for w in workers) == 2
+    assert ray_backend.address.startswith("ray://")
+    assert ray_backend.pids(), "the instance's processes are known by PID"
+
+
+def test_run_records_results_logs_metrics_and_artifacts(ray_backend, project, fn):
+    run = fn("logs_everything").run({"n": 3}, backend=ray_backend, project=project, watch=False)
+    assert run.state == "completed", run.error
+    assert run.results["accuracy"] == 0.75 and run.results["pid"] != os.getpid()
+    assert run.metrics == {"loss": [[0, 1.0], [1, 0.5], [2, 1.0 / 3]]}
+    assert "through print" in run.logs
+    assert run.backend == "ray" and run.attempts == 1 and run.started_at <= run.ended_at
+    stored = project.runs.get(run.uid)
+    assert stored == run
+    assert stored.output("notes") == "written on a ray worker"
+
+
+def test_map_submit_and_errors(ray_backend, project, fn):
+    runs = fn("add").map([{"x": i} for i in range(6)], backend=ray_backend, project=project)
+    assert [r.results["sum"] for r in runs] == [i + 1.0 for i in range(6)]
+    assert all(r.state == "completed" and "adding" in r.logs for r in runs)
+
+    handle = fn("add").submit({"x": 41}, backend=ray_backend, project=project)
+    assert handle.result(60).results["sum"] == 42.0
+
+    failed = fn("fails").run(backend=ray_backend, project=project, watch=False)
+    assert failed.state == "failed" and failed.error["type"] == "ValueError"
+    assert failed.error["message"] == "broken on purpose" and "Traceback" in failed.error["traceback"]
+    assert failed.results == {"before": 1}
+
+
+def test_map_of_many_runs_uses_both_slots(ray_backend, project, fn):
+    runs = fn("nap").map([{"seconds": 0.3}] * 8, backend=ray_backend, project=project)
+    assert all(r.state == "completed" for r in runs)
+    assert len({r.results["pid"] for r in runs}) >= 2  # two worker processes shared the work
+
+
+def test_large_code_travels_once_through_the_object_store(ray_backend, project, tmp_path):
+    from shoal.backends.ray import INLINE_CODE
+
+    path = tmp_path / "big.py"
+    path.write_text(f"# {'x' * INLINE_CODE}\n" + HANDLERS)  # too large to ship inside every task
+    big = shoal.Function.from_file(path, "add")
+    runs = big.map([{"x": i} for i in range(4)], backend=ray_backend, project=project)
+    assert [r.results["sum"] for r in runs] == [1.0, 2.0, 3.0, 4.0]
+    assert big.hash in ray_backend._code_refs  # put once, referenced by every task
+
+
+# -- cancellation -----------------------------------------------------------------------------------
+def test_cancel_pending_and_running(ray_backend, project, fn, tmp_path):
+    looper = fn("looper")
+    markers = [tmp_path / f"started-{i}" for i in range(ray_backend.slots)]
+    running = [looper.submit({"marker": str(m)}, backend=ray_backend, project=project) for m in markers]
+    for marker in markers:
+        wait_for(marker.exists, what=marker.name)
+    wait_for(lambda: all(h.state == "running" for h in running), what="running state")  # start reports
+    busy = {uid for worker in ray_backend.workers() for uid in worker.running}
+    assert {h.uid for h in running} <= busy
+
+    never = tmp_path / "never"
+    pending = looper.submit({"marker": str(never)}, backend=ray_backend, project=project)
+    assert pending.cancel() is True
+    assert all(h.cancel() is True for h in running)
+
+    cancelled = pending.result(60)
+    assert cancelled.state == "cancelled" and cancelled.started_at is None and cancelled.attempts == 0
+    for handle in running:
+        run = handle.result(60)
+        assert run.state == "cancelled" and run.error["type"] == "CancelledError"
+        assert run.started_at is not None and 1 <= len(run.metrics["step"]) < 3000
+    assert not never.exists()
+
+
+def test_a_run_that_ignores_the_interrupt_is_stopped_by_killing_its_worker(ray_backend, project, fn, tmp_path):
+    marker = tmp_path / "stubborn"
+    handle = fn("stubborn").submit({"marker": str(marker)}, backend=ray_backend, project=project)
+    wait_for(marker.exists, what="stubborn start")
+    pid = int(marker.read_text())
+    assert handle.cancel() is True
+    run = handle.result(60)
+    assert run.state == "cancelled" and "worker was killed" in run.error["message"]
+    wait_for(lambda: not alive(pid), what="the stubborn worker's end")
+
+
+# -- faults -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("retries", [0, 1])
+def test_worker_killed_mid_run(ray_backend, project, fn, tmp_path, retries):
+    pidfile = tmp_path / "victim.pid"
+    victim = fn("victim", retries=retries).submit({"pidfile": str(pidfile)}, backend=ray_backend, project=project)
+    bystander = fn("nap").submit({"seconds": 1.0}, backend=ray_backend, project=project)
+    wait_for(lambda: pidfile.exists() and pidfile.read_text(), what="the victim's pid")
+    os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+    run = victim.result(90)
+    if retries:
+        assert run.state == "completed" and run.results["attempt"] == 2 and run.attempts == 2
+    else:
+        assert run.state == "failed" and run.error["type"] == "WorkerLostError"
+        assert "worker lost" in run.error["message"]
+    other = bystander.result(60)
+    assert other.state == "completed" and other.attempts == 1  # neither lost nor repeated
+    project.flush()
+    assert project.store.count_runs(function="victim") == 1 and project.store.count_runs(function="nap") == 1
+
+
+def test_unreachable_address_is_a_quick_backend_error():
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(BackendError, match="cannot reach a Ray cluster"):
+        shoal.backends.get(f"ray://127.0.0.1:{closed}", connect_timeout=3).start()
+    assert time.monotonic() - started < 15
+
+
+def test_a_port_that_is_not_ray_is_a_quick_backend_error():
+    with socket.socket() as mute:  # accepts connections, never speaks gRPC
+        mute.bind(("127.0.0.1", 0))
+        mute.listen()
+        started = time.monotonic()
+        with pytest.raises(BackendError):
+            RayBackend(address=f"127.0.0.1:{mute.getsockname()[1]}", connect_timeout=2).start()
+    assert time.monotonic() - started < 15
+
+
+def test_address_auto_without_a_cluster_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))  # no ray_current_cluster there
+    with pytest.raises(BackendError, match="found no Ray cluster"):
+        RayBackend(address="auto").start()
+
+
+def test_one_ray_connection_per_process(ray_backend):
+    with pytest.raises(BackendError, match="one connection per process"):
+        RayBackend(num_cpus=1).start()
+
+
+# -- requirements -----------------------------------------------------------------------------------
+def test_missing_requirements_fail_before_the_run(ray_backend, project, fn):
+    needy = fn("add", requirements=["shoal-surely-not-installed-package>=1"])
+    with pytest.raises(BackendError, match="shoal-surely-not-installed-package"):
+        needy.run({"x": 1}, backend=ray_backend, project=project, watch=False)
+    assert project.runs.list(function=needy.name) == []
+
+
+INSTALLS = '''
+import json, os, sys
+import shoal, shoal.backends
+
+folder = sys.argv[1]
+project = shoal.Project(folder, name="installs")
+fn = shoal.Function.from_file(os.path.join(folder, "needs.py"), "commas", requirements=["humanize>=4"])
+with shoal.backends.get("ray", num_cpus=1, install_requirements=True) as backend:
+    run = fn.run({"n": 1234567}, backend=backend, project=project, watch=False)
+project.close()
+print(json.dumps({"state": run.state, "results": run.results, "error": run.error}))
+'''
+
+
+def test_install_requirements_installs_them_with_the_runtime_env(tmp_path):
+    import importlib.util
+
+    assert importlib.util.find_spec("humanize") is None, "the test needs a package this environment lacks"
+    code = "def commas(n: int):\n    import humanize\n    return {'text': humanize.intcomma(n)}\n"
+    (tmp_path / "needs.py").write_text(code)
+    out = run_script(INSTALLS, tmp_path, timeout=240)  # Ray makes a virtualenv and pip-installs into it
+    assert out["state"] == "completed", out["error"]
+    assert out["results"] == {"text": "1,234,567"}
+
+
+# -- an instance of its own, in a child process -------------------------------------------------------
+OWN_INSTANCE = '''
+import json, os, sys, time
+import shoal, shoal.backends
+
+folder = sys.argv[1]
+project = shoal.Project(folder, name="own")
+fn = shoal.Function.from_file(os.path.join(folder, "handlers.py"), "add")
+started = time.monotonic()
+backend = shoal.backends.get("ray", num_cpus=1)
+nap = shoal.Function.from_file(os.path.join(folder, "handlers.py"), "nap")
+with backend:
+    run = fn.run({"x": 1}, backend=backend, project=project, watch=False)
+    init_s = time.monotonic() - started
+    pids = backend.pids()
+    address = backend.address
+    unfinished = nap.submit({"seconds": 60}, backend=backend, project=project)
+left_behind = unfinished.result(30)  # closing does not leave it waiting forever
+events = [(e.direction, e.workers_before, e.workers_after) for e in backend.scaling_events()]
+time.sleep(0.5)
+project.close()
+print(json.dumps({"state": run.state, "sum": run.results.get("sum"), "pids": pids, "address": address,
+                  "left": [p for p in pids if os.path.exists(f"/proc/{p}")], "init_s": init_s, "events": events,
+                  "unfinished": left_behind.state}))
+'''
+
+
+def test_own_instance_ignores_ray_address_and_close_leaves_no_process(tmp_path):
+    (tmp_path / "handlers.py").write_text(HANDLERS)
+    # A bare ray.init() would try to join this dead address; the default instance must not.
+    out = run_script(OWN_INSTANCE, tmp_path, env={"RAY_ADDRESS": "127.0.0.1:1"})
+    assert out["state"] == "completed" and out["sum"] == 2.0
+    assert out["address"] != "ray://127.0.0.1:1" and out["pids"]
+    still = [pid for pid in out["left"] if alive(pid)]
+    assert still == [], f"processes left after close: {still}"
+    assert out["events"] == [["up", 0, 1], ["down", 1, 0]]
+    assert out["unfinished"] == "cancelled"
+    assert "Started a local Ray instance" not in out["stderr"]  # quiet by default
+
+
+AUTOSCALING = '''
+import json, os, sys, threading, time
+import shoal, shoal.backends
+
+folder = sys.argv[1]
+project = shoal.Project(folder, name="elastic")
+fn = shoal.Function.from_file(os.path.join(folder, "handlers.py"), "nap", replicas=(0, 2))
+backend = shoal.backends.shared("ray")
+counts, stop = [], threading.Event()
+
+seen_pids = set()
+
+def watch():
+    while not stop.is_set():
+        try:
+            counts.append(len(backend.workers()))
+            seen_pids.update(backend.pids())  # the worker nodes' processes too, while they exist
+        except Exception:
+            pass
+        time.sleep(0.5)
+
+started = time.monotonic()
+runs = []
+threading.Thread(target=lambda: runs.extend(fn.map([{"seconds": 2.0}] * 12, backend="ray", project=project))).start()
+threading.Thread(target=watch, daemon=True).start()
+deadline = time.monotonic() + 120
+while len(runs) < 12 and time.monotonic() < deadline:
+    time.sleep(0.2)
+busy_s = time.monotonic() - started
+
+def scaled_down():
+    events = backend.scaling_events()
+    return not backend.workers() and events and events[-1].workers_after == 0
+
+while time.monotonic() < deadline and not scaled_down():
+    time.sleep(0.5)
+idle = len(backend.workers())
+stop.set()
+events = [(e.direction, e.workers_before, e.workers_after, e.reason) for e in backend.scaling_events()]
+pids = sorted(seen_pids | set(backend.pids()))
+slots = backend.slots
+peak_concurrency = max(counts) if counts else 0
+shoal.backends.close_shared()
+time.sleep(0.5)
+project.flush()
+stored = [(e.direction, e.reason) for e in project.store.list_scaling_events(limit=None)]
+project.close()
+print(json.dumps({"states": sorted({r.state for r in runs}), "n": len(runs), "peak": peak_concurrency,
+                  "idle": idle, "events": events, "slots": slots, "pids": pids, "busy_s": busy_s,
+                  "workers_pids": sorted({r.results.get("pid") for r in runs}), "stored": stored,
+                  "left": [p for p in pids if os.path.exists(f"/proc/{p}")]}))
+'''
+
+
+def test_autoscaling_between_0_and_2_workers(tmp_path):
+    (tmp_path / "handlers.py").write_text(HANDLERS)
+    out = run_script(AUTOSCALING, tmp_path, timeout=180)
+    assert out["n"] == 12 and out["states"] == ["completed"]
+    assert out["slots"] == 2
+    assert out["peak"] == 2, f"worker counts never reached 2: {out}"
+    assert out["idle"] == 0, "the idle workers were not removed"
+    ups = [e for e in out["events"] if e[0] == "up"]
+    downs = [e for e in out["events"] if e[0] == "down"]
+    assert ups and downs and max(e[2] for e in ups) == 2 and downs[-1][2] == 0, out["events"]
+    assert all(e[3].startswith("ray autoscaler:") for e in ups + downs)
+    assert any(reason.startswith("ray autoscaler:") for _, reason in out["stored"])  # in the project's records
+    still = [pid for pid in out["left"] if alive(pid)]
+    assert still == [], f"processes left after close: {still}"
+
+
+JOIN = '''
+import json, os, sys
+import shoal, shoal.backends
+from shoal.errors import BackendError
+
+folder, addresses = sys.argv[1], json.loads(os.environ["JOIN_ADDRESSES"])
+project = shoal.Project(folder, name="join")
+fn = shoal.Function.from_file(os.path.join(folder, "handlers.py"), "add")
+needy = shoal.Function.from_file(
+    os.path.join(folder, "handlers.py"), "add", requirements=["shoal-surely-not-installed-package"]
+)
+out = {}
+for address in addresses:
+    with shoal.backends.get(address) as backend:
+        run = fn.run({"x": 2}, backend=backend, project=project, watch=False)
+        try:
+            needy.run({"x": 1}, backend=backend, project=project, watch=False)
+            missing = None
+        except BackendError as exc:
+            missing = str(exc)
+        out[address] = {"state": run.state, "sum": run.results.get("sum"), "remote": backend.remote,
+                        "workers": len(backend.workers()), "missing": missing}
+project.close()
+print(json.dumps(out))
+'''
+
+
+def test_joining_a_cluster_by_client_or_gcs_address(tmp_path):
+    from shoal.backends.ray_cluster import LocalAutoscalingCluster
+
+    (tmp_path / "handlers.py").write_text(HANDLERS)
+    cluster = LocalAutoscalingCluster(1, 1)  # someone's running cluster: a head and one worker node
+    try:
+        cluster.start()
+        addresses = [cluster.client_address, f"ray://{cluster.gcs_address}"]
+        out = run_script(JOIN, tmp_path, env={"JOIN_ADDRESSES": json.dumps(addresses)})
+        pids = cluster.pids()
+    finally:
+        cluster.stop()
+    for address in addresses:
+        joined = out[address]
+        assert joined["state"] == "completed" and joined["sum"] == 3.0 and joined["remote"] is True
+        assert joined["workers"] == 1
+        assert "shoal-surely-not-installed-package" in joined["missing"]  # checked on a worker
+    assert pids and not [pid for pid in pids if alive(pid)]
+
+
+INTERRUPTED = '''
+import signal, sys
+import shoal
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal
+    folder = sys.argv[1]
+    project = shoal.Project(folder, name="interrupted")
+    looper = shoal.Function.from_file(f"{folder}/handlers.py", "looper", replicas=(1, 1))
+    looper.map([{"marker": f"{folder}/started-{i}"} for i in range(4)], backend="ray", project=project)
+'''
+
+
+def test_ctrl_c_cancels_the_runs_and_leaves_no_process(tmp_path):
+    import psutil
+
+    (tmp_path / "handlers.py").write_text(HANDLERS)
+    script = tmp_path / "interrupted.py"
+    script.write_text(INTERRUPTED)
+    log = open(tmp_path / "script.log", "w")
+    # Its own session, as a terminal's foreground job: Ctrl-C reaches the whole process group.
+    child = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path)], stdout=log, stderr=log, start_new_session=True
+    )
+    started: list[int] = []
+    try:
+        wait_for(lambda: list(tmp_path.glob("started-*")) or child.poll() is not None, timeout=120, what="first start")
+        assert child.poll() is None, (tmp_path / "script.log").read_text()[-3000:]
+        started = [p.pid for p in psutil.Process(child.pid).children(recursive=True)]
+        assert started  # the instance's processes
+        os.killpg(child.pid, signal.SIGINT)
+        child.wait(120)
+        assert child.returncode != 0
+        wait_for(lambda: not any(alive(pid) for pid in started), what="no process left")
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait(30)
+        for pid in started:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        log.close()
+
+    project = shoal.Project(tmp_path, name="interrupted")
+    try:
+        runs = project.runs.list()
+        [parent] = [r for r in runs if r.parent is None]
+        children = sorted((r for r in runs if r.parent == parent.uid), key=lambda r: r.iteration)
+        assert parent.state == "cancelled"
+        assert [r.state for r in children] == ["cancelled"] * 4, [(r.state, r.error) for r in children]
+        assert children[0].started_at is not None  # the running one was stopped
+        assert all(r.started_at is None and r.attempts == 0 for r in children[1:])  # never started
+    finally:
+        project.close()
