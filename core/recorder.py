@@ -29,6 +29,7 @@ scaling_log = logging.getLogger("shoal.scaling")
 MAX_BATCH = 500
 IDLE_EXIT = 10.0  # seconds without work after which the writer thread ends
 SCALING_PULL_INTERVAL = 1.0  # seconds between pulls of scaling events triggered by batches
+START_DELAY = 0.5  # seconds before a start is written: runs that end sooner are never written "running"
 
 
 @dataclass
@@ -71,6 +72,7 @@ class Recorder:
         self._watches: dict[int, _Watch] = {}
         self._scaling_lock = threading.Lock()  # one pull at a time (writer thread or a flush)
         self._next_pull = 0.0
+        self._starts: dict[str, tuple[float, dict[str, Any]]] = {}  # uid -> (when due, fields)
         _recorders.add(self)
 
     def watch(self, backend: "Backend") -> None:
@@ -81,7 +83,11 @@ class Recorder:
             self._watches.setdefault(id(backend), _Watch(backend, backend_label(backend)))
 
     def started(self, uid: str, fields: dict[str, Any]) -> None:
-        self._enqueue(_Item(uid, fields, None))
+        """Note that a run started; written after START_DELAY unless its end comes first (a map of
+        short runs then costs no "running" writes at all)."""
+        with self._lock:
+            self._starts[uid] = (time.monotonic() + START_DELAY, fields)
+            self._ensure_thread()
 
     def finished(
         self, uid: str, fields: dict[str, Any], artifacts: list[dict], then: Callable[[Exception | None], None]
@@ -91,9 +97,31 @@ class Recorder:
     def _enqueue(self, item: _Item) -> None:
         with self._lock:  # with _loop's exit check: an item is never left without a thread
             self._queue.put(item)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._loop, name="shoal-recorder", daemon=True)
-                self._thread.start()
+            self._ensure_thread()
+
+    def _ensure_thread(self) -> None:
+        """Start the writer thread if none runs (call with ``_lock`` held)."""
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._loop, name="shoal-recorder", daemon=True)
+            self._thread.start()
+
+    def _write_starts(self, due_only: bool) -> None:
+        """Write the starts that are due (or all of them) for runs that have not ended yet."""
+        now = time.monotonic()
+        with self._lock:
+            due = [uid for uid, (when, _) in self._starts.items() if not due_only or when <= now]
+            items = [(uid, self._starts.pop(uid)[1], []) for uid in due]
+        if items:
+            try:
+                self._store.finish_runs(items)
+            except Exception as exc:  # noqa: BLE001 - only the "running" marker is lost; the end is not
+                log.warning("could not record %d run start(s): %s", len(items), exc)
+
+    def _next_wait(self) -> float:
+        with self._lock:
+            if not self._starts:
+                return IDLE_EXIT
+            return max(0.01, min(when for when, _ in self._starts.values()) - time.monotonic())
 
     def flush(self) -> None:
         """Block until everything queued so far is written, scaling events included.
@@ -103,6 +131,7 @@ class Recorder:
         """
         if self._thread is not None and self._thread.is_alive():
             self._queue.join()
+        self._write_starts(due_only=False)
         self.pull_scaling_events()
 
     def close(self) -> None:
@@ -148,16 +177,22 @@ class Recorder:
     def _loop(self) -> None:
         """Write batches until the queue has been empty for IDLE_EXIT seconds, then end the thread
         (the next run starts a new one), so closed projects leave no thread behind."""
+        idle_since = time.monotonic()
         while True:
             try:
-                first = self._queue.get(timeout=IDLE_EXIT)
+                first = self._queue.get(timeout=self._next_wait())
             except queue.Empty:
+                self._write_starts(due_only=True)
+                if time.monotonic() - idle_since < IDLE_EXIT:
+                    continue
                 self.pull_scaling_events()  # the scale-down after the last run ends lands here
                 with self._lock:
-                    if self._queue.empty():
+                    if self._queue.empty() and not self._starts:
                         self._thread = None
                         return
+                idle_since = time.monotonic()
                 continue
+            idle_since = time.monotonic()
             batch = [first]
             while len(batch) < MAX_BATCH:
                 try:
@@ -166,6 +201,7 @@ class Recorder:
                     break
             try:
                 self._write(batch)
+                self._write_starts(due_only=True)
                 self.pull_scaling_events(throttled=True)
             except Exception:  # noqa: BLE001 - never let the thread die with handles waiting on it
                 log.exception("recording a batch of %d runs failed", len(batch))
@@ -175,6 +211,9 @@ class Recorder:
 
     def _write(self, batch: list[_Item]) -> None:
         finished = {item.uid for item in batch if item.artifacts is not None}
+        with self._lock:  # ended before their start was written: the start is never written
+            for uid in finished:
+                self._starts.pop(uid, None)
         # A start that is already overtaken by its end in the same batch is not worth a write.
         items = [item for item in batch if item.artifacts is not None or item.uid not in finished]
         error: Exception | None = None
