@@ -91,7 +91,7 @@ def _config_text(name: str, functions: dict) -> str:
     import yaml
 
     # safe_dump quotes names YAML would read as numbers or booleans ("2024", "yes").
-    return yaml.safe_dump({"name": name, "backend": "local", "functions": functions}, sort_keys=False)
+    return yaml.safe_dump({"name": name, "backend": "dask", "functions": functions}, sort_keys=False)
 
 
 def _write_new(path: pathlib.Path, text: str) -> None:
