@@ -23,6 +23,8 @@ _REGISTRY: dict[str, Any] = {
     "local": "shoal.backends.local:LocalBackend",
     "dask": "shoal.backends.dask:DaskBackend",
     "ray": "shoal.backends.ray:RayBackend",
+    "dask-k8s": "shoal.backends.kubernetes.dask:DaskKubernetes",
+    "ray-k8s": "shoal.backends.kubernetes.ray:RayKubernetes",
 }
 _shared: dict[str, Backend] = {}
 _shared_lock = threading.Lock()

@@ -93,6 +93,11 @@ class Backend(ABC):
                 + (" or pass install_requirements=True to the backend" if self.can_install else "")
             )
 
+    def ensure_gpus(self, gpus: int, function: str) -> None:
+        """Refuse, before any run is recorded, a function whose runs need more GPUs than the engine
+        can ever offer (its runs would wait forever). In-process runs use the caller's devices, so
+        the default accepts any count."""
+
     #: True when the backend can install requirements on its workers (``install_requirements=True``).
     can_install: ClassVar[bool] = False
 

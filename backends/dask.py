@@ -128,7 +128,11 @@ class DaskFuture(BackendFuture):
     def _launch(self) -> None:
         """Submit the attempt (again, after a loss before it started) under a fresh key."""
         key = self._next_key()
-        self._attach(self._backend.client.submit(run_on_worker, self._task, key, key=key, pure=False))
+        self._attach(
+            self._backend.client.submit(
+                run_on_worker, self._task, key, key=key, pure=False, resources=_resources(self._task)
+            )
+        )
 
     def _next_key(self) -> str:
         """A new Dask key per submission: a resubmission must not reuse the erred one."""
@@ -491,8 +495,20 @@ class DaskBackend(Backend):
         starts = on_start if on_start is not None else [None] * len(tasks)
         futures = [DaskFuture(task, self, start) for task, start in zip(tasks, starts)]
         keys = [future._next_key() for future in futures]
-        for future, submitted in zip(futures, self._client.map(run_on_worker, tasks, keys, key=keys, pure=False)):
-            future._attach(submitted)
+        by_need: dict[int, list[int]] = {}  # one client.map per GPU count (resources apply to a whole map)
+        for index, task in enumerate(tasks):
+            by_need.setdefault(task.gpus, []).append(index)
+        for indexes in by_need.values():
+            submitted = self._client.map(
+                run_on_worker,
+                [tasks[i] for i in indexes],
+                [keys[i] for i in indexes],
+                key=[keys[i] for i in indexes],
+                pure=False,
+                resources=_resources(tasks[indexes[0]]),
+            )
+            for i, dask_future in zip(indexes, submitted):
+                futures[i]._attach(dask_future)
         return futures
 
     def _on_start_event(self, event: Any) -> None:
@@ -639,6 +655,20 @@ class DaskBackend(Backend):
         upper = self._bounds[1] if self._bounds else max(1, len(self.workers()))
         return upper * self._threads
 
+    def ensure_gpus(self, gpus: int, function: str) -> None:
+        """Dask runs a task needing resources {"GPU": n} only on workers that declare them, and
+        waits otherwise: the embedded cluster's workers declare what the backend was given, so a
+        shortfall there is an error now; other clusters may still add GPU workers."""
+        if gpus <= 0 or self.remote:
+            return
+        declared = (self._cluster_options.get("resources") or {}).get("GPU", 0)
+        if declared < gpus:
+            raise BackendError(
+                f"function {function!r} asks for {gpus} GPU(s) per run but the embedded dask workers "
+                f"declare {declared:g}; on a machine with GPUs use shoal.backends.get('dask', "
+                "resources={'GPU': N}), or drop gpu from the function's resources"
+            )
+
     def ensure_requirements(self, requirements: tuple[str, ...]) -> None:
         """Install with Dask's PipInstall plugin when allowed, then check the workers (or, for the
         embedded cluster, this environment, which its workers share)."""
@@ -679,6 +709,11 @@ class DaskBackend(Backend):
     def __repr__(self) -> str:
         where = self.address or (type(self._cluster).__name__ if self._cluster is not None else "embedded LocalCluster")
         return f"<shoal DaskBackend {where}>"
+
+
+def _resources(task: RunTask) -> dict[str, int] | None:
+    """Dask worker resources one run holds (only GPUs: CPU slots are the worker threads)."""
+    return {"GPU": task.gpus} if task.gpus else None
 
 
 def requirements_plugin_name(requirements: tuple[str, ...]) -> str:

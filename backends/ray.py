@@ -21,6 +21,7 @@ import concurrent.futures as cf
 import copy
 import logging
 import os
+import pickle
 import threading
 import time
 from contextlib import contextmanager
@@ -44,13 +45,15 @@ _start_pipes: dict[str, int] = {}  # path of the driver's start pipe -> open fd 
 _node_id: list[str] = []
 
 
-def run_on_worker(task: RunTask, code: list, starts: str | None = None) -> RunOutcome:
+def run_on_worker(payload: bytes, code: list | None = None) -> RunOutcome:
     """The Ray task: one attempt of one run.
 
-    Large code travels once per function as an object in Ray's store: ``code`` then holds its
-    reference inside a list, so Ray does not fetch it for every task, only a worker that has not
-    seen the function yet. ``starts`` is the driver's start pipe, when the driver is on this machine.
+    ``payload`` is ``(task, start pipe path)`` pickled by the driver (see ``pack``). Large code
+    travels once per function as an object in Ray's store: ``code`` then holds its reference inside
+    a list, so Ray does not fetch it for every task, only a worker that has not seen the function
+    yet. The start pipe is the driver's, when the driver is on this machine.
     """
+    task, starts = pickle.loads(payload)
     if task.code is None:
         cached = _code_cache.get(task.function_hash)
         if cached is None:
@@ -91,6 +94,27 @@ def _this_node() -> str:
 
 
 # -- the driver side ---------------------------------------------------------------------------------
+_MAIN_GLOBAL = b"\x8c\x08__main__"  # how a pickle names the module __main__ (a string exactly "__main__")
+
+
+def pack(value: Any) -> bytes:
+    """A task crosses Ray as one bytes argument rather than objects Ray pickles one by one.
+
+    Measured here: Ray serialises each argument separately, and cloudpickle's per-class lookups cost
+    more than the whole task submission; the standard pickler is C. Anything it cannot ship by
+    reference (values of classes or functions defined in ``__main__``, lambdas) goes by cloudpickle.
+    """
+    try:
+        data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        if _MAIN_GLOBAL not in data:
+            return data
+    except Exception:  # noqa: BLE001 - not picklable by reference: cloudpickle ships it by value
+        pass
+    import cloudpickle
+
+    return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
 class _StartPipe:
     """Starts of runs, from workers on this machine, through a named pipe one thread reads.
 
@@ -563,7 +587,10 @@ class RayBackend(Backend):
         if starts is not None:
             with self._lock:
                 self._on_start[task.uid] = on_start
-        ref = self._remote_for(task).remote(*self._code_arguments(task), starts.path if starts else None)
+        shipped, code = self._code_arguments(task)
+        payload = pack((shipped, starts.path if starts else None))
+        remote = self._remote_for(task)
+        ref = remote.remote(payload, code) if code else remote.remote(payload)
         future = RayFuture(task.uid, task.attempt, ref, self)
         with self._lock:
             self._inflight.add(future)
@@ -602,7 +629,7 @@ class RayBackend(Backend):
     def _remote_for(self, task: RunTask) -> Any:
         """The Ray remote function with this task's options (cached: ``.options()`` is not free)."""
         requirements = tuple(getattr(task, "requirements", None) or self._pip) if self._install else ()
-        gpus = int(getattr(task, "gpus", 0) or 0)
+        gpus = task.gpus
         key = (task.function, requirements, gpus)
         remote = self._remotes.get(key)
         if remote is None:
@@ -722,6 +749,26 @@ class RayBackend(Backend):
         return self._num_cpus or (os.cpu_count() or 1)
 
     # -- requirements ---------------------------------------------------------------------------
+    def ensure_gpus(self, gpus: int, function: str) -> None:
+        """Ray would keep a task needing more GPUs than any node has pending forever (only a warning
+        says why): refuse it on an instance of our own; on a joined cluster an autoscaler may yet
+        add GPU nodes, so only warn."""
+        if gpus <= 0:
+            return
+        import ray
+
+        self.start()
+        have = ray.cluster_resources().get("GPU", 0)
+        if have >= gpus:
+            return
+        message = f"function {function!r} asks for {gpus} GPU(s) per run but this ray cluster has {have:g}"
+        if self._mode in ("fixed", "autoscale"):
+            raise BackendError(
+                f"{message}; on a machine with GPUs start ray with shoal.backends.get('ray', num_gpus=N), "
+                "or drop gpu from the function's resources"
+            )
+        log.warning("ray: %s; its runs wait until the cluster adds GPU nodes", message)
+
     def ensure_requirements(self, requirements: tuple[str, ...]) -> None:
         """With ``install_requirements=True`` Ray installs them (``runtime_env`` pip) for the tasks;
         otherwise they are checked: in this environment for the own instance (its workers share it),

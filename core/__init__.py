@@ -23,6 +23,7 @@ from .errors import (
     ShoalError,
     SpecError,
     StoreError,
+    TuningError,
     WorkerLostError,
 )
 from .function import Function, function
@@ -30,6 +31,17 @@ from .project import Project, project
 from .runs import Run, RunHandle, RunState
 
 __version__ = "0.1.0"
+
+
+def tune(fn, space=None, **options):
+    """Run an Optuna hyperparameter search whose trials are runs of ``fn``; see ``shoal.tuning.tune``.
+
+    A thin wrapper so that ``import shoal`` does not import Optuna.
+    """
+    from shoal.tuning import tune as _tune
+
+    return _tune(fn, space, **options)
+
 
 __all__ = [
     "AmbiguousError",
@@ -52,7 +64,9 @@ __all__ = [
     "ShoalError",
     "SpecError",
     "StoreError",
+    "TuningError",
     "WorkerLostError",
     "function",
     "project",
+    "tune",
 ]

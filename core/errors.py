@@ -79,3 +79,38 @@ class RunCancelledError(BaseException):
 
 class WorkerLostError(ShoalError):
     """The worker executing a run died before the run ended."""
+
+
+class KubernetesError(BackendError):
+    """Kubernetes is not configured or not reachable, or refused an object shoal created."""
+
+
+class ManifestError(ShoalError, ValueError):
+    """A Kubernetes object rendered from a function does not validate, or the function cannot be
+    rendered (e.g. a GPU request that differs from its limit)."""
+
+    exit_code = 2
+
+
+class TuningError(ShoalError):
+    """A tuning search cannot start or go on: a bad objective, strategy, pruner, storage or study."""
+
+    exit_code = 2
+
+
+class SpaceError(TuningError, ValueError):
+    """A search-space entry is invalid (low > high, log with low <= 0, empty choices, bad syntax)."""
+
+
+class ObjectiveMissingError(ShoalError, KeyError):
+    """A trial's run ended without logging the objective key (the trial fails; the search goes on)."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+class UnreachableStorageError(KubernetesError):
+    """A project database or artifact store that pods cannot reach (SQLite, a local folder) was
+    given to a Kubernetes backend or Job."""
+
+    exit_code = 2

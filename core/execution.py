@@ -46,6 +46,7 @@ class RunTask:
     attempt: int = 1
     iteration: int | None = None
     env: dict[str, str] = field(default_factory=dict)
+    gpus: int = 0  # whole GPUs the engine reserves for this run (Ray num_gpus, Dask resources)
     log_limit: int = DEFAULT_LIMIT
     echo: bool = False
     # A picklable factory of a context manager entered around the handler on the worker, given the

@@ -412,6 +412,13 @@ class Function:
 
         return map_function(self, params_list, inputs, backend=backend, project=project, watch=watch)
 
+    def tune(self, space: Mapping[str, Any] | None = None, **options: Any) -> Any:
+        """Run an Optuna search whose trials are runs of this function (``shoal.tuning.tune``):
+        ``fn.tune({"lr": Float(1e-4, 1, log=True)}, objective="max.accuracy", n_trials=50)``."""
+        from shoal.tuning import tune
+
+        return tune(self, space, **options)
+
 
 def _looks_like_path(source: str | os.PathLike) -> bool:
     """A PathLike, or one line of text that names a file or ends like a YAML/JSON file name."""

@@ -24,6 +24,7 @@ from .logcapture import tail
 from .params import bind
 from .recorder import unrecordable
 from .runs import Run, RunHandle
+from .spec import gpus_per_run
 
 if TYPE_CHECKING:  # pragma: no cover
     from shoal.backends.base import Backend, BackendFuture
@@ -64,6 +65,10 @@ def resolve_backend(fn: "Function", backend: Any, project: "Project") -> "Backen
     if isinstance(backend, Backend):
         return backend
     name = backend or fn.spec.backend or project.default_backend or "local"
+    if name in ("dask-k8s", "ray-k8s"):  # a cluster made of this function's pods: one per version
+        from shoal.backends.kubernetes import shared_for
+
+        return shared_for(name, fn, project)
     engine = shared(name)
     engine.adapt(fn.replicas.min, fn.replicas.max)
     return engine
@@ -81,6 +86,7 @@ class Driver:
         self.spec = fn.spec  # one copy for all runs of this driver
         self._env = {k: v for k, v in self.spec.env.items() if isinstance(v, str)}
         self._callable = fn.callable if backend.in_process else None
+        self._gpus = gpus_per_run(self.spec.resources)
 
     def save_function(self) -> None:
         """Check that the workers have the requirements, then store the function version (once
@@ -89,6 +95,7 @@ class Driver:
         checked = self.backend.__dict__.setdefault("_requirements_checked", set())
         if self.fn.hash not in checked:
             self.backend.ensure_requirements(self.spec.requirements)
+            self.backend.ensure_gpus(self._gpus, self.fn.name)
             checked.add(self.fn.hash)
         self.project.functions.ensure_saved(self.fn)
 
@@ -227,11 +234,13 @@ class Driver:
             timeout=spec.timeout,
             iteration=record.get("iteration"),
             env=self._env,
+            gpus=self._gpus,
             echo=watch,
             scope=scope,
             callable=self._callable,
         )
         flight = _Flight(task=task, record=record)
+        self.recorder.expect()  # its outcome will come: the recorder batches while more are due
         flight.handle = RunHandle(task.uid, self.fn.name, lambda handle: self._cancel(flight))
         return flight
 

@@ -82,6 +82,12 @@ class Resources(_Model):
         return self
 
 
+def gpus_per_run(resources: "Resources") -> int:
+    """Whole GPUs one run holds: the limit, else the request (engines reserve this many)."""
+    amount = resources.limits.gpu or resources.requests.gpu
+    return int(parse_quantity(amount)) if amount is not None else 0
+
+
 class Replicas(_Model):
     """Autoscaling bounds of the function's workers: 0 <= min <= max, max >= 1."""
 

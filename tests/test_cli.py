@@ -18,6 +18,8 @@ import yaml
 import shoal
 from shoal.scaffold import create_project
 
+from helpers import colliding_versions
+
 TRAIN = '''\
 import os
 
@@ -324,15 +326,9 @@ def test_functions_history_show_and_diff_a_code_change(tmp_path):
 
 def test_ambiguous_hash_prefix_is_a_clear_error(tmp_path):
     root = write_project(tmp_path / "p")
-    base = shoal.Function.from_file(root / "train.py", "train")
-    seen: dict[str, shoal.Function] = {}
-    for i in range(100_000):
-        fn = base.with_spec(env={"SEED": str(i)})
-        if fn.hash[:4] in seen:
-            break
-        seen[fn.hash[:4]] = fn
+    first, fn = colliding_versions(shoal.Function.from_file(root / "train.py", "train"))
     with shoal.Project(root) as project:
-        project.functions.save(seen[fn.hash[:4]])
+        project.functions.save(first)
         project.functions.save(fn)
     before = snapshot(root)
     proc = cli(root, "run", f"train@{fn.hash[:4]}")

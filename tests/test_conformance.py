@@ -3,8 +3,9 @@
 errors and records.
 
 Each engine is one cluster for the whole session (``dask_backend``/``ray_backend`` in conftest.py);
-the local backend is a fresh two-thread pool per test. Handlers live in a file written to the test's
-temporary folder, outside sys.path, so remote workers can only run them from the shipped code.
+the local backend is a fresh two-thread pool per test. Handlers (tests/handler_sources.py) live in a
+file written to the test's temporary folder, outside sys.path, so remote workers can only run them
+from the shipped code.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -25,105 +25,10 @@ import sqlalchemy as sa
 import shoal
 import shoal.backends
 
+from handler_sources import handler_functions
+from helpers import wait_for
+
 ENGINES = ["local", "dask"] + (["ray"] if importlib.util.find_spec("shoal.backends.ray") else [])
-
-HANDLERS = '''
-import fcntl
-import json
-import os
-import pathlib
-import sys
-import time
-
-import numpy as np
-
-import shoal
-
-
-def add(x: int, y: float = 1.0):
-    print("adding", x, y)
-    return {"sum": x + y, "pid": os.getpid()}
-
-
-def logs_everything(ctx: shoal.Context, n: int = 3):
-    ctx.log_result("accuracy", 0.75)
-    for step in range(n):
-        ctx.log_metric("loss", 1.0 / (step + 1), step=step)
-    ctx.log_artifact("weights", np.arange(n, dtype=np.float64))
-    ctx.log_artifact("notes", "written on the worker")
-    ctx.logger.info("through the logger")
-    print("through print")
-    return {"pid": os.getpid()}
-
-
-def fails(ctx):
-    ctx.log_result("before", 1)
-    print("about to fail")
-    raise ValueError("broken on purpose")
-
-
-def flaky(ctx, marker: str):
-    path = pathlib.Path(marker)
-    if not path.exists():
-        path.write_text("failed once")
-        print("first attempt fails")
-        raise RuntimeError("transient")
-    print("second attempt works")
-    return {"attempt": ctx.attempt}
-
-
-def sleeper(ctx, seconds: float = 20.0):
-    ctx.log_result("before", 1)
-    print("going to sleep")
-    time.sleep(seconds)
-    return {"after": 1}
-
-
-def looper(ctx, marker: str = "", steps: int = 3000):
-    for step in range(steps):
-        ctx.log_metric("step", step)
-        if marker and step == 0:
-            pathlib.Path(marker).write_text("started")
-        time.sleep(0.01)
-    return {"done": True}
-
-
-def pick(i: int, fail_on: int = -1, delay: float = 0.0):
-    time.sleep(delay)
-    if i == fail_on:
-        raise ValueError(f"item {i} fails")
-    return {"square": i * i}
-
-
-def big(ctx, data, scale: float = 2.0):
-    ctx.log_artifact("scaled", data * scale)
-    return {"sum": float(data.sum()), "shape": list(data.shape)}
-
-
-def _update(path, change):
-    with open(path, "r+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        state = json.loads(handle.read() or "{}")
-        state["now"] = state.get("now", 0) + change
-        state["peak"] = max(state.get("peak", 0), state["now"])
-        handle.seek(0)
-        handle.truncate()
-        handle.write(json.dumps(state))
-
-
-def concurrent(counter: str, pair: int = 2, hold: float = 0.05):
-    """Count how many run at once; wait (bounded) until ``pair`` are in flight together."""
-    _update(counter, +1)
-    end = time.monotonic() + 10
-    while time.monotonic() < end:
-        with open(counter) as handle:
-            fcntl.flock(handle, fcntl.LOCK_SH)
-            if json.loads(handle.read())["now"] >= pair:
-                break
-        time.sleep(0.005)
-    time.sleep(hold)
-    _update(counter, -1)
-'''
 
 # A handler file whose text changes after the Function is made: workers must run the captured text.
 VERSIONED = '''
@@ -190,18 +95,7 @@ def backend(request):
 @pytest.fixture
 def fn(tmp_path):
     """fn(handler, **options): a Function from the handlers file in the test folder."""
-    path = tmp_path / "handlers.py"
-    path.write_text(HANDLERS)
-    return lambda handler, **options: shoal.Function.from_file(path, handler, **options)
-
-
-def wait_for(condition, timeout: float = 60.0, what: str = "condition") -> None:
-    """Poll ``condition`` until true (a synchronisation aid with a generous limit, not a timing test)."""
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        time.sleep(0.02)
+    return handler_functions(tmp_path)
 
 
 def capacity(backend) -> int:

@@ -15,54 +15,15 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 
-import psutil
 import pytest
 
 import shoal
 import shoal.backends
 from shoal.backends.dask import DaskBackend, requirements_plugin_name
-from shoal.execution import RunTask
 
-HANDLERS = '''
-import fcntl
-import concurrent.futures as cf
-import json
-import os
-import pathlib
-import time
-
-
-def square(x: int):
-    print("square of", x)
-    return {"square": x * x, "pid": os.getpid()}
-
-
-def looper(marker: str = "", steps: int = 3000):
-    if marker:
-        pathlib.Path(marker).write_text(str(os.getpid()))
-    for _ in range(steps):
-        time.sleep(0.01)
-    return {"done": True}
-
-
-def _update(path, change):
-    with open(path, "r+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        state = json.loads(handle.read() or "{}")
-        state["now"] = state.get("now", 0) + change
-        state["peak"] = max(state.get("peak", 0), state["now"])
-        handle.seek(0)
-        handle.truncate()
-        handle.write(json.dumps(state))
-
-
-def counted(counter: str, hold: float = 0.02):
-    _update(counter, +1)
-    time.sleep(hold)
-    _update(counter, -1)
-'''
+from handler_sources import handler_functions
+from helpers import alive, task, wait_for
 
 MAIN_SCRIPT = '''
 import concurrent.futures as cf
@@ -97,40 +58,7 @@ if __name__ == "__main__":
 
 @pytest.fixture
 def fn(tmp_path):
-    path = tmp_path / "handlers.py"
-    path.write_text(HANDLERS)
-    return lambda handler, **options: shoal.Function.from_file(path, handler, **options)
-
-
-def task(fn: shoal.Function, params: dict, artifacts, **fields) -> RunTask:
-    """A RunTask as the runner builds it (code shipped, no in-process callable)."""
-    return RunTask(
-        uid=uuid.uuid4().hex,
-        project="test",
-        function=fn.name,
-        function_hash=fn.hash,
-        handler=fn.handler,
-        code=fn.code,
-        params=params,
-        artifact_url=str(artifacts),
-        **fields,
-    )
-
-
-def wait_for(condition, timeout: float = 60.0, what: str = "condition") -> None:
-    """Poll ``condition`` until true (a synchronisation aid with a generous limit, not a timing test)."""
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        time.sleep(0.05)
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+    return handler_functions(tmp_path)
 
 
 def worker_pids(backend: DaskBackend) -> set[int]:
@@ -254,11 +182,10 @@ def test_adaptive_scales_up_under_backlog_and_back_to_zero(project, fn, tmp_path
     try:
         backend.adapt(0, 2)
         assert backend.workers() == []  # it starts at the lower bound
-        counted = fn("counted", replicas=(0, 2))
+        counted = fn("concurrent", replicas=(0, 2))  # pair=1: counts, never waits for company
+        items = [{"counter": str(counter), "pair": 1, "hold": 0.02}] * 300
         runs: list = []
-        mapping = threading.Thread(
-            target=lambda: runs.extend(counted.map([{"counter": str(counter)}] * 300, backend=backend, project=project))
-        )
+        mapping = threading.Thread(target=lambda: runs.extend(counted.map(items, backend=backend, project=project)))
         mapping.start()
         most = 0
         end = time.monotonic() + 180

@@ -13,70 +13,20 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 import shoal
 from shoal.backends.dask import DaskBackend
 
-HANDLERS = '''
-import os
-import pathlib
-import time
-
-
-def victim(ctx, pidfile: str, seconds: float = 60.0):
-    """Writes its worker's pid, then runs long enough to be killed; a second attempt is quick."""
-    if ctx.attempt == 1:
-        pathlib.Path(pidfile).write_text(str(os.getpid()))
-        time.sleep(seconds)
-    return {"pid": os.getpid(), "attempt": ctx.attempt}
-
-
-def bystander(i: int, log: str, hold: float = 0.3):
-    with open(log, "a") as handle:
-        handle.write(f"{i}\\n")
-    time.sleep(hold)
-    return {"i": i}
-
-
-def square(x: int):
-    return {"square": x * x}
-
-
-def looper(marker: str = "", steps: int = 3000):
-    if marker:
-        pathlib.Path(marker).write_text(str(os.getpid()))
-    for _ in range(steps):
-        time.sleep(0.01)
-    return {"done": True}
-'''
-
-INTERRUPTED_SCRIPT = '''
-import signal
-import sys
-
-import shoal
-
-if __name__ == "__main__":
-    # Ctrl-C raises KeyboardInterrupt, as in a terminal, even if the test runner was started with
-    # SIGINT ignored (a background job of a shell), which this process would inherit.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    folder, handlers = sys.argv[1], sys.argv[2]
-    project = shoal.Project(folder, name="interrupted")
-    looper = shoal.Function.from_file(handlers, "looper", replicas=(1, 1))
-    looper.map([{"marker": f"{folder}/started-{i}"} for i in range(4)], backend="dask", project=project)
-'''
+from handler_sources import handler_functions
+from helpers import alive, descendants, interrupt_map, interrupted_runs, kill_by_pid, wait_for
 
 
 @pytest.fixture
 def fn(tmp_path):
-    path = tmp_path / "handlers.py"
-    path.write_text(HANDLERS)
-    return lambda handler, **options: shoal.Function.from_file(path, handler, **options)
+    return handler_functions(tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -86,15 +36,6 @@ def two_workers():
     backend.start()
     yield backend
     backend.close()
-
-
-def wait_for(condition, timeout: float = 60.0, what: str = "condition") -> None:
-    """Poll ``condition`` until true (a synchronisation aid with a generous limit, not a timing test)."""
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        time.sleep(0.05)
 
 
 def finishes(call, limit: float = 120.0):
@@ -116,35 +57,6 @@ def finishes(call, limit: float = 120.0):
     if "error" in box:
         raise box["error"]
     return box.get("value")
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def descendants(pid: int) -> list[int]:
-    try:
-        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
-
-
-def kill_by_pid(pids) -> None:
-    """SIGKILL what is left of the processes a test started, and reap its own children."""
-    for pid in pids:
-        if alive(pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    for pid in pids:
-        try:
-            psutil.Process(pid).wait(10)
-        except (psutil.NoSuchProcess, psutil.TimeoutExpired, ChildProcessError):
-            pass
 
 
 def free_port() -> int:
@@ -244,46 +156,13 @@ def test_scheduler_going_away_mid_run(project, fn, tmp_path):
 
 # -- Ctrl-C ---------------------------------------------------------------------------------------
 def test_ctrl_c_cancels_pending_runs_and_leaves_no_process(tmp_path):
-    handlers = tmp_path / "handlers.py"
-    handlers.write_text(HANDLERS)
-    script = tmp_path / "interrupted.py"
-    script.write_text(INTERRUPTED_SCRIPT)
-    folder = tmp_path / "project"
-    folder.mkdir()
-    output = open(tmp_path / "script.log", "w")
-    # Its own session, as a terminal's foreground job: Ctrl-C reaches the whole process group.
-    process = subprocess.Popen(
-        [sys.executable, str(script), str(folder), str(handlers)], stdout=output, stderr=output, start_new_session=True
-    )
-    children: list[int] = []
-    try:
-        wait_for(lambda: list(folder.glob("started-*")) or process.poll() is not None, timeout=120, what="first run start")
-        assert process.poll() is None, (tmp_path / "script.log").read_text()[-3000:]
-        children = descendants(process.pid)
-        assert children  # the embedded cluster's worker processes (and multiprocessing's helper)
-        os.killpg(process.pid, signal.SIGINT)
-        process.wait(120)
-        assert process.returncode != 0  # interrupted, not finished
-        wait_for(lambda: not any(alive(pid) for pid in children), what="no orphan process")
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(30)
-        kill_by_pid(children)
-        output.close()
-
-    project = shoal.Project(folder, name="interrupted")
-    try:
-        runs = project.runs.list()
-        [parent] = [r for r in runs if r.parent is None]
-        children_runs = sorted((r for r in runs if r.parent == parent.uid), key=lambda r: r.iteration)
-        assert parent.state == "cancelled"
-        assert [r.state for r in children_runs] == ["cancelled"] * 4
-        assert all(r.error["type"] == "CancelledError" for r in children_runs)
-        began = {int(p.name.split("-")[1]) for p in folder.glob("started-*")}
-        assert any(r.started_at is not None for r in children_runs)  # the running one was stopped
-        for run in children_runs:
-            if run.iteration not in began:  # pending when Ctrl-C came: recorded as never started
-                assert run.started_at is None and run.attempts == 0
-    finally:
-        project.close()
+    folder = interrupt_map(tmp_path, "dask")
+    parent, children_runs = interrupted_runs(folder)
+    assert parent.state == "cancelled"
+    assert [r.state for r in children_runs] == ["cancelled"] * 4
+    assert all(r.error["type"] == "CancelledError" for r in children_runs)
+    began = {int(p.name.split("-")[1]) for p in folder.glob("started-*")}
+    assert any(r.started_at is not None for r in children_runs)  # the running one was stopped
+    for run in children_runs:
+        if run.iteration not in began:  # pending when Ctrl-C came: recorded as never started
+            assert run.started_at is None and run.attempts == 0

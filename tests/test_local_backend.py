@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
-import time
+import os
 import uuid
 
 import pytest
@@ -13,89 +13,21 @@ import pytest
 import shoal
 import shoal.backends
 from shoal.backends import Backend, BackendFuture
-from shoal.execution import RunTask, execute
+from shoal.execution import execute
 
-HANDLERS = '''
-import fcntl
-import json
-import pathlib
-import time
-
-
-def square(x: int):
-    print("square of", x)
-    return {"square": x * x}
-
-
-def nap(seconds: float = 30.0):
-    time.sleep(seconds)
-    return {"slept": seconds}
-
-
-def spin(marker: str = "", steps: int = 2000):
-    if marker:
-        pathlib.Path(marker).write_text("started")
-    for _ in range(steps):
-        time.sleep(0.01)
-    return {"done": True}
-
-
-def _update(path, change):
-    with open(path, "r+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        state = json.loads(handle.read() or "{}")
-        state["now"] = state.get("now", 0) + change
-        state["peak"] = max(state.get("peak", 0), state["now"])
-        handle.seek(0)
-        handle.truncate()
-        handle.write(json.dumps(state))
-        return state
-
-
-def concurrent(counter: str, pair: int = 2, hold: float = 0.05):
-    """Count how many run at once; wait (bounded) until ``pair`` are in flight together."""
-    _update(counter, +1)
-    end = time.monotonic() + 5
-    while time.monotonic() < end:
-        with open(counter) as handle:
-            fcntl.flock(handle, fcntl.LOCK_SH)
-            if json.loads(handle.read())["now"] >= pair:
-                break
-        time.sleep(0.005)
-    time.sleep(hold)
-    _update(counter, -1)
-    return {}
-'''
+from handler_sources import handler_functions
+from helpers import task, wait_for
 
 
 @pytest.fixture
 def fn(tmp_path):
-    path = tmp_path / "handlers.py"
-    path.write_text(HANDLERS)
-    return lambda handler, **options: shoal.Function.from_file(path, handler, **options)
+    return handler_functions(tmp_path)
 
 
-def task(fn: shoal.Function, params: dict | None = None, **fields) -> RunTask:
-    """A RunTask as the runner builds it (code shipped, no in-process callable)."""
-    return RunTask(
-        uid=uuid.uuid4().hex,
-        project="test",
-        function=fn.name,
-        function_hash=fn.hash,
-        handler=fn.handler,
-        code=fn.code,
-        params=params or {},
-        artifact_url=str(fields.pop("artifact_url", "/tmp/shoal-test-artifacts")),
-        **fields,
-    )
-
-
-def wait_for(condition, timeout: float = 20.0) -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.01)
+def _counter(tmp_path) -> str:
+    path = tmp_path / f"counter-{uuid.uuid4().hex[:6]}.json"
+    path.write_text("{}")
+    return str(path)
 
 
 def test_get_local_as_a_context_manager(fn):
@@ -105,7 +37,7 @@ def test_get_local_as_a_context_manager(fn):
         futures = [backend.submit(task(square, {"x": i})) for i in range(5)]
         assert all(isinstance(f, BackendFuture) for f in futures)
         outcomes = [f.result(30) for f in futures]
-        assert [o.results for o in outcomes] == [{"square": i * i} for i in range(5)]
+        assert [o.results for o in outcomes] == [{"square": i * i, "pid": os.getpid()} for i in range(5)]
         assert all(o.state == "completed" and o.logs == f"square of {i}\n" for i, o in enumerate(outcomes))
         done = list(backend.as_completed(futures, timeout=30))
         assert sorted(f.uid for f in done) == sorted(f.uid for f in futures)
@@ -125,7 +57,7 @@ def test_on_start_is_called(fn):
 def test_as_completed_times_out(fn):
     with shoal.backends.get("local", n_workers=1) as backend:
         fast = backend.submit(task(fn("square"), {"x": 3}))
-        slow = backend.submit(task(fn("spin")))
+        slow = backend.submit(task(fn("looper")))
         seen = []
         with pytest.raises(TimeoutError):
             for future in backend.as_completed([fast, slow], timeout=0.5):
@@ -138,7 +70,7 @@ def test_as_completed_times_out(fn):
 def test_cancel_pending_and_running_futures(fn, tmp_path):
     marker = tmp_path / "started"
     with shoal.backends.get("local", n_workers=1) as backend:
-        running = backend.submit(task(fn("spin"), {"marker": str(marker)}))
+        running = backend.submit(task(fn("looper"), {"marker": str(marker)}))
         pending = backend.submit(task(fn("square"), {"x": 1}))
         wait_for(marker.exists)
         assert [w.state for w in backend.workers()] == ["busy"]
@@ -156,7 +88,7 @@ def test_cancel_pending_and_running_futures(fn, tmp_path):
 def test_close_stops_running_tasks(fn, tmp_path):
     marker = tmp_path / "started"
     backend = shoal.backends.get("local", n_workers=2)
-    running = backend.submit(task(fn("spin"), {"marker": str(marker)}))
+    running = backend.submit(task(fn("looper"), {"marker": str(marker)}))
     wait_for(marker.exists)
     backend.close()
     assert running.done()
@@ -181,7 +113,7 @@ def test_timeout_of_a_blocked_task_in_a_worker_thread(fn):
 def test_timeout_in_the_main_thread(fn):
     outcome = execute(task(fn("nap"), {"seconds": 60}, timeout=0.2))
     assert outcome.state == "failed" and outcome.error["type"] == "TimeoutError"
-    assert execute(task(fn("square"), {"x": 5}, timeout=10)).results == {"square": 25}
+    assert execute(task(fn("square"), {"x": 5}, timeout=10)).results == {"square": 25, "pid": os.getpid()}
 
 
 def test_scale_adapt_workers_and_events():
@@ -219,12 +151,6 @@ def test_unknown_backend_name_in_a_run_records_nothing(project, fn):
     with pytest.raises(shoal.BackendError, match="nosuch"):
         fn("square").run({"x": 1}, backend="nosuch", project=project, watch=False)
     assert project.store.count_runs() == 0
-
-
-def _counter(tmp_path) -> str:
-    path = tmp_path / f"counter-{uuid.uuid4().hex[:6]}.json"
-    path.write_text("{}")
-    return str(path)
 
 
 @pytest.mark.parametrize("replicas", [(1, 1), (0, 2), (1, 3)])

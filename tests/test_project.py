@@ -12,6 +12,8 @@ from shoal.errors import AmbiguousError, NotFoundError, ParamError, ProjectError
 from shoal.project import load_config, masked
 from shoal.scaffold import create_project
 
+from helpers import colliding_versions
+
 DECORATED = '''\
 import shoal
 
@@ -216,15 +218,9 @@ def test_save_get_list_history_diff(tmp_path):
 
 def test_ambiguous_hash_prefix(tmp_path):
     root = write(tmp_path / "p", **{"step.py": DECORATED})
-    base = shoal.Function.from_file(root / "step.py", "step")
-    seen: dict[str, shoal.Function] = {}
-    for i in range(100_000):
-        fn = base.with_spec(env={"SEED": str(i)})
-        if fn.hash[:4] in seen:
-            break
-        seen[fn.hash[:4]] = fn
+    first, fn = colliding_versions(shoal.Function.from_file(root / "step.py", "step"))
     with shoal.Project(root) as project:
-        project.functions.save(seen[fn.hash[:4]])
+        project.functions.save(first)
         project.functions.save(fn)
         with pytest.raises(AmbiguousError, match="matches several versions"):
             project.functions.get(f"step@{fn.hash[:4]}")

@@ -28,91 +28,14 @@ import shoal.backends  # noqa: E402
 from shoal.backends.ray import RayBackend  # noqa: E402
 from shoal.errors import BackendError  # noqa: E402
 
-HANDLERS = '''
-import os
-import pathlib
-import time
-
-import shoal
-
-
-def add(x: int, y: float = 1.0):
-    print("adding", x, y)
-    return {"sum": x + y, "pid": os.getpid()}
-
-
-def logs_everything(ctx: shoal.Context, n: int = 3):
-    ctx.log_result("accuracy", 0.75)
-    for step in range(n):
-        ctx.log_metric("loss", 1.0 / (step + 1), step=step)
-    ctx.log_artifact("notes", "written on a ray worker")
-    print("through print")
-    return {"pid": os.getpid()}
-
-
-def fails(ctx):
-    ctx.log_result("before", 1)
-    raise ValueError("broken on purpose")
-
-
-def looper(ctx, marker: str = "", steps: int = 3000):
-    for step in range(steps):
-        ctx.log_metric("step", step)
-        if marker and step == 0:
-            pathlib.Path(marker).write_text(str(os.getpid()))
-        time.sleep(0.01)
-    return {"done": True}
-
-
-def stubborn(marker: str):
-    """Ignores interrupts: only killing its worker stops it."""
-    pathlib.Path(marker).write_text(str(os.getpid()))
-    end = time.monotonic() + 120
-    while time.monotonic() < end:
-        try:
-            time.sleep(0.05)
-        except BaseException:
-            pass
-    return {}
-
-
-def victim(ctx, pidfile: str):
-    """First attempt: publish the worker's pid and wait to be killed; later attempts succeed."""
-    if ctx.attempt == 1:
-        pathlib.Path(pidfile).write_text(str(os.getpid()))
-        time.sleep(120)
-    return {"attempt": ctx.attempt, "pid": os.getpid()}
-
-
-def nap(seconds: float = 0.5):
-    time.sleep(seconds)
-    return {"pid": os.getpid()}
-'''
+from handler_sources import HANDLERS, handler_functions, write_handlers  # noqa: E402
+from helpers import alive, interrupt_map, interrupted_runs, wait_for  # noqa: E402
 
 
 @pytest.fixture
 def fn(tmp_path):
     """fn(handler, **options): a Function from a handlers file outside sys.path."""
-    path = tmp_path / "handlers.py"
-    path.write_text(HANDLERS)
-    return lambda handler, **options: shoal.Function.from_file(path, handler, **options)
-
-
-def wait_for(condition, timeout: float = 60.0, what: str = "condition") -> None:
-    """Poll ``condition`` until true (generous limits: this is synchronisation, not timing)."""
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        time.sleep(0.05)
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    return handler_functions(tmp_path)
 
 
 def run_script(source: str, tmp_path: Path, timeout: float = 150.0, env: dict | None = None) -> dict:
@@ -157,7 +80,7 @@ def test_run_records_results_logs_metrics_and_artifacts(ray_backend, project, fn
     assert run.backend == "ray" and run.attempts == 1 and run.started_at <= run.ended_at
     stored = project.runs.get(run.uid)
     assert stored == run
-    assert stored.output("notes") == "written on a ray worker"
+    assert stored.output("notes") == "written on the worker"
 
 
 def test_map_submit_and_errors(ray_backend, project, fn):
@@ -341,7 +264,7 @@ print(json.dumps({"state": run.state, "sum": run.results.get("sum"), "pids": pid
 
 
 def test_own_instance_ignores_ray_address_and_close_leaves_no_process(tmp_path):
-    (tmp_path / "handlers.py").write_text(HANDLERS)
+    write_handlers(tmp_path)
     # A bare ray.init() would try to join this dead address; the default instance must not.
     out = run_script(OWN_INSTANCE, tmp_path, env={"RAY_ADDRESS": "127.0.0.1:1"})
     assert out["state"] == "completed" and out["sum"] == 2.0
@@ -408,7 +331,7 @@ print(json.dumps({"states": sorted({r.state for r in runs}), "n": len(runs), "pe
 
 
 def test_autoscaling_between_0_and_2_workers(tmp_path):
-    (tmp_path / "handlers.py").write_text(HANDLERS)
+    write_handlers(tmp_path)
     out = run_script(AUTOSCALING, tmp_path, timeout=180)
     assert out["n"] == 12 and out["states"] == ["completed"]
     assert out["slots"] == 2
@@ -453,7 +376,7 @@ print(json.dumps(out))
 def test_joining_a_cluster_by_client_or_gcs_address(tmp_path):
     from shoal.backends.ray_cluster import LocalAutoscalingCluster
 
-    (tmp_path / "handlers.py").write_text(HANDLERS)
+    write_handlers(tmp_path)
     cluster = LocalAutoscalingCluster(1, 1)  # someone's running cluster: a head and one worker node
     try:
         cluster.start()
@@ -470,57 +393,10 @@ def test_joining_a_cluster_by_client_or_gcs_address(tmp_path):
     assert pids and not [pid for pid in pids if alive(pid)]
 
 
-INTERRUPTED = '''
-import signal, sys
-import shoal
-
-if __name__ == "__main__":
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal
-    folder = sys.argv[1]
-    project = shoal.Project(folder, name="interrupted")
-    looper = shoal.Function.from_file(f"{folder}/handlers.py", "looper", replicas=(1, 1))
-    looper.map([{"marker": f"{folder}/started-{i}"} for i in range(4)], backend="ray", project=project)
-'''
-
-
 def test_ctrl_c_cancels_the_runs_and_leaves_no_process(tmp_path):
-    import psutil
-
-    (tmp_path / "handlers.py").write_text(HANDLERS)
-    script = tmp_path / "interrupted.py"
-    script.write_text(INTERRUPTED)
-    log = open(tmp_path / "script.log", "w")
-    # Its own session, as a terminal's foreground job: Ctrl-C reaches the whole process group.
-    child = subprocess.Popen(
-        [sys.executable, str(script), str(tmp_path)], stdout=log, stderr=log, start_new_session=True
-    )
-    started: list[int] = []
-    try:
-        wait_for(lambda: list(tmp_path.glob("started-*")) or child.poll() is not None, timeout=120, what="first start")
-        assert child.poll() is None, (tmp_path / "script.log").read_text()[-3000:]
-        started = [p.pid for p in psutil.Process(child.pid).children(recursive=True)]
-        assert started  # the instance's processes
-        os.killpg(child.pid, signal.SIGINT)
-        child.wait(120)
-        assert child.returncode != 0
-        wait_for(lambda: not any(alive(pid) for pid in started), what="no process left")
-    finally:
-        if child.poll() is None:
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait(30)
-        for pid in started:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        log.close()
-
-    project = shoal.Project(tmp_path, name="interrupted")
-    try:
-        runs = project.runs.list()
-        [parent] = [r for r in runs if r.parent is None]
-        children = sorted((r for r in runs if r.parent == parent.uid), key=lambda r: r.iteration)
-        assert parent.state == "cancelled"
-        assert [r.state for r in children] == ["cancelled"] * 4, [(r.state, r.error) for r in children]
-        assert children[0].started_at is not None  # the running one was stopped
-        assert all(r.started_at is None and r.attempts == 0 for r in children[1:])  # never started
-    finally:
-        project.close()
+    folder = interrupt_map(tmp_path, "ray")
+    parent, children = interrupted_runs(folder)
+    assert parent.state == "cancelled"
+    assert [r.state for r in children] == ["cancelled"] * 4, [(r.state, r.error) for r in children]
+    assert children[0].started_at is not None  # the running one was stopped
+    assert all(r.started_at is None and r.attempts == 0 for r in children[1:])  # never started

@@ -1,13 +1,14 @@
 """Running functions and recording runs: fn.run / submit / map, the Run record, failures, retries,
 timeouts, cancellation and bounded logs, on real SQLite and PostgreSQL (no mocks).
 
-Handlers live in a real file written into the test folder and are loaded with Function.from_file.
+Handlers (tests/handler_sources.py) live in a real file written into the test folder and are loaded
+with Function.from_file.
 """
 
 from __future__ import annotations
 
 import math
-import time
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,149 +18,24 @@ import sqlalchemy as sa
 import shoal
 from shoal.logcapture import DEFAULT_LIMIT
 
+from handler_sources import handler_functions
+from helpers import wait_for
+
 
 @shoal.function(replicas=(1, 2), retries=1)
 def module_level(x: int = 1):
     """A decorated handler defined in this test file (its code is this file)."""
     return {"x": x}
 
-HANDLERS = '''
-import pathlib
-import time
-
-import numpy as np
-
-import shoal
-
-
-def add(x: int, y: float = 1.0):
-    print("adding", x, y)
-    return {"sum": x + y}
-
-
-def scalar(x: int = 2):
-    return x * 10
-
-
-def nothing():
-    return None
-
-
-def numpy_values():
-    return {"f": np.float64(0.5), "i": np.int64(3), "b": np.bool_(True), "nan": float("nan"), "t": (1, 2)}
-
-
-def unjsonable():
-    return {"arr": np.arange(4), "ok": 1}
-
-
-def logs_then_fails(ctx: shoal.Context):
-    ctx.log_result("accuracy", 0.9)
-    ctx.log_metric("loss", 1.0, step=0)
-    ctx.log_metric("loss", 0.5, step=1)
-    ctx.log_metric("loss", float("nan"), step=2)
-    ctx.log_artifact("weights", np.ones(3))
-    print("about to fail")
-    raise ValueError("broken on purpose")
-
-
-def flaky(ctx, marker: str):
-    path = pathlib.Path(marker)
-    if not path.exists():
-        path.write_text("failed once")
-        print("first attempt fails")
-        raise RuntimeError("transient")
-    print("second attempt works")
-    return {"attempt": ctx.attempt}
-
-
-def always_fails():
-    print("failing")
-    raise KeyError("nope")
-
-
-def sleeper(ctx, seconds: float = 30.0):
-    ctx.log_result("before", 1)
-    print("going to sleep")
-    time.sleep(seconds)
-    return {"after": 1}
-
-
-def looper(ctx, marker: str = "", steps: int = 1500):
-    for step in range(steps):
-        ctx.log_metric("step", step)
-        if marker and step == 0:
-            pathlib.Path(marker).write_text("started")
-        time.sleep(0.02)
-    return {"done": True}
-
-
-def chatty(lines: int):
-    for i in range(lines):
-        print(f"line {i:07d} " + "x" * 100)
-    print("THE LAST LINE")
-
-
-def nul_logger():
-    print("a\\x00b")
-    return {"text": "c\\x00d"}
-
-
-def pick(i: int, fail_on: int = -1):
-    if i == fail_on:
-        raise ValueError(f"item {i} fails")
-    return {"square": i * i}
-
-
-def uses_logger(ctx):
-    ctx.logger.info("through the logger")
-    print("through print")
-    import sys
-    print("to stderr", file=sys.stderr)
-
-
-def exits():
-    import sys
-    sys.exit(3)
-
-
-async def coroutine(x: int = 1):
-    import asyncio
-    await asyncio.sleep(0)
-    return {"double": 2 * x}
-
-
-def summed(data, x: int = 1):
-    return {"total": float(data.sum()) * x}
-
-
-def writes_bytes():
-    import sys
-    print("text first")
-    sys.stdout.write(b"raw bytes")
-
-
-def echo_env():
-    import os
-    return {"value": os.environ.get("SHOAL_TEST_VALUE")}
-'''
-
 
 @pytest.fixture
 def fn(tmp_path):
     """fn(handler, **options): a Function from the handlers file in the test folder."""
-    path = tmp_path / "handlers.py"
-    path.write_text(HANDLERS)
-    return lambda handler, **options: shoal.Function.from_file(path, handler, **options)
+    return handler_functions(tmp_path)
 
 
-def wait_for(condition, timeout: float = 20.0) -> None:
-    """Poll ``condition`` until true (a synchronisation aid, not a timing assertion)."""
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.01)
+# looper: 1500 metric steps, 0.02 s apart (30 s unless stopped)
+LOOPER_STEPS = {"steps": 1500, "pause": 0.02}
 
 
 def run_rows(project: shoal.Project) -> int:
@@ -172,7 +48,7 @@ def test_run_is_recorded_and_found_again(any_project, fn):
     run = add.run({"x": 3}, project=any_project, watch=False)
 
     assert run.state == "completed"
-    assert run.results == {"sum": 4.0}
+    assert run.results == {"sum": 4.0, "pid": os.getpid()}  # local runs are threads of this process
     assert run.function == "add" and run.function_hash == add.hash
     assert run.params == {"x": 3}  # what was given (and spec defaults); the hash pins the rest
     assert run.attempts == 1 and run.error is None and run.parent is None
@@ -282,12 +158,12 @@ def test_submit_returns_a_handle(project, fn):
     assert handle.wait(30) is True
     run = handle.result()
     assert handle.state == "completed" == run.state
-    assert run.uid == handle.uid and run.results == {"sum": 2.0}
+    assert run.uid == handle.uid and run.results == {"sum": 2.0, "pid": os.getpid()}
     assert handle.cancel() is False  # already finished
 
 
 def test_result_with_timeout_on_an_unfinished_run(project, fn, tmp_path):
-    handle = fn("looper").submit({"steps": 1500}, project=project)
+    handle = fn("looper").submit(LOOPER_STEPS, project=project)
     with pytest.raises(shoal.RunTimeoutError):
         handle.result(timeout=0.05)
     assert handle.wait(0.01) is False
@@ -298,8 +174,8 @@ def test_result_with_timeout_on_an_unfinished_run(project, fn, tmp_path):
 def test_cancel_pending_and_running_runs(any_project, fn, tmp_path):
     looper = fn("looper", replicas=(1, 1))  # one thread: the second run waits
     marker = tmp_path / "started"
-    first = looper.submit({"marker": str(marker)}, project=any_project)
-    second = looper.submit({"marker": str(tmp_path / "never")}, project=any_project)
+    first = looper.submit({"marker": str(marker), **LOOPER_STEPS}, project=any_project)
+    second = looper.submit({"marker": str(tmp_path / "never"), **LOOPER_STEPS}, project=any_project)
     wait_for(marker.exists)
     wait_for(lambda: first.state == "running")
     assert second.state == "pending"
@@ -436,7 +312,7 @@ def test_an_outcome_that_cannot_be_recorded_still_resolves_the_handle(tmp_path, 
     monkeypatch.chdir(tmp_path)
     project = shoal.Project(tmp_path, name="closing")
     marker = tmp_path / "started"
-    handle = fn("looper").submit({"marker": str(marker)}, project=project)
+    handle = fn("looper").submit({"marker": str(marker), **LOOPER_STEPS}, project=project)
     wait_for(marker.exists)
     project.close()  # the database goes away while the run is in flight
     handle.cancel()

@@ -31,6 +31,14 @@ cluster_app = typer.Typer(help="Workers and scaling events of the execution engi
 app.add_typer(functions_app, name="functions")
 app.add_typer(runs_app, name="runs")
 app.add_typer(cluster_app, name="cluster")
+from .k8s import k8s_app  # noqa: E402 - typer only; Kubernetes is imported when a command runs
+from .worker import worker_app  # noqa: E402
+
+app.add_typer(k8s_app, name="k8s")
+app.add_typer(worker_app, name="worker")
+from . import tune as _tune  # noqa: E402 - typer only; Optuna is imported when a command runs
+
+_tune.register(app)
 
 _state: dict[str, Any] = {"debug": False}
 

@@ -45,9 +45,17 @@ def _default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} value {value!r} cannot be stored as JSON")
 
 
+_STRICT = json.JSONEncoder(default=_default, allow_nan=False, separators=(",", ":"))
+
+
 def dumps(value: Any) -> str:
     """Serialise ``value`` as strict JSON (see the module docstring for what is converted)."""
-    return json.dumps(_clean(value), default=_default, allow_nan=False, separators=(",", ":"))
+    if not value and isinstance(value, dict):
+        return "{}"  # most maps of a run are empty: the batched bookkeeping writes thousands
+    try:
+        return _STRICT.encode(value)  # fast path: no non-finite float anywhere
+    except ValueError:
+        return _STRICT.encode(_clean(value))
 
 
 def loads(text: str | bytes) -> Any:

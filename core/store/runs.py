@@ -98,8 +98,10 @@ def require_runs(connection: Connection, project: str, uids: Iterable[str]) -> N
 
 def update_runs(
     connection: Connection, project: str, items: Sequence[tuple[str, dict[str, Any]]], now: datetime
-) -> None:
-    """Apply each ``(uid, fields)``; runs with the same set of fields share one executemany."""
+) -> int:
+    """Apply each ``(uid, fields)``; runs with the same set of fields share one executemany.
+
+    Returns how many rows were updated, or -1 where the driver cannot count an executemany."""
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
     for uid, fields in items:
         _check_uid(uid)
@@ -109,13 +111,17 @@ def update_runs(
             if field in values and values[field] is None:
                 values[field] = {}
         groups[tuple(sorted(values))].append({"_uid": uid, **{f"v_{k}": v for k, v in values.items()}})
+    updated = 0
+    countable = connection.dialect.supports_sane_multi_rowcount
     for names, params in groups.items():
         statement = (
             runs.update()
             .where(runs.c.project == project, runs.c.uid == sa.bindparam("_uid"))
             .values({name: sa.bindparam(f"v_{name}", type_=runs.c[name].type) for name in names})
         )
-        connection.execute(statement, params)
+        result = connection.execute(statement, params)
+        updated += result.rowcount if countable or len(params) == 1 else 0
+    return updated if countable else -1
 
 
 def artifact_rows(project: str, uid: str, items: Sequence[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:

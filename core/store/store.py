@@ -170,8 +170,11 @@ class Store:
             row for uid, _, artifacts in items for row in run_sql.artifact_rows(self.project, uid, artifacts, now)
         ]
         with self._transaction(write=True) as connection:
-            run_sql.require_runs(connection, self.project, (uid for uid, _ in updates))
-            run_sql.update_runs(connection, self.project, updates, now)
+            # Counting the updated rows spares a SELECT per batch; only a shortfall (or a driver
+            # that cannot count) looks for the missing uids, and raising rolls the batch back.
+            updated = run_sql.update_runs(connection, self.project, updates, now)
+            if updated != len({uid for uid, _ in updates}):
+                run_sql.require_runs(connection, self.project, (uid for uid, _ in updates))
             run_sql.upsert_artifacts(connection, artifact_rows)
 
     def get_run(self, uid: str) -> RunRecord:

@@ -1,0 +1,96 @@
+"""shoal functions on Kubernetes: pod templates, the operators' custom resources, Jobs, launchers.
+
+Rendering is pure (``pod_template``, ``dask_cluster``, ``dask_autoscaler``, ``ray_cluster``,
+``job``); every rendered object is validated (``validate``) against the Kubernetes OpenAPI schemas
+and the operators' CRDs before it is returned. ``DaskKubernetes`` (``backend="dask-k8s"``) and
+``RayKubernetes`` (``backend="ray-k8s"``) create clusters through the engines' real clients.
+Engines and the kubernetes client are imported lazily.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "DaskKubernetes",
+    "RayKubernetes",
+    "SpotConfig",
+    "dask_autoscaler",
+    "dask_cluster",
+    "job",
+    "pod_template",
+    "ray_cluster",
+    "render",
+    "validate",
+]
+
+_LAZY = {
+    "pod_template": ".pods",
+    "dask_cluster": ".dask",
+    "dask_autoscaler": ".dask",
+    "DaskKubernetes": ".dask",
+    "ray_cluster": ".ray",
+    "RayKubernetes": ".ray",
+    "job": ".jobs",
+    "validate": ".validation",
+    "SpotConfig": ".placement",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def render(fn, engine: str, *, namespace: str | None = None, project: Any = None, spot: Any = None, run: Any = None) -> list[dict[str, Any]]:
+    """The objects to apply for ``engine``, validated: ``dask`` (DaskCluster, plus a DaskAutoscaler
+    when min < max), ``ray`` (RayCluster) or ``job`` (a Job for the recorded ``run``).
+
+    ``project``: a Project (jobs take its database and artifact URLs) or a project name (label).
+    """
+    from shoal.errors import ManifestError
+
+    name = project if project is None or isinstance(project, str) else project.name
+    if engine == "dask":
+        from .dask import dask_autoscaler, dask_cluster
+
+        objects = [dask_cluster(fn, namespace=namespace, project=name, spot=spot)]
+        if fn.replicas.min < fn.replicas.max:
+            objects.append(dask_autoscaler(fn, namespace=namespace, project=name))
+        return objects
+    if engine == "ray":
+        from .ray import ray_cluster
+
+        return [ray_cluster(fn, namespace=namespace, project=name, spot=spot)]
+    if engine == "job":
+        from .jobs import job
+
+        if isinstance(project, str):
+            raise ManifestError("a Job needs the Project object (its database and artifact URLs), not its name")
+        return [job(fn, run, project=project, namespace=namespace, spot=spot)]
+    raise ManifestError(f"unknown engine {engine!r}; use dask, ray or job")
+
+
+def shared_for(name: str, fn, project: Any = None, **options: Any):
+    """The process-wide ``dask-k8s``/``ray-k8s`` backend of one function version (its cluster is
+    made of that function's pods), made on first use and closed at exit with the other shared
+    backends. What ``fn.run(backend="dask-k8s")`` resolves to."""
+    from shoal import backends
+
+    if project is None:
+        from shoal.project import current_project
+
+        project = current_project()
+    # Per project too: the pods record into the project's database and artifact store.
+    key = f"{name}:{fn.hash}:{project.database}:{project.artifacts_url}"
+    with backends._shared_lock:
+        backend = backends._shared.get(key)
+        if backend is None:
+            backend = backends._shared[key] = backends.get(name, fn=fn, project=project, **options)
+        return backend

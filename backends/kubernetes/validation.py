@@ -1,0 +1,197 @@
+"""Validation of rendered objects before anyone sees them: `kubectl apply` or an operator.
+
+Core objects (Job, and every pod template and Service embedded in a custom resource) are checked
+against the Kubernetes OpenAPI schemas shipped offline by ``kubernetes-validate``, in strict mode
+(unknown fields are errors, as with ``kubectl apply --validate=strict``). Custom resources are checked
+against their CRD's ``openAPIV3Schema`` with ``jsonschema``: DaskCluster and DaskAutoscaler against
+the CRDs installed with dask-kubernetes, RayCluster and RayJob against KubeRay's CRDs shipped with
+shoal (``shoal/backends/kubernetes/crds/``, or the folder named by ``SHOAL_KUBERAY_CRDS``). CRD
+schemas are made strict the same way (objects with known properties reject unknown ones) so a
+misspelt field fails here instead of being pruned silently by the API server.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import os
+import pathlib
+from typing import Any, Iterator
+
+from shoal.errors import ManifestError
+
+#: Kubernetes version whose schemas are used (None: the newest that kubernetes-validate ships).
+KUBERNETES_VERSION_ENV = "SHOAL_K8S_VERSION"
+KUBERAY_CRDS_ENV = "SHOAL_KUBERAY_CRDS"
+DASK_CRDS = "operator/deployment/helm/dask-kubernetes-operator/crds"
+CRD_FILES = {
+    ("kubernetes.dask.org", "DaskCluster"): ("dask", "daskcluster.yaml"),
+    ("kubernetes.dask.org", "DaskAutoscaler"): ("dask", "daskautoscaler.yaml"),
+    ("kubernetes.dask.org", "DaskWorkerGroup"): ("dask", "daskworkergroup.yaml"),
+    ("kubernetes.dask.org", "DaskJob"): ("dask", "daskjob.yaml"),
+    ("ray.io", "RayCluster"): ("kuberay", "ray.io_rayclusters.yaml"),
+    ("ray.io", "RayJob"): ("kuberay", "ray.io_rayjobs.yaml"),
+    ("ray.io", "RayService"): ("kuberay", "ray.io_rayservices.yaml"),
+}
+
+
+def kubernetes_version() -> str:
+    import kubernetes_validate.utils as kv
+
+    return os.environ.get(KUBERNETES_VERSION_ENV) or kv.latest_version()
+
+
+def _describe(obj: dict[str, Any]) -> str:
+    name = (obj.get("metadata") or {}).get("name") or "(unnamed)"
+    return f"{obj.get('kind', '?')} {name}"
+
+
+def _where(path: Any) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+def validate_core(obj: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """Check a core Kubernetes object against the OpenAPI schema of its kind (strict)."""
+    import kubernetes_validate.utils as kv
+
+    try:
+        kv.validate(obj, kubernetes_version(), strict=True)
+    except kv.ValidationError as exc:
+        raise ManifestError(
+            f"{where or _describe(obj)} does not validate against Kubernetes {exc.version}: "
+            f"at {_where(exc.absolute_path)}: {exc.message}"
+        ) from None
+    except kv.SchemaNotFoundError as exc:
+        raise ManifestError(f"{where or _describe(obj)}: {exc.message}") from None
+    return obj
+
+
+def validate_pod_template(template: dict[str, Any], where: str) -> None:
+    """A pod template as the API server checks it: the ``template`` of a v1 PodTemplate."""
+    validate_core({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "check"}, "template": template}, where)
+
+
+def validate_service_spec(spec: dict[str, Any], where: str) -> None:
+    validate_core({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "check"}, "spec": spec}, where)
+
+
+def _crd_folder(source: str) -> pathlib.Path:
+    if source == "dask":
+        try:
+            import dask_kubernetes
+        except ImportError:
+            raise ManifestError("validating Dask resources needs dask-kubernetes: pip install 'shoal[kubernetes]'") from None
+        return pathlib.Path(dask_kubernetes.__file__).parent / DASK_CRDS
+    return pathlib.Path(os.environ.get(KUBERAY_CRDS_ENV) or pathlib.Path(__file__).parent / "crds")
+
+
+def strict_schema(schema: Any) -> Any:
+    """A copy of an openAPIV3Schema where objects with listed properties refuse other ones (unless
+    they preserve unknown fields, as embedded free-form objects do)."""
+    if isinstance(schema, list):
+        return [strict_schema(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: strict_schema(value) for key, value in schema.items()}
+    if (
+        "properties" in out
+        and "additionalProperties" not in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        out["additionalProperties"] = False
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def crd_validator(group: str, kind: str, version: str) -> Any:
+    """A jsonschema validator of one served version of a CRD."""
+    import jsonschema
+    import yaml
+
+    try:
+        source, filename = CRD_FILES[(group, kind)]
+    except KeyError:
+        raise ManifestError(f"no CRD known for {kind} in API group {group}") from None
+    path = _crd_folder(source) / filename
+    try:
+        crd = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except OSError as exc:
+        raise ManifestError(f"the {kind} CRD is not available at {path} ({exc.strerror}); reinstall shoal[kubernetes]") from None
+    for served in crd["spec"]["versions"]:
+        if served["name"] == version:
+            schema = copy.deepcopy(served["schema"]["openAPIV3Schema"])
+            properties = schema.setdefault("properties", {})
+            properties.setdefault("apiVersion", {"type": "string"})
+            properties.setdefault("kind", {"type": "string"})
+            properties.setdefault("metadata", {"type": "object"})
+            schema = strict_schema(schema)
+            schema["properties"]["metadata"] = METADATA_SCHEMA
+            return jsonschema.Draft7Validator(schema)
+    raise ManifestError(f"the {kind} CRD at {path} has no version {version}")
+
+
+#: What shoal puts in custom resources' metadata (the API server checks ObjectMeta itself).
+METADATA_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 63},
+        "namespace": {"type": "string"},
+        "labels": {"type": "object", "additionalProperties": {"type": "string", "maxLength": 63}},
+        "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+    "required": ["name"],
+    "additionalProperties": False,
+}
+
+
+def validate_custom(obj: dict[str, Any]) -> dict[str, Any]:
+    """Check a custom resource against its CRD schema, and its embedded core objects strictly."""
+    group, _, version = str(obj.get("apiVersion", "")).rpartition("/")
+    validator = crd_validator(group, str(obj.get("kind")), version)
+    error = next(iter(sorted(validator.iter_errors(obj), key=lambda e: list(e.absolute_path))), None)
+    if error is not None:
+        raise ManifestError(
+            f"{_describe(obj)} does not validate against its CRD: at {_where(error.absolute_path)}: {error.message}"
+        )
+    for where, kind, part in embedded_objects(obj):
+        (validate_pod_template if kind == "template" else validate_service_spec)(part, f"{_describe(obj)} {where}")
+    return obj
+
+
+def embedded_objects(obj: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(path, "template"|"service", object) of the core objects inside a custom resource."""
+    spec = obj.get("spec") or {}
+    if obj.get("kind") == "DaskCluster":
+        for part in ("scheduler", "worker"):
+            section = spec.get(part) or {}
+            if "spec" in section:
+                yield f"spec.{part}", "template", {"metadata": section.get("metadata") or {}, "spec": section["spec"]}
+            if "service" in section:
+                yield f"spec.{part}.service", "service", section["service"]
+    elif obj.get("kind") == "RayCluster":
+        head = spec.get("headGroupSpec") or {}
+        if "template" in head:
+            yield "spec.headGroupSpec.template", "template", head["template"]
+        for index, group in enumerate(spec.get("workerGroupSpecs") or []):
+            if "template" in group:
+                yield f"spec.workerGroupSpecs.{index}.template", "template", group["template"]
+    elif obj.get("kind") == "RayJob":
+        cluster = {"kind": "RayCluster", "spec": spec.get("rayClusterSpec") or {}}
+        for where, kind, part in embedded_objects(cluster):
+            yield where.replace("spec.", "spec.rayClusterSpec.", 1), kind, part
+
+
+def validate(obj: dict[str, Any]) -> dict[str, Any]:
+    """Validate any object shoal renders; returns it unchanged, or raises ManifestError."""
+    if not isinstance(obj, dict) or "apiVersion" not in obj or "kind" not in obj:
+        raise ManifestError("a Kubernetes object is a mapping with apiVersion and kind")
+    group = str(obj["apiVersion"]).rpartition("/")[0]
+    if "." in group and not group.endswith(".k8s.io"):
+        return validate_custom(obj)
+    return validate_core(obj)
+
+
+def validate_all(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    for obj in objects:
+        validate(obj)
+    return objects

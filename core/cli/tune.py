@@ -1,0 +1,236 @@
+"""``shoal tune`` (a search with a live progress bar) and ``shoal studies list | show NAME``.
+
+Optuna and the tuning package are imported when a command runs, so ``shoal --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional
+
+import typer
+
+from . import render
+
+studies_app = typer.Typer(help="Tuning studies in the project's study storage.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``tune`` and ``studies`` to the main command line."""
+    app.command("tune")(tune)
+    app.add_typer(studies_app, name="studies")
+
+
+def _quiet_optuna() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar says what matters
+
+
+def tune(
+    target: str = typer.Argument(..., help="FILE.py:HANDLER, or a function NAME[:tag|@hash]."),
+    space: List[str] = typer.Option(
+        [], "--space", "-s",
+        help="NAME=SPEC (repeatable): loguniform(1e-4,1), uniform(0,1), float(0,1,step=0.1), int(2,10), \\[a,b,c], or a constant.",
+    ),
+    objective: List[str] = typer.Option(["max.accuracy"], "--objective", "-o", help="max.KEY or min.KEY (repeat for several)."),
+    trials: Optional[int] = typer.Option(None, "--trials", "-n", min=1, help="Total trials of the study (default: the grid size)."),
+    backend: Optional[str] = typer.Option(None, "--backend", "-b", help="local, dask, ray, or an address (default: the function's or the project's backend)."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Study storage URL (default: the project's)."),
+    study: Optional[str] = typer.Option(None, "--study", help="Study name (default: the function name)."),
+    strategy: str = typer.Option("tpe", "--strategy", help="tpe, random, grid, list, cmaes or nsga2."),
+    pruner: Optional[str] = typer.Option(None, "--pruner", help="median, hyperband or successive-halving."),
+    parallelism: Optional[int] = typer.Option(None, "--parallelism", "-j", min=1, help="Trials in flight (default: the backend's slots)."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Wall-clock budget in seconds."),
+    stop_when: Optional[str] = typer.Option(None, "--stop-when", help="Stop asking new trials once e.g. accuracy>=0.95."),
+    max_failures: Optional[int] = typer.Option(None, "--max-failures", min=1, help="Stop after this many failed trials."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Sampler seed."),
+    plot: Optional[str] = typer.Option(None, "--plot", help="Write a plot: .html (interactive) or .png."),
+    plot_kind: str = typer.Option("history", "--plot-kind", help="history, importance or parallel."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Run a hyperparameter search: every trial is a recorded run (exit 1 if no trial completed)."""
+    from shoal.tuning.space import parse_assignment
+
+    from .main import _load_target, _project, _stdout_reserved
+
+    parsed = dict(parse_assignment(item) for item in space)  # bad specs fail before anything loads
+    with _stdout_reserved(as_json):
+        fn = _load_target(target)
+        project = _project()
+        _quiet_optuna()
+        from shoal.tuning import tune as run_search
+
+        options: dict[str, Any] = dict(
+            objective=objective[0] if len(objective) == 1 else list(objective),
+            n_trials=trials, backend=backend, storage=storage, study=study, strategy=strategy, pruner=pruner,
+            parallelism=parallelism, timeout=timeout, stop_when=stop_when, max_failures=max_failures, seed=seed,
+            project=project,
+        )
+        if as_json:
+            result = run_search(fn, parsed, **options)
+        else:
+            with _ProgressBar() as bar:
+                result = run_search(fn, parsed, progress=bar.update, **options)
+        written = result.plot(plot_kind, plot) if plot else None
+    data = result.to_dict()
+    if written is not None:
+        data["plot"] = str(written)
+    if as_json:
+        render.print_json(data)
+    else:
+        _summary(result, data)
+    completed = any(t["state"] == "complete" for t in data["trials"])
+    if not completed or result.stopped == "max_failures":
+        raise typer.Exit(1)
+
+
+class _ProgressBar:
+    """A rich progress bar on stderr: trials done of n, running, failed, pruned, best so far."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("running {task.fields[running]}  failed {task.fields[failed]}  pruned {task.fields[pruned]}"),
+            TextColumn("best {task.fields[best]}"),
+            TimeElapsedColumn(),
+            console=render.errors,
+        )
+        self.task = None
+
+    def __enter__(self) -> "_ProgressBar":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.progress.stop()
+
+    def update(self, state: Any) -> None:
+        fields = dict(
+            running=state.running, failed=state.failed, pruned=state.pruned,
+            best="-" if state.best_value is None else f"{state.best_value:.6g} (trial {state.best_trial})",
+        )
+        if self.task is None:
+            self.task = self.progress.add_task(f"study {state.study}", total=state.n_trials, completed=state.done, **fields)
+        self.progress.update(self.task, completed=state.done, **fields)
+
+
+def _summary(result: Any, data: dict) -> None:
+    counts: dict[str, int] = {}
+    for trial in data["trials"]:
+        counts[trial["state"]] = counts.get(trial["state"], 0) + 1
+    shown = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    render.console.print(f"study {data['study']}: {len(data['trials'])} trials ({shown}); stopped: {data['stopped']}")
+    if result.multi_objective:
+        render.console.print(f"pareto front: {len(data['best_trials'])} trials")
+        for trial in data["best_trials"]:
+            render.console.print(f"  trial {trial['number']}: values {trial['values']} params {trial['params']} run {trial['run']}")
+    elif data.get("best_trial") is not None:
+        render.console.print(f"best value {data['best_value']:.6g} (trial {data['best_trial']}, run {data['best_run']})")
+        for key, value in data["best_params"].items():
+            render.console.print(f"  {key} = {value!r}")
+    else:
+        render.console.print("no trial completed")
+    render.console.print(f"parent run {data['parent']}")
+    if data.get("plot"):
+        render.console.print(f"plot written to {data['plot']}")
+
+
+# -- shoal studies --------------------------------------------------------------------------------
+def _storage(storage: Optional[str]):
+    from shoal.tuning import storage as storages
+
+    from .main import _project
+
+    _quiet_optuna()
+    ref = storages.resolve(storage, _project())
+    return ref, ref.open()
+
+
+def _study_dict(study: Any, top: int = 0) -> dict[str, Any]:
+    from optuna.trial import TrialState
+
+    from shoal.tuning.result import trial_dict
+
+    trials = study.get_trials(deepcopy=False)
+    states: dict[str, int] = {}
+    for trial in trials:
+        states[trial.state.name.lower()] = states.get(trial.state.name.lower(), 0) + 1
+    directions = [d.name.lower() for d in study.directions]
+    out: dict[str, Any] = {"name": study.study_name, "directions": directions, "trials": states, "best_value": None}
+    completed = [t for t in trials if t.state == TrialState.COMPLETE]
+    if completed and len(directions) == 1:
+        best = study.best_trial
+        out.update(best_value=best.value, best_trial=trial_dict(best))
+    elif completed:
+        out["best_trials"] = [trial_dict(t) for t in study.best_trials]
+    if top and completed and len(directions) == 1:
+        ordered = sorted(completed, key=lambda t: t.value, reverse=directions[0] == "maximize")
+        out["top"] = [trial_dict(t) for t in ordered[:top]]
+    return out
+
+
+@studies_app.command("list")
+def studies_list(
+    storage: Optional[str] = typer.Option(None, "--storage", help="Study storage URL (default: the project's)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Every study: name, direction(s), trials by state, best value."""
+    import optuna
+
+    ref, store = _storage(storage)
+    rows = [_study_dict(optuna.load_study(study_name=s.study_name, storage=store))
+            for s in optuna.get_all_study_summaries(store, include_best_trial=False)]
+    if as_json:
+        render.print_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"studies in {ref.describe()}")
+    for column in ("name", "directions", "trials", "best value"):
+        table.add_column(column)
+    for row in rows:
+        trials = ", ".join(f"{n} {state}" for state, n in sorted(row["trials"].items())) or "none"
+        best = "-" if row["best_value"] is None else f"{row['best_value']:.6g}"
+        table.add_row(row["name"], ", ".join(row["directions"]), trials, best)
+    render.console.print(table)
+
+
+@studies_app.command("show")
+def studies_show(
+    name: str = typer.Argument(..., help="Study name."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Study storage URL (default: the project's)."),
+    top: int = typer.Option(10, "--top", min=1, help="How many of the best trials to list."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """One study: its best trial and parameters, and the top trials."""
+    from shoal.tuning import load_study
+
+    ref, _ = _storage(storage)
+    from .main import _project
+
+    data = _study_dict(load_study(name, project=_project(), storage=storage), top=top)
+    if as_json:
+        render.print_json(data)
+        return
+    trials = ", ".join(f"{n} {state}" for state, n in sorted(data["trials"].items())) or "none"
+    render.console.print(f"study {name} ({', '.join(data['directions'])}) in {ref.describe()}: {trials}")
+    best = data.get("best_trial")
+    if best:
+        render.console.print(f"best value {best['values'][0]:.6g}: trial {best['number']}, run {best['run']}")
+        for key, value in best["params"].items():
+            render.console.print(f"  {key} = {value!r}")
+    from rich.table import Table
+
+    rows = data.get("top") or data.get("best_trials") or []
+    if rows:
+        table = Table(title="top trials" if "top" in data else "pareto front")
+        for column in ("trial", "values", "params", "duration", "run"):
+            table.add_column(column)
+        for trial in rows:
+            duration = "-" if trial["duration"] is None else f"{trial['duration']:.2f}s"
+            table.add_row(str(trial["number"]), str(trial["values"]), str(trial["params"]), duration, (trial["run"] or "-")[:12])
+        render.console.print(table)

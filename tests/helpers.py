@@ -1,0 +1,136 @@
+"""Python helpers shared by the tests: polling, processes by PID, RunTasks as the runner builds them,
+colliding hash prefixes, and Ctrl-C in a process running ``fn.map``.
+
+Importable as ``helpers`` because pytest puts this folder (it has a conftest.py and no __init__.py)
+on sys.path; handler text lives in handler_sources.py.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Callable, Iterable
+
+import psutil
+
+import shoal
+from shoal.execution import RunTask
+
+from handler_sources import INTERRUPTED_MAP, write_handlers
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 60.0, what: str = "condition") -> None:
+    """Poll ``condition`` until true (a synchronisation aid with a generous limit, not a timing test)."""
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"{what} not reached within {timeout} s")
+        time.sleep(0.02)
+
+
+def alive(pid: int) -> bool:
+    """True while the process runs (a zombie waiting to be reaped counts as gone)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def descendants(pid: int) -> list[int]:
+    """PIDs of every process below ``pid`` (none once it is gone)."""
+    try:
+        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def kill_by_pid(pids: Iterable[int]) -> None:
+    """SIGKILL what is left of the processes a test started, and reap its own children."""
+    pids = list(pids)
+    for pid in pids:
+        if alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    for pid in pids:
+        try:
+            psutil.Process(pid).wait(10)
+        except (psutil.NoSuchProcess, psutil.TimeoutExpired, ChildProcessError):
+            pass
+
+
+def task(fn: shoal.Function, params: dict | None = None, artifacts: str | Path = "/tmp/shoal-test-artifacts", **fields) -> RunTask:
+    """A RunTask as the runner builds it (code shipped, no in-process callable)."""
+    return RunTask(
+        uid=uuid.uuid4().hex,
+        project="test",
+        function=fn.name,
+        function_hash=fn.hash,
+        handler=fn.handler,
+        code=fn.code,
+        params=params or {},
+        artifact_url=str(artifacts),
+        **fields,
+    )
+
+
+def colliding_versions(base: shoal.Function, prefix: int = 4) -> tuple[shoal.Function, shoal.Function]:
+    """Two versions of ``base`` (they differ in env) whose hashes share their first ``prefix`` characters."""
+    seen: dict[str, shoal.Function] = {}
+    for i in range(100_000):
+        fn = base.with_spec(env={"SEED": str(i)})
+        if fn.hash[:prefix] in seen:
+            return seen[fn.hash[:prefix]], fn
+        seen[fn.hash[:prefix]] = fn
+    raise AssertionError(f"no two versions share a hash prefix of {prefix} characters")
+
+
+def interrupt_map(tmp_path: Path, backend: str) -> Path:
+    """Run INTERRUPTED_MAP on ``backend`` in a child process of its own session (a terminal's
+    foreground job), press Ctrl-C for the whole process group once the first run has started, and
+    check that the process ends interrupted and leaves none of its processes behind. Returns the
+    project folder that holds the runs' records."""
+    handlers = write_handlers(tmp_path)
+    script = tmp_path / "interrupted.py"
+    script.write_text(INTERRUPTED_MAP)
+    folder = tmp_path / "project"
+    folder.mkdir()
+    log = tmp_path / "script.log"
+    with open(log, "w") as output:
+        process = subprocess.Popen(
+            [sys.executable, str(script), str(folder), str(handlers), backend],
+            stdout=output,
+            stderr=output,
+            start_new_session=True,
+        )
+        children: list[int] = []
+        try:
+            wait_for(lambda: list(folder.glob("started-*")) or process.poll() is not None, timeout=120, what="first run start")
+            assert process.poll() is None, log.read_text()[-3000:]
+            children = descendants(process.pid)
+            assert children, "the engine's processes"
+            os.killpg(process.pid, signal.SIGINT)
+            process.wait(120)
+            assert process.returncode != 0, "interrupted, not finished"
+            wait_for(lambda: not any(alive(pid) for pid in children), what="no process left")
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(30)
+            kill_by_pid(children)
+    return folder
+
+
+def interrupted_runs(folder: Path) -> tuple[shoal.Run, list[shoal.Run]]:
+    """The parent run of the interrupted map in ``folder`` and its children in input order."""
+    with shoal.Project(folder, name="interrupted") as project:
+        runs = project.runs.list()
+    [parent] = [r for r in runs if r.parent is None]
+    children = sorted((r for r in runs if r.parent == parent.uid), key=lambda r: r.iteration)
+    return parent, children

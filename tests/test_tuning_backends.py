@@ -1,0 +1,90 @@
+"""Tuning on the session's real Dask and Ray backends: parallel trials on worker processes, pruning
+and define-by-run through the study storage from the workers, and a missing objective failing the
+run on the worker. Objectives take milliseconds.
+"""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+import shoal
+from shoal.tuning import Float
+
+HANDLERS = '''
+import os
+import time
+
+
+def quad(x: float):
+    time.sleep(0.2)
+    return {"score": -(x - 0.3) ** 2, "pid": os.getpid()}
+
+
+def curve(ctx, x: float):
+    for step in range(4):
+        ctx.report(x * (step + 1), step)
+    return {"score": x * 4}
+
+
+def by_run(ctx):
+    lr = ctx.trial.suggest_float("lr", 1e-3, 1.0, log=True)
+    depth = ctx.trial.suggest_int("depth", 1, 3)
+    return {"score": -abs(lr - 0.1) - depth}
+
+
+def forgets(x: float):
+    return {"acc": x}
+'''
+
+
+@pytest.fixture(params=["dask", "ray"])
+def engine(request):
+    if request.param == "ray":
+        pytest.importorskip("ray")
+    return request.getfixturevalue(f"{request.param}_backend")
+
+
+@pytest.fixture
+def fn(project, tmp_path):
+    path = tmp_path / "handlers.py"
+    path.write_text(HANDLERS)
+    return lambda handler, **options: shoal.Function.from_file(path, handler, **options)
+
+
+def test_parallel_trials_on_worker_processes(project, fn, engine):
+    result = fn("quad").tune({"x": Float(0, 1)}, objective="max.score", n_trials=6, backend=engine, seed=0, project=project)
+    assert [t["state"] for t in result.trials] == ["complete"] * 6
+    runs = project.runs.list(parent=result.parent, limit=None)
+    assert len(runs) == 6 and {r.backend for r in runs} == {engine.name}
+    assert len({r.results["pid"] for r in runs}) == 2  # both worker processes ran trials
+    spans = sorted((r.started_at, r.ended_at) for r in runs)
+    assert any(a[1] > b[0] for a, b in zip(spans, spans[1:]))  # some trials overlapped
+    assert result.best_run.results["score"] == result.best_value
+
+
+def test_pruning_and_define_by_run_from_the_workers(project, fn, engine):
+    study = optuna.create_study(study_name="curve", storage=_storage(project), direction="maximize")
+    for x in (0.9, 0.8, 0.1):
+        study.enqueue_trial({"x": x})
+    result = fn("curve").tune(
+        {"x": Float(0, 1)}, objective="max.score", pruner="median", n_trials=3, parallelism=2, backend=engine, project=project
+    )
+    states = {t["params"]["x"]: t["state"] for t in result.trials}
+    assert states[0.9] == states[0.8] == "complete" and states[0.1] == "pruned"
+    by_run = fn("by_run").tune({}, objective="max.score", n_trials=4, backend=engine, project=project)
+    assert all(set(t["params"]) == {"lr", "depth"} for t in by_run.trials)
+    assert all(t["state"] == "complete" for t in by_run.trials)
+
+
+def test_missing_objective_fails_on_the_worker(project, fn, engine):
+    result = fn("forgets").tune({"x": Float(0, 1)}, objective="max.accuracy", n_trials=2, backend=engine, project=project)
+    assert [t["state"] for t in result.trials] == ["fail", "fail"]
+    for run in project.runs.list(parent=result.parent, limit=None):
+        assert run.state == "failed" and "'accuracy'" in run.error["message"] and "keys logged: acc" in run.error["message"]
+
+
+def _storage(project):
+    from shoal.tuning.storage import default_ref
+
+    return default_ref(project).open()

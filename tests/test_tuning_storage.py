@@ -1,0 +1,230 @@
+"""Study storages for real: the default journal file, SQLite by URL, PostgreSQL and Redis servers on
+this machine; a local-file storage refused with a remote backend; and a driver killed with SIGKILL
+mid-search, then resumed by running the same script again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+
+import optuna
+import pytest
+
+import shoal
+from conftest import PG_ADMIN_URL, requires_postgres
+from shoal.errors import TuningError
+from shoal.tuning import Float, load_study
+from shoal.tuning.storage import default_ref, resolve
+
+REDIS_URL = os.environ.get("SHOAL_TEST_REDIS", "redis://127.0.0.1:6379")
+
+HANDLERS = '''
+import time
+
+
+def quad(x: float, pause: float = 0.0):
+    time.sleep(pause)
+    return {"score": -(x - 0.3) ** 2}
+'''
+
+
+def redis_available() -> str | None:
+    try:
+        import redis
+
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+        return None
+    except Exception as exc:  # noqa: BLE001 - any failure: skip with the reason
+        return f"Redis not reachable at {REDIS_URL}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+
+
+_REDIS_REASON = redis_available()
+
+
+@pytest.fixture
+def quad(project, tmp_path):
+    path = tmp_path / "handlers.py"
+    path.write_text(HANDLERS)
+    return shoal.Function.from_file(path, "quad", replicas=(0, 2))
+
+
+def test_default_storage_is_a_journal_file_in_the_project_home(project, quad):
+    result = quad.tune({"x": Float(0, 1)}, objective="max.score", n_trials=3, project=project)
+    ref = default_ref(project)
+    assert ref.kind == "journal-file" and ref.target == str(project.home / "studies.journal")
+    assert (project.home / "studies.journal").stat().st_size > 0
+    assert type(result.study._storage).__name__ == "JournalStorage"
+
+
+def test_sqlite_url_relative_to_the_project(project, quad):
+    result = quad.tune({"x": Float(0, 1)}, objective="max.score", n_trials=3, storage="sqlite:///studies.db", project=project)
+    assert (project.root / "studies.db").exists()
+    study = load_study("quad", project=project, storage="sqlite:///studies.db")
+    assert [t.number for t in study.trials] == [t["number"] for t in result.trials]
+
+
+@requires_postgres
+def test_postgresql_storage(project, quad):
+    name = f"quad-{uuid.uuid4().hex[:10]}"
+    try:
+        result = quad.tune({"x": Float(0, 1)}, objective="max.score", n_trials=4, storage=PG_ADMIN_URL, study=name, project=project)
+        assert len(result.trials) == 4 and {t["state"] for t in result.trials} == {"complete"}
+        assert type(result.study._storage._backend).__name__ == "RDBStorage"
+        study = optuna.load_study(study_name=name, storage=PG_ADMIN_URL)
+        assert study.best_value == result.best_value
+        assert result.best_run.results["score"] == result.best_value
+    finally:
+        optuna.delete_study(study_name=name, storage=PG_ADMIN_URL)
+
+
+@requires_postgres
+def test_a_postgresql_project_keeps_its_studies_in_its_database(pg_project, tmp_path):
+    (tmp_path / "pgq.py").write_text(HANDLERS)
+    fn = shoal.Function.from_file(tmp_path / "pgq.py", "quad", name=f"q{uuid.uuid4().hex[:8]}")
+    assert default_ref(pg_project).kind == "rdb"
+    try:
+        result = fn.tune({"x": Float(0, 1)}, objective="max.score", n_trials=2, project=pg_project)
+        assert load_study(fn.name, project=pg_project).best_value == result.best_value
+        assert pg_project.runs.get(result.parent).results["best_run"] == result.best_run.uid
+    finally:
+        optuna.delete_study(study_name=fn.name, storage=PG_ADMIN_URL)
+
+
+@pytest.mark.skipif(_REDIS_REASON is not None, reason=_REDIS_REASON or "")
+def test_redis_journal_storage(project, quad):
+    import redis
+
+    prefix = f"shoal-test-{uuid.uuid4().hex[:10]}"
+    url = f"{REDIS_URL}?prefix={prefix}"
+    try:
+        result = quad.tune({"x": Float(0, 1)}, objective="max.score", n_trials=4, storage=url, project=project)
+        assert len(result.trials) == 4 and type(result.study._storage).__name__ == "JournalStorage"
+        again = load_study("quad", project=project, storage=url)
+        assert [t.params for t in again.trials] == [t["params"] for t in result.trials]
+        assert redis.Redis.from_url(REDIS_URL).exists(f"{prefix}:log_number")
+    finally:
+        client = redis.Redis.from_url(REDIS_URL)
+        keys = list(client.scan_iter(f"{prefix}:*"))
+        if keys:
+            client.delete(*keys)
+
+
+def test_unreachable_redis_is_a_clear_error(project, quad):
+    with pytest.raises(TuningError, match="cannot open the study storage redis://127.0.0.1:1"):
+        quad.tune({"x": Float(0, 1)}, objective="max.score", n_trials=1, storage="redis://127.0.0.1:1", project=project)
+    assert project.runs.list(limit=None) == []
+
+
+def test_a_local_file_storage_with_a_remote_backend_is_refused_before_any_trial(project, quad):
+    import shoal.backends
+
+    remote = shoal.backends.get("dask", address="tcp://127.0.0.1:9")  # never contacted
+    assert remote.remote
+    try:
+        for storage in (None, "sqlite:///studies.db", "journal:///tmp/x.journal"):
+            with pytest.raises(TuningError, match="file on this machine"):
+                quad.tune({"x": Float(0, 1)}, objective="max.score", n_trials=1, backend=remote, storage=storage, project=project)
+        assert project.runs.list(limit=None) == []
+        assert resolve("journal:///mnt/shared/s.journal?shared=true", project).local_file is False
+    finally:
+        remote.close()
+
+
+# -- driver killed mid-search -----------------------------------------------------------------------
+SCRIPT = '''
+import os, sys
+import shoal
+from shoal.tuning import Float
+
+folder, storage, retries = sys.argv[1], sys.argv[2] or None, int(sys.argv[3])
+project = shoal.project(folder, name="resume")
+fn = shoal.Function.from_file(os.path.join(folder, "handlers.py"), "quad", replicas=(0, 2), retries=retries)
+result = fn.tune({"x": Float(0, 1), "pause": 0.4}, objective="max.score", n_trials=10, seed=1, storage=storage,
+                 project=project)
+print("DONE", result.parent, flush=True)
+'''
+
+
+@pytest.mark.parametrize("storage, retries", [("", 0), ("sqlite:///studies.db", 1)], ids=["journal", "sqlite-retry"])
+def test_driver_killed_with_sigkill_resumes_the_same_study(tmp_path, storage, retries):
+    (tmp_path / "handlers.py").write_text(HANDLERS)
+    (tmp_path / "tune.py").write_text(SCRIPT)
+    command = [sys.executable, str(tmp_path / "tune.py"), str(tmp_path), storage, str(retries)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")}
+    project = shoal.Project(tmp_path, name="resume")
+    ref = resolve(storage or None, project)
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        end = time.monotonic() + 120
+        while True:  # poll the storage until some trials completed (and others are running)
+            assert proc.poll() is None, proc.communicate()
+            trials = _trials(ref, "quad")
+            if sum(t.state.name == "COMPLETE" for t in trials) >= 3 and any(t.state.name == "RUNNING" for t in trials):
+                break
+            assert time.monotonic() < end, "the search did not get going"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+    before = _trials(ref, "quad")
+    completed = {t.number: t.params for t in before if t.state.name == "COMPLETE"}
+    running = {t.number: t.params for t in before if t.state.name == "RUNNING"}
+    assert completed and running
+
+    second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    assert second.returncode == 0, second.stderr
+    parent = second.stdout.split("DONE ")[1].split()[0]
+
+    after = {t.number: t for t in _trials(ref, "quad")}
+    project = shoal.Project(tmp_path, name="resume")
+    for number, params in completed.items():  # kept, not run again
+        assert after[number].state.name == "COMPLETE" and after[number].params == params
+    # the dead driver's trials: told from their recorded run if it had finished, else failed with a note
+    recovered = {n for n in running if after[n].state.name == "COMPLETE"}
+    failed = set(running) - recovered
+    for number in running:
+        if "shoal" not in after[number].user_attrs:  # killed between asking the trial and labelling it
+            assert after[number].state.name == "FAIL" and "died while it ran" in after[number].user_attrs["shoal_error"]
+            continue
+        run = project.runs.get(after[number].user_attrs["shoal"]["run"])
+        if number in recovered:
+            assert run.state == "completed" and run.results["score"] == after[number].value
+        else:
+            assert after[number].state.name == "FAIL" and run.state == "failed"
+            assert "died while it ran" in after[number].user_attrs["shoal_error"]
+    retried = {n for t in after.values() for n in t.system_attrs.get("retry_history", ())}
+    if retries:
+        assert retried == failed  # re-queued with the same params and run again
+        reruns = [t for t in after.values() if t.system_attrs.get("failed_trial") in failed]
+        assert {t.state.name for t in reruns} <= {"COMPLETE"} and len(reruns) == len(failed)
+        for rerun in reruns:  # the same params (those the killed trial had got before it died)
+            original = running[rerun.system_attrs["failed_trial"]]
+            assert {k: rerun.params[k] for k in original} == original
+    finished = [t for t in after.values() if t.state.name in ("COMPLETE", "PRUNED") or (t.state.name == "FAIL" and t.number not in retried)]
+    assert len(finished) == 10  # the total reaches n_trials
+
+    children = project.runs.list(parent=parent, limit=None)
+    assert len(children) == 10 - len(completed) - len(recovered) - (0 if retries else len(failed))
+    assert {r.iteration for r in children}.isdisjoint(set(completed) | set(running))
+    dead = [r for r in project.runs.list(limit=None) if r.parent is None and r.uid != parent]
+    assert len(dead) == 1 and dead[0].state == "failed" and "driver died" in dead[0].error["message"]
+    project.close()
+
+
+def _trials(ref, name: str) -> list:
+    try:
+        storage = ref._build(heartbeat=False)  # a fresh view: the cached one may lag a killed writer
+        return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+    except (KeyError, TuningError, Exception):  # noqa: BLE001 - not created yet
+        return []
+
+

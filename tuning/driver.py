@@ -1,0 +1,681 @@
+"""The search loop: ask a trial as soon as a slot frees, run it as a shoal run, tell it as it ends.
+
+One thread (the caller's) owns the Optuna study: it asks, launches runs on the backend (which
+return at once), and tells each trial the moment its run's handle reports done through a queue, so
+a slow trial never holds back the others. Every trial is a child run of one parent tuning run.
+
+Resume: the study lives in shared storage, so re-running the same search continues it. Trials left
+RUNNING by a driver that died are failed first (at once when that driver ran on this machine and
+its process is gone; through Optuna's heartbeat where the storage has one), and retried up to the
+function's ``retries`` with Optuna's ``RetryHeartbeatStaleTrialCallback``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import queue
+import socket
+import time
+import uuid
+import warnings
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
+
+from shoal.errors import ObjectiveMissingError, ParamError, TuningError
+
+from . import storage as storages
+from . import strategies
+from .objective import Objective, StopWhen
+from .result import TuneResult
+from .space import Space
+from .trial_scope import TrialScope
+
+if TYPE_CHECKING:  # pragma: no cover
+    from shoal.function import Function
+    from shoal.project import Project
+    from shoal.runs import RunHandle
+
+log = logging.getLogger("shoal.tuning")
+
+ATTR_SPACE = "shoal:space"
+ATTR_OBJECTIVE = "shoal:objective"
+ATTR_PROJECT = "shoal:project"
+ATTR_DRIVER = "shoal:driver:"  # + host:pid -> the driver's process identity, and whether it is active
+
+
+@dataclass
+class Progress:
+    """Counts shown while a search runs (passed to the ``progress`` callback after every change)."""
+
+    study: str
+    n_trials: int | None
+    done: int = 0  # finished trials of the study, earlier sessions included
+    running: int = 0
+    completed: int = 0  # finished in this session, by state
+    pruned: int = 0
+    failed: int = 0
+    best_value: float | None = None
+    best_trial: int | None = None
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class _InFlight:
+    trial: Any
+    handle: "RunHandle"
+
+
+def _int_option(value: Any, name: str, minimum: int) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise TuningError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+    return value
+
+
+def tune(
+    fn: "Function | Callable",
+    space: Mapping[str, Any] | None = None,
+    *,
+    objective: str | Sequence[str] = "max.accuracy",
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    strategy: Any = "tpe",
+    pruner: Any = None,
+    parallelism: int | None = None,
+    backend: Any = None,
+    storage: Any = None,
+    study: str | None = None,
+    stop_when: str | None = None,
+    max_failures: int | None = None,
+    seed: int | None = None,
+    project: "Project | None" = None,
+    inputs: Mapping[str, Any] | None = None,
+    progress: Callable[[Progress], None] | None = None,
+) -> TuneResult:
+    """Run an Optuna study whose trials are runs of ``fn``; returns a ``TuneResult``.
+
+    ``n_trials`` counts the study's finished trials in total (a resumed study runs only what is
+    missing). Everything is checked (space, objective, strategy, pruner, storage, the handler's
+    parameters) before anything runs or is recorded.
+    """
+    from shoal.function import Function
+
+    if not isinstance(fn, Function):
+        if not callable(fn):
+            raise TuningError(f"tune needs a shoal.Function or a Python function, got {type(fn).__name__}")
+        fn = Function.from_callable(fn)
+    search = Search(
+        fn,
+        Space(space),
+        Objective.parse(objective),
+        n_trials=_int_option(n_trials, "n_trials", 1),
+        timeout=_timeout(timeout),
+        strategy=strategy,
+        pruner=pruner,
+        parallelism=_int_option(parallelism, "parallelism", 1),
+        stop_when=StopWhen.parse(stop_when) if stop_when is not None else None,
+        max_failures=_int_option(max_failures, "max_failures", 1),
+        seed=_int_option(seed, "seed", 0),
+        study=study,
+    )
+    return search.run(backend=backend, storage=storage, project=project, inputs=inputs, progress=progress)
+
+
+def _timeout(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise TuningError(f"timeout must be a number of seconds > 0, got {value!r}")
+    return float(value)
+
+
+class Search:
+    """One tune() call: checked settings, then the ask/launch/tell loop."""
+
+    def __init__(self, fn: "Function", space: Space, objective: Objective, *, n_trials, timeout, strategy,
+                 pruner, parallelism, stop_when, max_failures, seed, study):
+        strategies.check_strategy(strategy)
+        strategies.check_pruner(pruner)
+        if study is not None and (not isinstance(study, str) or not study.strip()):
+            raise TuningError(f"study must be a non-empty name, got {study!r}")
+        self.fn = fn
+        self.space = space
+        self.objective = objective
+        self.plan = strategies.sampler(strategy, space, seed=seed, multi=objective.multi)
+        self.pruner = strategies.pruner(pruner)
+        if objective.multi and pruner is not None and not isinstance(self.pruner, _nop()):
+            raise TuningError("pruning works with one objective only; drop pruner= for a multi-objective search")
+        if n_trials is None:
+            n_trials = self.plan.size
+        if n_trials is None and timeout is None:
+            raise TuningError("give n_trials (or a timeout) to bound the search, e.g. n_trials=50")
+        self.n_trials = n_trials
+        self.timeout = timeout
+        self.parallelism = parallelism
+        self.stop_when = stop_when
+        self.max_failures = max_failures
+        self.study_name = (study or fn.name).strip()
+        self.distributions = space.distributions()
+        self.session = uuid.uuid4().hex
+
+    # -- setup ----------------------------------------------------------------------------------
+    def run(self, *, backend, storage, project, inputs, progress) -> TuneResult:
+        from shoal.runner import _driver
+
+        driver = _driver(self.fn, backend, project)
+        self.driver = driver
+        self.project = driver.project
+        try:
+            driver.check(self.space.sample(), inputs)  # the handler takes these parameters
+        except ParamError as exc:
+            raise ParamError(f"the search space does not fit the handler: {exc}") from None
+        self.ref = storages.resolve(storage, self.project)
+        storages.refuse_remote(self.ref, driver.backend)
+        self.storage = self.ref.open(heartbeat=True)
+        self.heartbeat = _heartbeat_enabled(self.storage)
+        self.study = self._open_study()
+        driver.save_function()
+        staged = driver.stage_inputs(inputs)
+        self._fail_stale()
+        self.driver_key = f"{ATTR_DRIVER}{_HOST}:{os.getpid()}"
+        self.study.set_user_attr(self.driver_key, {**_owner(), "active": True})
+        for params in self.plan.queue:  # list strategy: fixed assignments, once each
+            self.study.enqueue_trial(params, skip_if_exists=True)
+        parallelism = self.parallelism or max(1, driver.backend.slots)
+        return _Loop(self, staged, parallelism, progress).run()
+
+    def _open_study(self) -> Any:
+        import optuna
+
+        directions = list(self.objective.directions)
+        study = optuna.create_study(
+            storage=self.storage,
+            study_name=self.study_name,
+            sampler=self.plan.sampler,
+            pruner=self.pruner,
+            directions=directions,
+            load_if_exists=True,
+        )
+        signature = self.space.signature()
+        attrs = study.user_attrs
+        found = [d.name.lower() for d in study.directions]
+        if found != directions:
+            raise self._mismatch("objective directions", found, directions)
+        if ATTR_OBJECTIVE in attrs and attrs[ATTR_OBJECTIVE] != self.objective.selectors():
+            raise self._mismatch("objective", attrs[ATTR_OBJECTIVE], self.objective.selectors())
+        if ATTR_SPACE in attrs and attrs[ATTR_SPACE] != signature:
+            raise self._mismatch("search space", _shown(attrs[ATTR_SPACE]), _shown(signature))
+        if ATTR_PROJECT in attrs and attrs[ATTR_PROJECT] != self.project.name:
+            raise TuningError(
+                f"study {self.study_name!r} in {self.ref.describe()} belongs to project {attrs[ATTR_PROJECT]!r}; "
+                "give study= another name"
+            )
+        for key, value in ((ATTR_SPACE, signature), (ATTR_OBJECTIVE, self.objective.selectors()), (ATTR_PROJECT, self.project.name)):
+            if key not in attrs:
+                study.set_user_attr(key, value)
+        return study
+
+    def _mismatch(self, what: str, stored: Any, given: Any) -> TuningError:
+        return TuningError(
+            f"study {self.study_name!r} in {self.ref.describe()} was run with a different {what} "
+            f"(stored: {stored}; given: {given}); give study= a new name, or delete the old study "
+            f"(optuna.delete_study(study_name={self.study_name!r}, storage=...))"
+        )
+
+    def _fail_stale(self) -> None:
+        """Fail trials whose driver died (same machine, process gone), and heartbeat-stale ones."""
+        import optuna
+        from optuna.trial import TrialState
+
+        retries = self.fn.spec.retries
+        callback = None
+        if retries:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=retries)
+        dead_parents = set()
+        # A trial asked by a driver killed before it could label the trial has no owner: it is stale
+        # when no driver registered on the study may still be alive.
+        drivers = [v for k, v in self.study.user_attrs.items() if k.startswith(ATTR_DRIVER) and isinstance(v, dict)]
+        unlabelled_stale = not any(d.get("active") and not _dead(d) for d in drivers)
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            info = trial.user_attrs.get("shoal") or {}
+            owner = info.get("driver") or {}
+            if not (_dead(owner) if owner else unlabelled_stale):
+                if not owner:
+                    log.warning("study %s: trial %d is running without a shoal driver; left as it is", self.study_name, trial.number)
+                continue
+            if self._recover(trial, info.get("run")):
+                dead_parents.add(info.get("parent"))
+                continue
+            who = f"(pid {owner.get('pid')} on {owner.get('host')}) " if owner else ""
+            note = f"failed at resume: its driver {who}died while it ran"
+            self.storage.set_trial_user_attr(trial._trial_id, "shoal_error", note)
+            try:
+                if not self.storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                    continue
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
+            log.warning("study %s: trial %d %s", self.study_name, trial.number, note)
+            if callback is not None:
+                callback(self.study, copy.deepcopy(self.storage.get_trial(trial._trial_id)))
+            self._fail_record(info.get("run"), "DriverLost", note)
+            if info.get("parent"):
+                dead_parents.add(info["parent"])
+        for parent in dead_parents - {None}:
+            self._fail_record(parent, "DriverLost", "the tuning driver died; the search was resumed by another run")
+        if self.heartbeat:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(self.study)
+
+    def _recover(self, trial: Any, uid: str | None) -> bool:
+        """Tell a dead driver's trial whose run did finish and was recorded (it died before telling)."""
+        import optuna
+        from optuna.trial import TrialState
+
+        if not uid:
+            return False
+        try:
+            run = self.project.runs.get(uid)
+        except Exception:  # noqa: BLE001 - no record: the trial is failed instead
+            return False
+        if run.state != "completed":
+            return False
+        try:
+            if run.results.get("pruned") is True:
+                self.study.tell(trial.number, state=TrialState.PRUNED)
+            else:
+                values = self.objective.values(run.results)
+                self.study.tell(trial.number, values if self.objective.multi else values[0])
+        except (optuna.exceptions.UpdateFinishedTrialError, TuningError, ObjectiveMissingError):
+            return False
+        log.warning("study %s: trial %d of a dead driver had finished; told it at resume", self.study_name, trial.number)
+        return True
+
+    def _fail_record(self, uid: str | None, kind: str, message: str) -> None:
+        if not uid:
+            return
+        store = self.project.store
+        try:
+            if store.get_run(uid).state not in ("pending", "running"):
+                return
+            store.finish_run(
+                uid,
+                {"state": "failed", "error": {"type": kind, "message": message, "traceback": ""}, "ended_at": _now()},
+            )
+        except Exception as exc:  # noqa: BLE001 - a record we cannot mend must not stop the search
+            log.warning("could not mark run %s failed: %s", uid[:12], exc)
+
+
+def _shown(signature: Mapping[str, Any]) -> str:
+    parts = []
+    for name, dist in signature.items():
+        attrs = dist.get("attributes", {})
+        parts.append(f"{name}={dist.get('name', '?').replace('Distribution', '')}{attrs}")
+    return "; ".join(parts) or "empty"
+
+
+def _nop() -> type:
+    import optuna
+
+    return optuna.pruners.NopPruner
+
+
+def _heartbeat_enabled(storage: Any) -> bool:
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    return is_heartbeat_enabled(storage)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+_HOST = socket.gethostname()
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of a process (Linux /proc), to tell a live driver from a reused pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def _owner() -> dict[str, Any]:
+    return {"host": _HOST, "pid": os.getpid(), "start": _process_start(os.getpid())}
+
+
+def _dead(owner: Mapping[str, Any]) -> bool:
+    """True when ``owner`` names a driver process on this machine that no longer runs."""
+    if owner.get("host") != _HOST or not isinstance(owner.get("pid"), int):
+        return False  # another machine's driver: left to the heartbeat, where the storage has one
+    pid = owner["pid"]
+    if pid == os.getpid():
+        return owner.get("start") != _process_start(pid)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    start = _process_start(pid)
+    return start is not None and owner.get("start") is not None and start != owner["start"]
+
+
+@contextlib.contextmanager
+def _optimize_loop(study: Any) -> Iterator[None]:
+    """Mark this thread as Optuna's optimize loop while the search asks and tells.
+
+    Samplers stop a study (``GridSampler`` when the grid is exhausted) through ``Study.stop``, which
+    Optuna allows only inside its own loop; the heartbeat warning of ``ask`` is also meant for it.
+    """
+    local = study._thread_local
+    before = getattr(local, "in_optimize_loop", False)
+    local.in_optimize_loop = True
+    study._stop_flag = False
+    try:
+        yield
+    finally:
+        local.in_optimize_loop = before
+
+
+class _Loop:
+    def __init__(self, search: Search, staged: dict, parallelism: int, progress: Callable | None):
+        from optuna.trial import TrialState
+
+        self.s = search
+        self.staged = staged
+        self.study = search.study
+        self.storage = search.storage
+        self.parallelism = parallelism if search.n_trials is None else max(1, min(parallelism, search.n_trials))
+        self.on_progress = progress
+        self.inflight: dict[str, _InFlight] = {}
+        self.finished: queue.SimpleQueue = queue.SimpleQueue()
+        self.stopped: str | None = None
+        self.owner = _owner()
+        trials = self.study.get_trials(deepcopy=False)
+        requeued = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+        done = sum(
+            1 for t in trials
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (t.state == TrialState.FAIL and t.number not in requeued)
+        )
+        others = sum(1 for t in trials if t.state == TrialState.RUNNING)
+        self.budget = None if search.n_trials is None else max(0, search.n_trials - done - others)
+        self.asked = 0
+        self.failures = 0
+        self.deadline = None if search.timeout is None else time.monotonic() + search.timeout
+        self.progress = Progress(search.study_name, search.n_trials, done=done)
+        self._update_best()
+        self.next_beat = 0.0
+
+    # -- the loop -------------------------------------------------------------------------------
+    def run(self) -> TuneResult:
+        self.parent = self._parent_record()
+        try:
+            with _optimize_loop(self.study):
+                while True:
+                    while self._may_ask():
+                        self._launch()
+                    if not self.inflight:
+                        break
+                    try:
+                        handle = self.finished.get(timeout=self._wait())
+                    except queue.Empty:
+                        self._beat()
+                        continue
+                    self._tell(handle)
+                    while True:  # tell every run that ended meanwhile before asking again
+                        try:
+                            self._tell(self.finished.get_nowait())
+                        except queue.Empty:
+                            break
+                    self._beat()  # throttled: busy searches keep their heartbeats too
+        except KeyboardInterrupt:
+            self._abort("cancelled", None)
+            raise
+        except BaseException as exc:
+            self._abort("failed", exc)
+            raise
+        if self.stopped is None:
+            self.stopped = "n_trials" if not self.study._stop_flag else "grid"
+        self._finish_parent()
+        return TuneResult(self.study, self.s.project, parent=self.parent["uid"], stopped=self.stopped)
+
+    def _may_ask(self) -> bool:
+        if self.stopped is not None or len(self.inflight) >= self.parallelism:
+            return False
+        if self.study._stop_flag:
+            self.stopped = "grid"
+            return False
+        if self.budget is not None and self.asked >= self.budget:
+            return False
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self.stopped = "timeout"
+            return False
+        return True
+
+    def _wait(self) -> float:
+        wait = storages.HEARTBEAT_INTERVAL if self.s.heartbeat else 1.0
+        if self.deadline is not None:
+            wait = min(wait, max(0.05, self.deadline - time.monotonic()))
+        return wait
+
+    def _beat(self) -> None:
+        """Heartbeats of our running trials, and failing other drivers' stale ones (RDB storages)."""
+        if not self.s.heartbeat or time.monotonic() < self.next_beat:
+            return
+        self.next_beat = time.monotonic() + storages.HEARTBEAT_INTERVAL / 2
+        for item in self.inflight.values():
+            self.storage.record_heartbeat(item.trial._trial_id)
+        import optuna
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(self.study)
+
+    # -- one trial ------------------------------------------------------------------------------
+    def _launch(self) -> None:
+        s = self.s
+        trial = self.study.ask(s.distributions)
+        self.asked += 1
+        if s.heartbeat:
+            self.storage.record_heartbeat(trial._trial_id)
+        params = {**s.space.constants, **trial.params}
+        try:
+            bound = s.driver.check(params, self.staged)
+        except ParamError as exc:
+            self._fail_trial(trial, f"ParamError: {exc}")
+            return
+        record = s.driver.new_record(bound, self.staged, parent=self.parent["uid"], iteration=trial.number,
+                                     labels={"study": s.study_name})
+        # Link trial and run first: a driver killed from here on leaves enough to mend both at resume.
+        self.storage.set_trial_user_attr(
+            trial._trial_id, "shoal", {"run": record["uid"], "parent": self.parent["uid"], "driver": self.owner}
+        )
+        s.project.store.create_runs([record])
+        scope = TrialScope(
+            storage=s.ref,
+            study_name=s.study_name,
+            trial_id=trial._trial_id,
+            objective=s.objective,
+            session=s.session,
+            sampler=self.study.sampler,
+            pruner=self.study.pruner,
+            study=self.study if s.driver.backend.in_process else None,
+        )
+        handle = s.driver.launch(record, self.staged, scope=scope, params=bound)
+        self.inflight[handle.uid] = _InFlight(trial, handle)
+        self.progress.running = len(self.inflight)
+        self._report()
+        handle.add_done_callback(self.finished.put)
+
+    def _tell(self, handle: "RunHandle") -> None:
+        from optuna.trial import TrialState
+
+        item = self.inflight.pop(handle.uid, None)
+        if item is None:
+            return
+        run = handle.result(0)
+        trial = item.trial
+        if run.state == "completed" and run.results.get("pruned") is True:
+            self._told(trial, state=TrialState.PRUNED)
+            self.progress.pruned += 1
+        elif run.state == "completed":
+            try:
+                values = self.s.objective.values(run.results)
+            except Exception as exc:  # noqa: BLE001 - a non-numeric objective: that trial fails
+                self._fail_trial(trial, str(exc), run_uid=run.uid)
+            else:
+                frozen = self._told(trial, values=values if self.s.objective.multi else values[0])
+                if frozen is not None and frozen.state == TrialState.FAIL:  # NaN objective
+                    self._count_failure(f"objective is not a number: {values}")
+                else:
+                    self.progress.completed += 1
+                    if self.s.stop_when is not None and self.s.stop_when.reached(run.results):
+                        self.stopped = "stop_when"
+        else:
+            error = run.error or {}
+            message = f"{error.get('type', run.state)}: {error.get('message', '')}".strip()
+            self.storage.set_trial_user_attr(trial._trial_id, "shoal_error", message)
+            self._told(trial, state=TrialState.FAIL)
+            self._count_failure(message)
+        self.progress.done += 1
+        self.progress.running = len(self.inflight)
+        self._update_best()
+        self._report()
+
+    def _told(self, trial: Any, **kwargs: Any) -> Any:
+        import optuna
+
+        try:
+            return self.study.tell(trial, **kwargs)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            log.warning("study %s: trial %d was already finished (failed as stale?)", self.s.study_name, trial.number)
+            return None
+
+    def _fail_trial(self, trial: Any, message: str, run_uid: str | None = None) -> None:
+        from optuna.trial import TrialState
+
+        self.storage.set_trial_user_attr(trial._trial_id, "shoal_error", message)
+        self._told(trial, state=TrialState.FAIL)
+        if run_uid is not None:
+            self.s._fail_record(run_uid, "TuningError", message)
+        self._count_failure(message)
+        if run_uid is None:  # never launched: count it here (_tell counts launched ones)
+            self.progress.done += 1
+
+    def _count_failure(self, message: str) -> None:
+        self.failures += 1
+        self.progress.failed += 1
+        self.last_error = message
+        if self.s.max_failures is not None and self.failures >= self.s.max_failures:
+            self.stopped = "max_failures"
+
+    def _update_best(self) -> None:
+        """The best so far, for the progress callback only (a storage read: skipped without one)."""
+        if self.s.objective.multi or self.on_progress is None:
+            return
+        try:
+            best = self.study.best_trial
+        except ValueError:
+            return
+        self.progress.best_value, self.progress.best_trial = best.value, best.number
+
+    def _report(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(replace(self.progress))
+
+    # -- parent run -----------------------------------------------------------------------------
+    def _parent_record(self) -> dict[str, Any]:
+        s = self.s
+        params = {
+            "study": s.study_name,
+            "objective": s.objective.selectors(),
+            "strategy": s.plan.name,
+            "n_trials": s.n_trials,
+            "space": s.space.describe(),
+            "storage": s.ref.describe(),
+        }
+        record = s.driver.new_record(params, self.staged, labels={"study": s.study_name, "kind": "tune"})
+        record["state"] = "running"
+        record["started_at"] = _now()
+        s.project.store.create_runs([record])
+        return record
+
+    def _abort(self, state: str, exc: BaseException | None) -> None:
+        """Cancel runs in flight, fail their trials, and finish the parent run as ``state``."""
+        from optuna.trial import TrialState
+
+        handles = [item.handle for item in self.inflight.values()]
+        for handle in sorted(handles, key=lambda h: h.state == "running"):
+            handle.cancel()
+        for handle in handles:
+            handle.wait(30)
+        note = "search interrupted (Ctrl-C)" if state == "cancelled" else f"search failed: {exc}"
+        for item in list(self.inflight.values()):
+            with contextlib.suppress(Exception):
+                self.storage.set_trial_user_attr(item.trial._trial_id, "shoal_error", note)
+                self._told(item.trial, state=TrialState.FAIL)
+        self.inflight.clear()
+        error = {"type": "KeyboardInterrupt" if exc is None else type(exc).__name__, "message": note, "traceback": ""}
+        with contextlib.suppress(Exception):
+            self._write_parent(state, error)
+
+    def _finish_parent(self) -> None:
+        state, error = "completed", None
+        if self.stopped == "max_failures":
+            state = "failed"
+            error = {
+                "type": "TuningError",
+                "message": f"stopped after {self.failures} failed trials (max_failures={self.s.max_failures}); "
+                f"last: {getattr(self, 'last_error', '')}",
+                "traceback": "",
+            }
+        self._write_parent(state, error)
+
+    def _write_parent(self, state: str, error: dict | None) -> None:
+        from optuna.trial import TrialState
+
+        results: dict[str, Any] = {
+            "stopped": self.stopped or state,
+            "completed": self.progress.completed,
+            "pruned": self.progress.pruned,
+            "failed": self.progress.failed,
+            "trials": len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))),
+        }
+        if self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if self.s.objective.multi:
+                results["pareto"] = [
+                    {"trial": t.number, "values": list(t.values), "params": t.params, "run": (t.user_attrs.get("shoal") or {}).get("run")}
+                    for t in self.study.best_trials
+                ]
+            else:
+                best = self.study.best_trial
+                results.update(
+                    best_value=best.value,
+                    best_params=dict(best.params),
+                    best_run=(best.user_attrs.get("shoal") or {}).get("run"),
+                    best_trial=best.number,
+                )
+        fields = {"state": state, "results": _json(results), "error": error, "ended_at": _now()}
+        import threading
+
+        done = threading.Event()
+        self.s.driver.recorder.finished(self.parent["uid"], fields, [], lambda problem: done.set())
+        with contextlib.suppress(Exception):
+            self.study.set_user_attr(self.s.driver_key, {**self.owner, "active": False})
+        done.wait()
+
+
+def _json(value: Any) -> Any:
+    from shoal.runner import recordable
+
+    return recordable(value)

@@ -1,0 +1,117 @@
+"""Strategy names -> Optuna samplers, pruner names -> Optuna pruners.
+
+Names are checked before anything runs; Optuna sampler and pruner objects pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from shoal.errors import TuningError
+
+from .space import Space
+
+STRATEGIES = ("tpe", "random", "grid", "list", "cmaes", "nsga2")
+PRUNERS = ("median", "hyperband", "successive-halving", "none")
+
+
+@dataclass
+class Plan:
+    """The sampler, and for grid/list the fixed assignments the search runs through."""
+
+    sampler: Any
+    name: str
+    #: list strategy: the assignments to enqueue, in order (the i-th value of every list together)
+    queue: list[dict[str, Any]] = field(default_factory=list)
+    #: grid/list: how many trials cover the whole grid (default n_trials)
+    size: int | None = None
+
+
+def check_strategy(strategy: Any) -> None:
+    if isinstance(strategy, str):
+        if strategy.lower() not in STRATEGIES:
+            raise TuningError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)} or an Optuna sampler")
+        return
+    if not _is_optuna(strategy, "samplers"):
+        raise TuningError(f"strategy must be a name ({', '.join(STRATEGIES)}) or an Optuna sampler, got {strategy!r}")
+
+
+def sampler(strategy: Any, space: Space, *, seed: int | None, multi: bool) -> Plan:
+    """The Optuna sampler for ``strategy`` over ``space`` (TuningError/SpaceError if it cannot be)."""
+    import optuna
+
+    check_strategy(strategy)
+    if not isinstance(strategy, str):
+        return Plan(strategy, type(strategy).__name__)
+    name = strategy.lower()
+    samplers = optuna.samplers
+    if name == "tpe":
+        return Plan(samplers.TPESampler(seed=seed, multivariate=False), name)
+    if name == "random":
+        return Plan(samplers.RandomSampler(seed=seed), name)
+    if name == "nsga2":
+        return Plan(samplers.NSGAIISampler(seed=seed), name)
+    if name == "cmaes":
+        try:
+            import cmaes  # noqa: F401 - Optuna's CMA-ES sampler needs it
+        except ImportError:
+            raise TuningError("the cmaes strategy needs the cmaes package: pip install cmaes (or 'shoal[tuning]')") from None
+        if multi:
+            raise TuningError("the cmaes strategy optimises one objective; use nsga2 for several")
+        return Plan(samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False), name)
+    grid = space.grid(name)
+    if not grid:
+        raise TuningError(f"the {name!r} strategy needs at least one list (or stepped) parameter in the space")
+    if name == "grid":
+        size = 1
+        for values in grid.values():
+            size *= len(values)
+        return Plan(samplers.GridSampler(grid, seed=seed), name, size=size)
+    # list: the i-th value of every list together; all lists must be as long
+    lengths = {key: len(values) for key, values in grid.items()}
+    if len(set(lengths.values())) != 1:
+        shown = ", ".join(f"{k}: {n}" for k, n in lengths.items())
+        raise TuningError(f"the 'list' strategy needs lists of the same length ({shown}); use 'grid' for all combinations")
+    queue = [dict(zip(grid, values)) for values in zip(*grid.values())]
+    return Plan(samplers.RandomSampler(seed=seed), name, queue=queue, size=len(queue))
+
+
+def pruner(value: Any) -> Any:
+    """The Optuna pruner for a name (None/"none": never prune) or the pruner object itself."""
+    import optuna
+
+    if value is None:
+        return optuna.pruners.NopPruner()
+    if isinstance(value, str):
+        name = value.lower().replace("_", "-")
+        if name == "median":
+            return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+        if name == "hyperband":
+            return optuna.pruners.HyperbandPruner()
+        if name in ("successive-halving", "successivehalving", "sha"):
+            return optuna.pruners.SuccessiveHalvingPruner()
+        if name in ("none", "nop"):
+            return optuna.pruners.NopPruner()
+        raise TuningError(f"unknown pruner {value!r}; use one of {', '.join(PRUNERS)} or an Optuna pruner")
+    if not _is_optuna(value, "pruners"):
+        raise TuningError(f"pruner must be a name ({', '.join(PRUNERS)}), None or an Optuna pruner, got {value!r}")
+    return value
+
+
+def check_pruner(value: Any) -> None:
+    if isinstance(value, str) and value.lower().replace("_", "-") not in PRUNERS + ("successivehalving", "sha", "nop"):
+        raise TuningError(f"unknown pruner {value!r}; use one of {', '.join(PRUNERS)} or an Optuna pruner")
+
+
+def _is_optuna(value: Any, kind: str) -> bool:
+    import optuna
+
+    base = optuna.samplers.BaseSampler if kind == "samplers" else optuna.pruners.BasePruner
+    return isinstance(value, base)
+
+
+def combinations(grid: dict[str, list]) -> list[dict[str, Any]]:
+    """Every assignment of a grid (for tests and messages)."""
+    return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]

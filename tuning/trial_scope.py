@@ -1,0 +1,80 @@
+"""The worker side of a trial: ``ctx.trial``, ``ctx.report`` -> pruning, and the objective check.
+
+A ``TrialScope`` travels inside the run's task (``RunTask.scope``) and is entered around the handler
+wherever the run executes. It rebuilds the Optuna trial from the study storage (the storage and the
+study object are cached per worker process), so the handler can suggest define-by-run parameters and
+report intermediate values that the pruner sees. After the handler returns it checks that every
+objective key was logged, so a missing key fails the run itself, with the keys that were logged.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from .objective import Objective
+from .storage import StorageRef
+
+_studies: dict[tuple, Any] = {}
+_lock = threading.Lock()
+
+
+@dataclass
+class TrialScope:
+    """What a worker needs to attach one run to its Optuna trial (picklable)."""
+
+    storage: StorageRef
+    study_name: str
+    trial_id: int
+    objective: Objective
+    session: str  # one tune() call: worker-side studies are cached per session
+    sampler: Any = None
+    pruner: Any = None
+    #: in-process runs use the driver's own study (never pickled)
+    study: Any = field(default=None, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["study"] = None
+        return state
+
+    def __call__(self, ctx: Any) -> Any:
+        return self._scope(ctx)
+
+    def _study(self) -> Any:
+        if self.study is not None:
+            return self.study
+        key = (self.session, self.storage, self.study_name)
+        with _lock:
+            study = _studies.get(key)
+            if study is None:
+                import optuna
+
+                if len(_studies) > 32:  # a long-lived worker serving many searches
+                    _studies.clear()
+                study = _studies[key] = optuna.Study(
+                    study_name=self.study_name, storage=self.storage.open(), sampler=self.sampler, pruner=self.pruner
+                )
+            return study
+
+    @contextmanager
+    def _scope(self, ctx: Any) -> Iterator[None]:
+        import optuna
+
+        trial = optuna.trial.Trial(self._study(), self.trial_id)
+
+        def report(value: float, step: int | None) -> None:
+            if step is None:  # Context.report logged it as the next step of the "objective" metric
+                step = int(ctx.metrics["objective"][-1][0])
+            trial.report(value, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"trial {trial.number} pruned at step {step} (value {value:g})")
+
+        ctx.trial = trial
+        ctx._reporter = report
+        yield
+        error = self.objective.missing(ctx.results)
+        if error is not None:
+            raise error
