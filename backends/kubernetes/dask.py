@@ -60,17 +60,10 @@ def dask_cluster(
         "selector": {"dask.org/cluster-name": name, "dask.org/component": "scheduler"},
         "ports": [{"name": port, "protocol": "TCP", "port": number, "targetPort": port} for port, number in SCHEDULER_PORTS],
     }
-    metadata: dict[str, Any] = {
-        "name": name,
-        "labels": naming.labels(fn, "cluster", project),
-        "annotations": naming.annotations(fn),
-    }
-    if namespace:
-        metadata["namespace"] = namespace
     cluster = {
         "apiVersion": API_VERSION,
         "kind": "DaskCluster",
-        "metadata": metadata,
+        "metadata": naming.metadata(fn, name, "cluster", namespace, project),
         "spec": {
             "idleTimeout": idle_timeout,
             "worker": {"replicas": fn.replicas.min, **worker},
@@ -83,13 +76,10 @@ def dask_cluster(
 def dask_autoscaler(fn, *, name: str | None = None, namespace: str | None = None, project: str | None = None) -> dict[str, Any]:
     """The DaskAutoscaler of ``fn``'s cluster (validated): minimum/maximum = its replicas."""
     name = name or naming.object_name(fn.name, fn.hash)
-    metadata: dict[str, Any] = {"name": name, "labels": naming.labels(fn, "autoscaler", project)}
-    if namespace:
-        metadata["namespace"] = namespace
     autoscaler = {
         "apiVersion": API_VERSION,
         "kind": "DaskAutoscaler",
-        "metadata": metadata,
+        "metadata": naming.metadata(fn, name, "autoscaler", namespace, project, annotate=False),
         "spec": {"cluster": name, "minimum": fn.replicas.min, "maximum": fn.replicas.max},
     }
     return validate(autoscaler)

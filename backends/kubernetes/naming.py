@@ -8,6 +8,7 @@ and label values are shortened here, and the full hash goes into an annotation.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from shoal.errors import ManifestError
 
@@ -55,3 +56,13 @@ def labels(fn, role: str, project: str | None = None) -> dict[str, str]:
 
 def annotations(fn) -> dict[str, str]:
     return {HASH_ANNOTATION: fn.hash}
+
+
+def metadata(fn, name: str, role: str, namespace: str | None, project: str | None, *, annotate: bool = True) -> dict[str, Any]:
+    """The ``metadata`` of one of ``fn``'s objects: name, labels, the full hash, the namespace if given."""
+    out: dict[str, Any] = {"name": name, "labels": labels(fn, role, project)}
+    if annotate:
+        out["annotations"] = annotations(fn)
+    if namespace:
+        out["namespace"] = namespace
+    return out

@@ -63,13 +63,7 @@ def ray_cluster(
     head = pod_template(fn, "head", project=project, spot=spot, container_name="ray-head", ports=HEAD_PORTS)
     worker = pod_template(fn, "worker", project=project, spot=spot, container_name="ray-worker")
     autoscaling = fn.replicas.min < fn.replicas.max
-    metadata: dict[str, Any] = {
-        "name": name,
-        "labels": naming.labels(fn, "cluster", project),
-        "annotations": naming.annotations(fn),
-    }
-    if namespace:
-        metadata["namespace"] = namespace
+    metadata = naming.metadata(fn, name, "cluster", namespace, project)
     spec: dict[str, Any] = {
         "rayVersion": ray_version(),
         "enableInTreeAutoscaling": autoscaling,
