@@ -71,6 +71,8 @@ class Backend(ABC):
     name: ClassVar[str]
     #: True when tasks run in the calling process (the live callable is used, nothing is pickled).
     in_process: ClassVar[bool] = False
+    #: True when ``submit_batch`` ships several runs in one engine task (worth it for short runs).
+    batches: ClassVar[bool] = False
 
     @property
     def remote(self) -> bool:
@@ -113,6 +115,17 @@ class Backend(ABC):
         """Queue many tasks at once; engines override this to batch them (one graph update, not N)."""
         starts = on_start if on_start is not None else [None] * len(tasks)
         return [self.submit(task, start) for task, start in zip(tasks, starts)]
+
+    def submit_batch(self, tasks: list[RunTask], on_start: list[OnStart | None] | None = None) -> list[BackendFuture]:
+        """Queue several short runs of one function as one engine task, one future per run (see
+        ``shoal.backends.batching``). The default queues them one by one: in-process runs pay no
+        per-task cost worth saving."""
+        return self.submit_many(tasks, on_start)
+
+    def stop_batched_run(self, uid: str) -> bool:
+        """Stop one run of a batch whose other runs go on; False where the engine cannot reach a
+        single run inside a task (it then ends as it would have)."""
+        return False
 
     def as_completed(self, futures: Iterable[BackendFuture], timeout: float | None = None) -> Iterator[BackendFuture]:
         """Yield futures as they finish (any order); TimeoutError if they are not all done within

@@ -24,9 +24,10 @@ import time
 from typing import Any, Callable
 
 from shoal.errors import BackendError, WorkerLostError
-from shoal.execution import RunOutcome, RunTask, execute_registered, stop_attempt
+from shoal.execution import RunBatch, RunOutcome, RunTask, execute_batch, execute_registered, never_started, stop_attempt
 
 from .base import Backend, BackendFuture, OnStart, ScalingEvent, WorkerInfo
+from .batching import BatchedRuns
 
 START_TOPIC = "shoal-run-start"
 KEY_PREFIX = "shoal-run-"
@@ -34,17 +35,14 @@ MAX_RESUBMITS = 3  # a task lost this often with its worker before starting fail
 SCALE_DOWN_WAIT = 30.0  # seconds scale() waits for Dask to retire workers
 CLOSE_GRACE = 3.0  # seconds close() gives stopped runs to report their outcome
 MAX_BATCH = 1000  # outcomes fetched by one gather
+STOP_COALESCE = 0.02  # seconds stop requests of single batched runs wait for others to go with them
 
 log = logging.getLogger("shoal.backends.dask")
 
 
-def run_on_worker(task: RunTask, key: str) -> RunOutcome:
-    """The task Dask executes: one attempt, announcing its start (and where) to the driver."""
-    with _refused_lock:
-        refused = task.uid in _refused
-        _refused.pop(task.uid, None)
-    if refused:  # cancelled while it waited on this worker: the user's code must not run
-        return _never_started(task)
+def run_on_worker(task: RunTask | RunBatch, key: str) -> RunOutcome | list[RunOutcome]:
+    """The task Dask executes: one attempt (or a batch of short runs), announcing each start (and
+    where) to the driver."""
 
     def announce(uid: str, started: float) -> None:
         from distributed import get_worker
@@ -55,7 +53,20 @@ def run_on_worker(task: RunTask, key: str) -> RunOutcome:
             return
         worker.log_event(START_TOPIC, {"key": key, "uid": uid, "time": started, "worker": worker.address})
 
+    if isinstance(task, RunBatch):
+        return execute_batch(task, announce, refused=_refused_here)
+    if _refused_here(task.uid):  # cancelled while it waited on this worker: the user's code must not run
+        return never_started(task)
     return execute_registered(task, announce)
+
+
+def _refused_here(uid: str) -> bool:
+    """True (once) if run ``uid`` was cancelled before it started on this worker."""
+    with _refused_lock:
+        if uid in _refused:
+            del _refused[uid]
+            return True
+    return False
 
 
 # Worker side: runs cancelled before they started here, newest last (bounded: most never arrive).
@@ -78,12 +89,6 @@ def cancel_on_worker(uids: list[str]) -> list[str]:
         while len(_refused) > MAX_REFUSED:
             del _refused[next(iter(_refused))]
     return stopped
-
-
-def _never_started(task: RunTask) -> RunOutcome:
-    now = time.time()
-    error = {"type": "CancelledError", "message": "run was cancelled before it started", "traceback": ""}
-    return RunOutcome(uid=task.uid, state="cancelled", attempt=task.attempt - 1, started_at=None, ended_at=now, error=error)
 
 
 def dask_setup(worker: Any) -> None:
@@ -146,11 +151,12 @@ class DaskFuture(BackendFuture):
         self._future = future
         future.add_done_callback(self._on_dask_done)
 
-    def _announced(self, started: float, worker: str) -> None:
-        """The start event of this attempt arrived (Dask's event loop thread)."""
+    def _announced(self, uid: str, started: float, worker: str) -> None:
+        """The start event of this attempt (of one run of this batch) arrived (Dask's event loop
+        thread)."""
         self.started, self.worker = True, worker
         if self._on_start is not None:
-            self._on_start(self.uid, started)
+            self._on_start(uid, started)
 
     def _on_dask_done(self, future: Any) -> None:
         """Dask's callback thread: hand the finished task to the backend's collector."""
@@ -240,10 +246,11 @@ class DaskFuture(BackendFuture):
         if self.done():
             return False
         self.cancel_requested = True
+        uids = list(self._task.uids)
         if not self.started:
-            self._backend._remember_cancelled([self.uid])  # it may be starting right now: see _on_start_event
+            self._backend._remember_cancelled(uids)  # it may be starting right now: see _on_start_event
             self._future.cancel()
-        self._backend._cancel_on_workers([self.uid])
+        self._backend._cancel_on_workers(uids)
         return True
 
     def add_done_callback(self, callback: Callable[[BackendFuture], None]) -> None:
@@ -324,6 +331,7 @@ class DaskBackend(Backend):
     """
 
     name = "dask"
+    batches = True
     can_install = True
 
     def __init__(
@@ -365,6 +373,7 @@ class DaskBackend(Backend):
         self._bounds: tuple[int, int] | None = None
         self._futures: dict[str, DaskFuture] = {}  # Dask key -> future of the attempt, until done
         self._cancelled: dict[str, None] = {}  # uids cancelled before they announced a start, newest last
+        self._stops: list[str] = []  # single runs of batches to stop, sent together (stop_batched_run)
         self._lock = threading.RLock()
         self._closed = False
 
@@ -472,12 +481,12 @@ class DaskBackend(Backend):
         waiting = [f for f in live if not f.started]
         for future in live:
             future.cancel_requested = True
-        self._remember_cancelled([f.uid for f in waiting])
+        self._remember_cancelled([uid for f in waiting for uid in f._task.uids])
         try:
             self._client.cancel([f._future for f in waiting])
         except Exception:  # noqa: BLE001 - scheduler gone: nothing to drop
             pass
-        self._cancel_on_workers([f.uid for f in waiting] + [f.uid for f in live if f.started])
+        self._cancel_on_workers([uid for f in live for uid in f._task.uids])
         end = time.monotonic() + CLOSE_GRACE
         for future in live:
             future._done.wait(max(0.0, end - time.monotonic()))
@@ -511,6 +520,28 @@ class DaskBackend(Backend):
                 futures[i]._attach(dask_future)
         return futures
 
+    def submit_batch(self, tasks: list[RunTask], on_start: list[OnStart | None] | None = None) -> list[BackendFuture]:
+        """The runs as one Dask task; each can still be cancelled on its own (``stop_batched_run``)."""
+        self.start()
+        return BatchedRuns(self, tasks, on_start or [None] * len(tasks)).submit(self.submit)
+
+    def stop_batched_run(self, uid: str) -> bool:
+        """Stop the run where it runs, or keep its batch from starting it. Requests made together
+        (Ctrl-C cancels every run of a map one by one) go to the workers in one ``client.run``."""
+        self._remember_cancelled([uid])
+        with self._lock:
+            self._stops.append(uid)
+            first = len(self._stops) == 1
+        if first:
+            threading.Thread(target=self._send_stops, name="shoal-dask-stop", daemon=True).start()
+        return True
+
+    def _send_stops(self) -> None:
+        time.sleep(STOP_COALESCE)
+        with self._lock:
+            uids, self._stops = self._stops, []
+        self._cancel_on_workers(uids)
+
     def _on_start_event(self, event: Any) -> None:
         """A run started on a worker (Dask's event loop thread; events of other clients too)."""
         _, message = event
@@ -520,7 +551,7 @@ class DaskBackend(Backend):
             self._stop_soon(uid)
         future = self._futures.get(message.get("key"))
         if future is not None:
-            future._announced(message["time"], message.get("worker", ""))
+            future._announced(uid, message["time"], message.get("worker", ""))
 
     def _remember_cancelled(self, uids: list[str]) -> None:
         """Keep the uids of runs cancelled before they started, for a start event that may still

@@ -28,9 +28,10 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 from shoal.errors import BackendError, WorkerLostError
-from shoal.execution import RunOutcome, RunTask, execute_registered
+from shoal.execution import RunBatch, RunOutcome, RunTask, execute_batch, execute_registered
 
 from .base import Backend, BackendFuture, OnStart, ScalingEvent, WorkerInfo
+from .batching import BatchedRuns
 
 log = logging.getLogger("shoal.backends.ray")
 
@@ -45,8 +46,9 @@ _start_pipes: dict[str, int] = {}  # path of the driver's start pipe -> open fd 
 _node_id: list[str] = []
 
 
-def run_on_worker(payload: bytes, code: list | None = None) -> RunOutcome:
-    """The Ray task: one attempt of one run.
+def run_on_worker(payload: bytes, code: list | None = None) -> RunOutcome | bytes:
+    """The Ray task: one attempt of one run, or a batch of short runs (their outcomes come back
+    packed, see ``pack``).
 
     ``payload`` is ``(task, start pipe path)`` pickled by the driver (see ``pack``). Large code
     travels once per function as an object in Ray's store: ``code`` then holds its reference inside
@@ -54,6 +56,16 @@ def run_on_worker(payload: bytes, code: list | None = None) -> RunOutcome:
     yet. The start pipe is the driver's, when the driver is on this machine.
     """
     task, starts = pickle.loads(payload)
+    announce = _announcer(starts) if starts else None
+    if isinstance(task, RunBatch):
+        for member in task.tasks:
+            _fill_code(member, code)
+        return pack(execute_batch(task, announce, cancel_ends_batch=True))
+    _fill_code(task, code)
+    return execute_registered(task, announce)
+
+
+def _fill_code(task: RunTask, code: list | None) -> None:
     if task.code is None:
         cached = _code_cache.get(task.function_hash)
         if cached is None:
@@ -61,7 +73,6 @@ def run_on_worker(payload: bytes, code: list | None = None) -> RunOutcome:
 
             cached = _code_cache[task.function_hash] = ray.get(code[0])
         task.code = cached
-    return execute_registered(task, _announcer(starts) if starts else None)
 
 
 def _announcer(path: str) -> Callable[[str, float], None]:
@@ -165,9 +176,11 @@ class RayFuture(BackendFuture):
     """A Ray ObjectRef of a RunOutcome; its value (or Ray's error) arrives through Ray's completion
     callback and is kept."""
 
-    def __init__(self, uid: str, attempt: int, ref: Any, backend: "RayBackend"):
-        self.uid = uid
-        self._attempt = attempt
+    def __init__(self, task: RunTask | RunBatch, ref: Any, backend: "RayBackend"):
+        self.uid = task.uid
+        self.uids = task.uids
+        self._batch = isinstance(task, RunBatch)
+        self._attempt = task.attempt
         self._ref = ref
         self._backend = backend
         self._killed = False  # force-cancelled while running
@@ -181,6 +194,11 @@ class RayFuture(BackendFuture):
         with self._lock:
             if self._done.is_set():
                 return  # already settled (the backend closed before Ray answered)
+            if isinstance(value, bytes):  # a batch's outcomes
+                try:
+                    value = pickle.loads(value)
+                except Exception as exc:  # noqa: BLE001 - reported as the engine's failure
+                    value = exc
             self._value = value
             self._ref = None  # let Ray free the stored outcome
             self._done.set()
@@ -191,13 +209,16 @@ class RayFuture(BackendFuture):
     def done(self) -> bool:
         return self._done.is_set()
 
-    def result(self, timeout: float | None = None) -> RunOutcome:
+    def result(self, timeout: float | None = None) -> Any:
+        """The RunOutcome (a list of them for a batch)."""
         if not self._done.wait(timeout):
             raise TimeoutError(f"run {self.uid} not done within {timeout} s")
         value = self._value
-        if isinstance(value, RunOutcome):
+        if isinstance(value, (RunOutcome, list)):
             return value
         if self._killed:
+            if self._batch:
+                raise cf.CancelledError(f"batch {self.uid} was stopped by killing its worker")
             return self._killed_outcome()
         raise _engine_error(value)
 
@@ -349,6 +370,7 @@ class RayBackend(Backend):
     """
 
     name = "ray"
+    batches = True
     can_install = True
 
     def __init__(
@@ -579,28 +601,34 @@ class RayBackend(Backend):
         return cluster_pids(self._token) if self._token else []
 
     # -- running --------------------------------------------------------------------------------
-    def submit(self, task: RunTask, on_start: OnStart | None = None) -> BackendFuture:
-        """One Ray task per attempt; ``on_start`` is called when it starts on a worker of this
-        machine (the own instance), not for joined clusters."""
+    def submit(self, task: RunTask | RunBatch, on_start: OnStart | None = None) -> BackendFuture:
+        """One Ray task per attempt (or per batch); ``on_start`` is called when a run starts on a
+        worker of this machine (the own instance), not for joined clusters."""
         self.start()
         starts = self._starts if on_start is not None else None
         if starts is not None:
             with self._lock:
-                self._on_start[task.uid] = on_start
+                for uid in task.uids:
+                    self._on_start[uid] = on_start
         shipped, code = self._code_arguments(task)
         payload = pack((shipped, starts.path if starts else None))
         remote = self._remote_for(task)
         ref = remote.remote(payload, code) if code else remote.remote(payload)
-        future = RayFuture(task.uid, task.attempt, ref, self)
+        future = RayFuture(task, ref, self)
         with self._lock:
             self._inflight.add(future)
         future.add_done_callback(self._finished)
         return future
 
-    def _code_arguments(self, task: RunTask) -> tuple[RunTask, list]:
+    def submit_batch(self, tasks: list[RunTask], on_start: list[OnStart | None] | None = None) -> list[BackendFuture]:
+        """The runs as one Ray task; cancelling all of them interrupts it (see ``execute_batch``)."""
+        return BatchedRuns(self, tasks, on_start or [None] * len(tasks)).submit(self.submit)
+
+    def _code_arguments(self, task: RunTask | RunBatch) -> tuple[RunTask | RunBatch, list]:
         """Small code inline in each task (cheapest, measured), large code once per function through
         Ray's object store."""
-        code = task.code
+        members = task.tasks if isinstance(task, RunBatch) else [task]
+        code = members[0].code
         if code is None or len(code.text) <= INLINE_CODE:
             return task, []
         ref = self._code_refs.get(task.function_hash)
@@ -608,9 +636,10 @@ class RayBackend(Backend):
             import ray
 
             ref = self._code_refs[task.function_hash] = ray.put(code)
-        task = copy.copy(task)
-        task.code = None
-        return task, [ref]
+        shipped = [copy.copy(member) for member in members]
+        for member in shipped:
+            member.code = None
+        return (RunBatch(shipped) if isinstance(task, RunBatch) else shipped[0]), [ref]
 
     def _started(self, uid: str, started: float, node: str) -> None:
         with self._lock:
@@ -620,11 +649,12 @@ class RayBackend(Backend):
         if callback is not None:
             callback(uid, started)
 
-    def _finished(self, future: BackendFuture) -> None:
+    def _finished(self, future: RayFuture) -> None:
         with self._lock:
             self._inflight.discard(future)
-            self._on_start.pop(future.uid, None)
-            self._running.pop(future.uid, None)
+            for uid in future.uids:
+                self._on_start.pop(uid, None)
+                self._running.pop(uid, None)
 
     def _remote_for(self, task: RunTask) -> Any:
         """The Ray remote function with this task's options (cached: ``.options()`` is not free)."""

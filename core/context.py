@@ -112,13 +112,26 @@ class Context:
         self.params: dict[str, Any] = dict(params or {})
         self.inputs: dict[str, Artifact] = dict(inputs or {})
         self.attempt = attempt
-        self.trial = trial
+        self._trial = trial
+        self._trial_factory: Callable[[], Any] | None = None
         self.results: dict[str, Any] = {}
         self.metrics: dict[str, list[list[float]]] = {}
         self.artifacts: dict[str, Artifact] = {}
         self._store = artifact_store
         self._prefix = artifact_prefix
         self._reporter = reporter
+
+    @property
+    def trial(self) -> Any:
+        """The Optuna trial of a tuning run (None outside tuning), built on first use: most
+        objectives only read their parameters and never need it."""
+        if self._trial is None and self._trial_factory is not None:
+            self._trial = self._trial_factory()
+        return self._trial
+
+    @trial.setter
+    def trial(self, value: Any) -> None:
+        self._trial = value
 
     @property
     def logger(self) -> logging.Logger:

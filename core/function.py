@@ -406,11 +406,18 @@ class Function:
         backend: Any = None,
         project: "Project | None" = None,
         watch: bool = False,
+        batch_size: int | str = "auto",
     ) -> "list[Run]":
-        """One child run per params mapping under one parent run; results come back in input order."""
+        """One child run per params mapping under one parent run; results come back in input order.
+
+        ``batch_size``: runs per engine task on Dask and Ray. ``"auto"`` (default) batches runs
+        shorter than a few tens of milliseconds, as joblib does; 1 sends each run as its own task.
+        """
         from .runner import map_function
 
-        return map_function(self, params_list, inputs, backend=backend, project=project, watch=watch)
+        return map_function(
+            self, params_list, inputs, backend=backend, project=project, watch=watch, batch_size=batch_size
+        )
 
     def tune(self, space: Mapping[str, Any] | None = None, **options: Any) -> Any:
         """Run an Optuna search whose trials are runs of this function (``shoal.tuning.tune``):

@@ -13,13 +13,15 @@ import dataclasses
 import os
 import random
 import threading
+import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from .artifacts import Artifact, reference
 from .context import to_json_value
 from .errors import CodeError, ParamError, ShoalError, WorkerLostError
-from .execution import RunOutcome, RunTask, error_record
+from . import batch_size as batching
+from .execution import RunOutcome, RunTask, error_record, never_started
 from .logcapture import tail
 from .params import bind
 from .recorder import unrecordable
@@ -197,19 +199,81 @@ class Driver:
         return flight.handle
 
     def launch_many(
-        self, records: list[dict[str, Any]], inputs: dict[str, Artifact], params: list[dict[str, Any]], *, watch: bool = False
+        self,
+        records: list[dict[str, Any]],
+        inputs: dict[str, Artifact],
+        params: list[dict[str, Any]],
+        *,
+        watch: bool = False,
+        batch_size: int | str = "auto",
     ) -> list[RunHandle]:
-        """Submit many recorded runs in one go (engines batch them: one graph update, not N)."""
+        """Submit many recorded runs in one go; returns their handles at once.
+
+        Engines take them in one graph update, not N. With ``batch_size="auto"`` short runs travel
+        several per engine task (see ``shoal.batch_size``): one run per slot goes first, and the
+        rest follow from a dispatch thread once those show how long a run takes.
+        """
         flights = [self._flight(r, inputs, watch=watch, params=p) for r, p in zip(records, params)]
-        try:
-            futures = self.backend.submit_many([f.task for f in flights], [self._on_start(f) for f in flights])
-        except Exception as exc:  # noqa: BLE001 - the engine refused: record failures, never hang
-            for flight in flights:
-                self._record(flight, _failed_outcome(flight.task, exc))
-            return [f.handle for f in flights]
-        for flight, future in zip(flights, futures):
-            self._attach(flight, future)
-        return [f.handle for f in flights]
+        handles = [f.handle for f in flights]
+        slots = max(1, self.backend.slots)
+        if batch_size == 1 or not self.backend.batches:
+            self._submit_flights(flights)
+        elif batch_size != "auto":
+            self._submit_flights(flights, int(batch_size))
+        elif not batching.worth_batching(len(flights), slots):
+            self._submit_flights(flights)
+        else:
+            probes, rest = flights[:slots], flights[slots:]
+            self._submit_flights(probes)
+            threading.Thread(
+                target=self._dispatch_rest, args=(probes, rest, slots), name="shoal-map-dispatch", daemon=True
+            ).start()
+        return handles
+
+    def _dispatch_rest(self, probes: list["_Flight"], rest: list["_Flight"], slots: int) -> None:
+        """Wait briefly for the probe runs, then send the rest in batches sized by their durations."""
+        futures = [f.future for f in probes if f.future is not None]
+        finished = threading.Semaphore(0)
+        for future in futures:
+            future.add_done_callback(lambda _: finished.release())
+        end = time.monotonic() + batching.PROBE_WAIT
+        for _ in futures:
+            if not finished.acquire(timeout=max(0.0, end - time.monotonic())):
+                break
+        durations = []
+        for future in futures:
+            try:
+                outcome = future.result(0) if future.done() else None
+            except Exception:  # noqa: BLE001 - a probe that failed in the engine says nothing of durations
+                continue
+            if outcome is not None and outcome.state == "completed" and outcome.started_at is not None:
+                durations.append(outcome.ended_at - outcome.started_at)
+        live = []
+        for flight in rest:
+            if flight.handle.cancel_requested:  # cancelled while the probes ran (Ctrl-C)
+                self._record(flight, never_started(flight.task))
+            else:
+                live.append(flight)
+        self._submit_flights(live, batching.batch_size(durations, len(live), slots))
+
+    def _submit_flights(self, flights: list["_Flight"], size: int = 1) -> None:
+        """Hand flights to the engine: all in one submission, or in batches of ``size`` runs."""
+        groups = batching.chunks(flights, size) if size > 1 else [flights]
+        for group in groups:
+            if not group:
+                continue
+            tasks, starts = [f.task for f in group], [self._on_start(f) for f in group]
+            try:
+                if size > 1:
+                    futures = self.backend.submit_batch(tasks, starts)
+                else:
+                    futures = self.backend.submit_many(tasks, starts)
+            except Exception as exc:  # noqa: BLE001 - the engine refused: record failures, never hang
+                for flight in group:
+                    self._record(flight, _failed_outcome(flight.task, exc))
+                continue
+            for flight, future in zip(group, futures):
+                self._attach(flight, future)
 
     def _flight(
         self,
@@ -441,10 +505,12 @@ def map_function(
     backend: Any = None,
     project: "Project | None" = None,
     watch: bool = False,
+    batch_size: int | str = "auto",
 ) -> list[Run]:
     """One parent run and one child run per params mapping; children come back in input order."""
     if isinstance(params_list, Mapping) or isinstance(params_list, (str, bytes)):
         raise ParamError("map takes a list of parameter mappings, e.g. [{'x': 1}, {'x': 2}]")
+    batch_size = batching.checked_batch_size(batch_size)
     items = list(params_list)
     driver = _driver(fn, backend, project)
     checked = []
@@ -460,7 +526,7 @@ def map_function(
     parent["started_at"] = datetime.now(timezone.utc)
     children = [driver.new_record(p, staged, parent=parent["uid"], iteration=i) for i, p in enumerate(checked)]
     driver.project.store.create_runs([parent] + children)
-    handles = driver.launch_many(children, staged, checked, watch=watch)
+    handles = driver.launch_many(children, staged, checked, watch=watch, batch_size=batch_size)
     try:
         runs = _wait_all(handles)
     except KeyboardInterrupt:

@@ -8,6 +8,9 @@ same N no-op calls through the raw engine (``client.map``/``gather``, ``ray.remo
 then a batch of CPU-bound tasks through ``fn.map`` against its ideal time on 2 workers. Prints the
 wall-time ratio shoal/raw (target <= 1.25), the per-run overhead, and the parallel efficiency
 (target >= 0.9); writes ``perf/results/dispatch.json`` and ``dispatch.png``.
+
+``fn.map`` batches short runs by default (``batch_size="auto"``); the ratio with one engine task per
+run (``batch_size=1``, as the raw engine calls are made) is printed beside it.
 """
 
 from __future__ import annotations
@@ -76,13 +79,16 @@ def measure(engine: str, runs: int, cpu_tasks: int, cpu_seconds: float, repeats:
         fn_noop.map([{"x": i} for i in range(50)], backend=backend, project=project)
         RAW[engine](backend, 50)
 
-        raw_times, shoal_times = [], []
+        raw_times, shoal_times, unbatched_times = [], [], []
         for _ in range(repeats):
             raw_times.append(RAW[engine](backend, runs))
-            start = time.perf_counter()
-            results = fn_noop.map([{"x": i} for i in range(runs)], backend=backend, project=project)
-            shoal_times.append(time.perf_counter() - start)
-            assert all(r.state == "completed" for r in results), "a no-op run did not complete"
+            for batch_size, times in (("auto", shoal_times), (1, unbatched_times)):
+                start = time.perf_counter()
+                results = fn_noop.map(
+                    [{"x": i} for i in range(runs)], backend=backend, project=project, batch_size=batch_size
+                )
+                times.append(time.perf_counter() - start)
+                assert all(r.state == "completed" for r in results), "a no-op run did not complete"
         project.flush()
         recorded = project.store.count_runs(function="noop", state="completed")
 
@@ -93,7 +99,7 @@ def measure(engine: str, runs: int, cpu_tasks: int, cpu_seconds: float, repeats:
         assert all(r.state == "completed" for r in burned)
         project.close()
 
-    raw, mine = min(raw_times), min(shoal_times)
+    raw, mine, unbatched = min(raw_times), min(shoal_times), min(unbatched_times)
     ideal = cpu_tasks * cpu_seconds / WORKERS
     return {
         "engine": engine,
@@ -101,6 +107,8 @@ def measure(engine: str, runs: int, cpu_tasks: int, cpu_seconds: float, repeats:
         "raw_s": raw,
         "shoal_s": mine,
         "ratio": mine / raw,
+        "unbatched_s": unbatched,
+        "unbatched_ratio": unbatched / raw,
         "overhead_ms_per_run": (mine - raw) / runs * 1e3,
         "recorded_runs": recorded,
         "cpu_tasks": cpu_tasks,
@@ -119,12 +127,14 @@ def plot(rows: list[dict], path: pathlib.Path) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
     names = [r["engine"] for r in rows]
-    width = 0.38
+    width = 0.27
     xs = range(len(rows))
-    left.bar([x - width / 2 for x in xs], [r["raw_s"] for r in rows], width, label="raw engine", color="#999999")
-    left.bar([x + width / 2 for x in xs], [r["shoal_s"] for r in rows], width, label="shoal fn.map (recorded)", color="#3b75af")
+    left.bar([x - width for x in xs], [r["raw_s"] for r in rows], width, label="raw engine", color="#999999")
+    left.bar(list(xs), [r["shoal_s"] for r in rows], width, label="shoal fn.map (recorded)", color="#3b75af")
+    left.bar([x + width for x in xs], [r["unbatched_s"] for r in rows], width, label="shoal, batch_size=1", color="#a6c8e8")
     for x, row in zip(xs, rows):
-        left.annotate(f"{row['ratio']:.2f}x", (x + width / 2, row["shoal_s"]), ha="center", va="bottom")
+        left.annotate(f"{row['ratio']:.2f}x", (x, row["shoal_s"]), ha="center", va="bottom")
+        left.annotate(f"{row['unbatched_ratio']:.2f}x", (x + width, row["unbatched_s"]), ha="center", va="bottom", fontsize=7)
     left.set_xticks(list(xs), names)
     left.set_ylabel("seconds")
     left.set_title(f"{rows[0]['runs']} no-op runs (target <= 1.25x)")
@@ -154,6 +164,7 @@ def main() -> int:
         print(
             f"{row['engine']:5s} {row['runs']} no-op runs: raw {row['raw_s']:.2f} s, shoal {row['shoal_s']:.2f} s, "
             f"ratio {row['ratio']:.2f} (target <= 1.25), overhead {row['overhead_ms_per_run']:.3f} ms/run, "
+            f"one task per run {row['unbatched_s']:.2f} s (ratio {row['unbatched_ratio']:.2f}), "
             f"recorded {row['recorded_runs']}; CPU batch {row['cpu_wall_s']:.2f} s vs ideal "
             f"{row['cpu_ideal_s']:.2f} s, efficiency {row['parallel_efficiency']:.2f} (target >= 0.9)",
             flush=True,

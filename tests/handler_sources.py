@@ -197,6 +197,25 @@ def bystander(i: int, log: str, hold: float = 0.3):
     return {"i": i}
 
 
+# -- batches of short runs --------------------------------------------------------------------------
+def tagged(ctx, i: int, fail_on: int = -1, flaky_on: int = -1):
+    print(f"item {i} says hello")
+    if i == fail_on:
+        raise ValueError(f"item {i} fails")
+    if i == flaky_on and ctx.attempt == 1:
+        raise RuntimeError("transient")
+    ctx.log_metric("i", i)
+    return {"square": i * i}
+
+
+def dies_once(i: int, die_on: int, marker: str):
+    """Run ``die_on`` crashes its worker process the first time (os._exit: no exception to catch)."""
+    if i == die_on and not os.path.exists(marker):
+        pathlib.Path(marker).write_text(str(os.getpid()))
+        os._exit(1)
+    return {"i": i}
+
+
 # -- concurrency ------------------------------------------------------------------------------------
 def _update(path, change):
     with open(path, "r+") as handle:
@@ -225,8 +244,9 @@ def concurrent(counter: str, pair: int = 2, hold: float = 0.05):
     return {}
 '''
 
-# A script that maps ``looper`` over four items, one at a time, on the backend named in its arguments,
-# so that a test can press Ctrl-C while the first run is going (see helpers.interrupt_map).
+# A script that maps ``looper`` over four items (or COUNT in batches of BATCH_SIZE), one at a time, on
+# the backend named in its arguments, so that a test can press Ctrl-C while the first run is going
+# (see helpers.interrupt_map).
 INTERRUPTED_MAP = '''
 import signal
 import sys
@@ -238,9 +258,12 @@ if __name__ == "__main__":
     # SIGINT ignored (a background job of a shell), which this process would inherit.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     folder, handlers, backend = sys.argv[1], sys.argv[2], sys.argv[3]
+    count, batch_size = (int(sys.argv[4]), int(sys.argv[5])) if len(sys.argv) > 5 else (4, 1)
     project = shoal.Project(folder, name="interrupted")
     looper = shoal.Function.from_file(handlers, "looper", replicas=(1, 1))
-    looper.map([{"marker": f"{folder}/started-{i}"} for i in range(4)], backend=backend, project=project)
+    looper.map(
+        [{"marker": f"{folder}/started-{i}"} for i in range(count)], backend=backend, project=project, batch_size=batch_size
+    )
 '''
 
 

@@ -91,7 +91,7 @@ def colliding_versions(base: shoal.Function, prefix: int = 4) -> tuple[shoal.Fun
     raise AssertionError(f"no two versions share a hash prefix of {prefix} characters")
 
 
-def interrupt_map(tmp_path: Path, backend: str) -> Path:
+def interrupt_map(tmp_path: Path, backend: str, count: int = 4, batch_size: int = 1) -> Path:
     """Run INTERRUPTED_MAP on ``backend`` in a child process of its own session (a terminal's
     foreground job), press Ctrl-C for the whole process group once the first run has started, and
     check that the process ends interrupted and leaves none of its processes behind. Returns the
@@ -104,7 +104,7 @@ def interrupt_map(tmp_path: Path, backend: str) -> Path:
     log = tmp_path / "script.log"
     with open(log, "w") as output:
         process = subprocess.Popen(
-            [sys.executable, str(script), str(folder), str(handlers), backend],
+            [sys.executable, str(script), str(folder), str(handlers), backend, str(count), str(batch_size)],
             stdout=output,
             stderr=output,
             start_new_session=True,

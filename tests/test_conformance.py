@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -314,6 +315,81 @@ def test_large_input_and_output_bypass_the_database(backend, project, fn):
     assert sum(len(str(value)) for value in row.values()) < 20_000
     assert all(sum(len(str(v)) for v in r.values()) < 5_000 for r in artifact_rows)
     assert database_file_bytes(project) < 5 * 2**20
+
+
+# -- batches of short runs ------------------------------------------------------------------------
+def spy_on_batches(backend, monkeypatch) -> list[int]:
+    """Sizes of the batches the runner hands to ``backend`` (the real method still runs them)."""
+    sizes: list[int] = []
+    real = backend.submit_batch
+
+    def spy(tasks, on_start=None):
+        sizes.append(len(tasks))
+        return real(tasks, on_start)
+
+    monkeypatch.setattr(backend, "submit_batch", spy)
+    return sizes
+
+
+def test_runs_of_a_batch_keep_their_own_outcomes_logs_and_retries(backend, project, fn, monkeypatch):
+    sizes = spy_on_batches(backend, monkeypatch)
+    count = 40
+    items = [{"i": i, "fail_on": 7, "flaky_on": 11} for i in range(count)]
+    runs = fn("tagged", retries=1).map(items, backend=backend, project=project, batch_size=6)
+    assert sizes == ([6] * 6 + [4] if backend.batches else [])  # in-process runs are never batched
+    assert [r.iteration for r in runs] == list(range(count))
+    assert [r.state for r in runs] == ["failed" if i == 7 else "completed" for i in range(count)]
+    assert [r.results.get("square") for r in runs] == [None if i == 7 else i * i for i in range(count)]
+    assert runs[7].error["type"] == "ValueError" and runs[7].attempts == 2  # retried on its own, failed again
+    assert runs[11].attempts == 2  # the transient failure was retried
+    assert all(r.attempts == 1 for i, r in enumerate(runs) if i not in (7, 11))
+    for i, run in enumerate(runs):
+        assert set(re.findall(r"item (\d+) says hello", run.logs)) == {str(i)}  # its own output only
+        assert run.started_at is not None and run.ended_at >= run.started_at
+        if run.state == "completed":
+            assert run.metrics["i"] == [[0, i]]
+    assert sorted(project.runs.list(parent=runs[0].parent), key=lambda r: r.iteration) == runs
+    assert project.runs.get(runs[0].parent).results == {"completed": count - 1, "failed": 1, "cancelled": 0}
+
+
+def test_short_runs_are_batched_automatically_long_ones_are_not(backend, project, fn, monkeypatch):
+    sizes = spy_on_batches(backend, monkeypatch)
+    runs = fn("square").map([{"x": i} for i in range(300)], backend=backend, project=project)
+    assert [r.results["square"] for r in runs] == [i * i for i in range(300)]
+    if backend.batches:  # one run per slot probes the duration, the rest travel in batches
+        assert max(sizes) > 1 and sum(sizes) < 300, sizes
+    else:
+        assert sizes == []
+    sizes.clear()
+    naps = fn("nap").map([{"seconds": 0.3}] * 16, backend=backend, project=project)
+    assert [r.state for r in naps] == ["completed"] * 16
+    assert sizes == []  # runs of 0.3 s are worth a task each
+
+
+def test_cancelling_one_run_of_a_batch(backend, project, fn):
+    from shoal.runner import _driver
+
+    driver = _driver(fn("nap"), backend, project)
+    driver.save_function()
+    params = [{"seconds": 0.2} for _ in range(8)]
+    records = [driver.new_record(p, {}, iteration=i) for i, p in enumerate(params)]
+    project.store.create_runs(records)
+    handles = driver.launch_many(records, {}, params, batch_size=4)
+    delivered = handles[3].cancel()  # the last run of the first batch: it has not started yet
+    runs = [handle.result(120) for handle in handles]
+    if backend.name == "ray":  # a Ray task cannot be told to skip one of its runs: it just runs
+        assert delivered is False and runs[3].state == "completed"
+    else:
+        assert delivered is True and runs[3].state == "cancelled" and runs[3].error["type"] == "CancelledError"
+    assert [r.state for i, r in enumerate(runs) if i != 3] == ["completed"] * 7
+    assert project.runs.get(runs[3].uid).state == runs[3].state
+
+
+def test_batch_size_must_be_auto_or_a_whole_number(project, fn):
+    for bad in (0, -1, 2.5, "big", True):
+        with pytest.raises(shoal.ParamError, match="batch_size must be 'auto' or a whole number"):
+            fn("square").map([{"x": 1}], project=project, batch_size=bad)
+    assert project.runs.list() == []  # nothing recorded
 
 
 # -- concurrency ----------------------------------------------------------------------------------

@@ -154,6 +154,20 @@ def test_scheduler_going_away_mid_run(project, fn, tmp_path):
     assert not any(alive(pid) for pid in started)
 
 
+def test_a_batch_whose_worker_dies_loses_no_run(two_workers, project, fn, tmp_path):
+    backend = two_workers
+    wait_for(lambda: len(backend.workers()) == 2, what="two workers")
+    marker = tmp_path / "died"
+    items = [{"i": i, "die_on": 3, "marker": str(marker)} for i in range(24)]
+    runs = finishes(lambda: fn("dies_once", retries=1).map(items, backend=backend, project=project, batch_size=6))
+    assert marker.exists()  # a worker really died mid-batch
+    # Runs of the lost batch that had started are retried (retries=1), the others sent again as
+    # they never ran: none is lost, none recorded twice.
+    assert [r.state for r in runs] == ["completed"] * 24, [(r.iteration, r.error) for r in runs if r.state != "completed"]
+    assert [r.results["i"] for r in runs] == list(range(24))
+    assert project.store.count_runs(parent=runs[0].parent) == 24
+
+
 # -- Ctrl-C ---------------------------------------------------------------------------------------
 def test_ctrl_c_cancels_pending_runs_and_leaves_no_process(tmp_path):
     folder = interrupt_map(tmp_path, "dask")
@@ -165,4 +179,16 @@ def test_ctrl_c_cancels_pending_runs_and_leaves_no_process(tmp_path):
     assert any(r.started_at is not None for r in children_runs)  # the running one was stopped
     for run in children_runs:
         if run.iteration not in began:  # pending when Ctrl-C came: recorded as never started
+            assert run.started_at is None and run.attempts == 0
+
+
+def test_ctrl_c_cancels_a_map_sent_in_batches(tmp_path):
+    folder = interrupt_map(tmp_path, "dask", count=12, batch_size=4)
+    parent, children_runs = interrupted_runs(folder)
+    assert parent.state == "cancelled"
+    assert [r.state for r in children_runs] == ["cancelled"] * 12, [(r.state, r.error) for r in children_runs]
+    began = {int(p.name.split("-")[1]) for p in folder.glob("started-*")}
+    assert began and began <= {0, 1, 2, 3, 4, 5, 6, 7}  # only runs of the batches that had started
+    for run in children_runs:
+        if run.iteration not in began:
             assert run.started_at is None and run.attempts == 0

@@ -171,6 +171,16 @@ def test_worker_killed_mid_run(ray_backend, project, fn, tmp_path, retries):
     assert project.store.count_runs(function="victim") == 1 and project.store.count_runs(function="nap") == 1
 
 
+def test_a_batch_whose_worker_dies_loses_no_run(ray_backend, project, fn, tmp_path):
+    marker = tmp_path / "died"
+    items = [{"i": i, "die_on": 3, "marker": str(marker)} for i in range(24)]
+    runs = fn("dies_once", retries=1).map(items, backend=ray_backend, project=project, batch_size=6)
+    assert marker.exists()  # a worker really died mid-batch
+    assert [r.state for r in runs] == ["completed"] * 24, [(r.iteration, r.error) for r in runs if r.state != "completed"]
+    assert [r.results["i"] for r in runs] == list(range(24))
+    assert project.store.count_runs(parent=runs[0].parent) == 24
+
+
 def test_unreachable_address_is_a_quick_backend_error():
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
@@ -400,3 +410,12 @@ def test_ctrl_c_cancels_the_runs_and_leaves_no_process(tmp_path):
     assert [r.state for r in children] == ["cancelled"] * 4, [(r.state, r.error) for r in children]
     assert children[0].started_at is not None  # the running one was stopped
     assert all(r.started_at is None and r.attempts == 0 for r in children[1:])  # never started
+
+
+def test_ctrl_c_cancels_a_map_sent_in_batches(tmp_path):
+    folder = interrupt_map(tmp_path, "ray", count=12, batch_size=4)
+    parent, children = interrupted_runs(folder)
+    assert parent.state == "cancelled"
+    assert [r.state for r in children] == ["cancelled"] * 12, [(r.state, r.error) for r in children]
+    assert children[0].started_at is not None  # the running one was stopped
+    assert all(r.started_at is None and r.attempts == 0 for r in children[1:])  # the rest never started

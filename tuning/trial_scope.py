@@ -63,16 +63,16 @@ class TrialScope:
     def _scope(self, ctx: Any) -> Iterator[None]:
         import optuna
 
-        trial = optuna.trial.Trial(self._study(), self.trial_id)
-
         def report(value: float, step: int | None) -> None:
             if step is None:  # Context.report logged it as the next step of the "objective" metric
                 step = int(ctx.metrics["objective"][-1][0])
+            trial = ctx.trial
             trial.report(value, step)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"trial {trial.number} pruned at step {step} (value {value:g})")
 
-        ctx.trial = trial
+        # Rebuilding the trial reads the study from storage: only handlers that use it pay for it.
+        ctx._trial_factory = lambda: optuna.trial.Trial(self._study(), self.trial_id)
         ctx._reporter = report
         yield
         error = self.objective.missing(ctx.results)
