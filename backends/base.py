@@ -8,7 +8,9 @@ backend's: backends only move tasks and outcomes.
 
 from __future__ import annotations
 
+import logging
 import queue
+import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ from shoal.errors import BackendError
 from shoal.execution import RunOutcome, RunTask
 
 OnStart = Callable[[str, float], None]
+log = logging.getLogger("shoal.backends")
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,52 @@ class BackendFuture(ABC):
     @abstractmethod
     def add_done_callback(self, callback: Callable[["BackendFuture"], None]) -> None:
         """Call ``callback(self)`` once the future is done (possibly in another thread)."""
+
+
+class SettledFuture(BackendFuture):
+    """A BackendFuture settled once, from an engine's thread, with an outcome or an error; its
+    callbacks run on the thread that settles it (or at once when added later)."""
+
+    def __init__(self, uid: str):
+        self.uid = uid
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._callbacks: list[Callable[[BackendFuture], None]] = []
+        self._settled: tuple[RunOutcome | None, BaseException | None] | None = None
+
+    def _resolve(self, outcome: RunOutcome | None, error: BaseException | None = None) -> None:
+        with self._lock:
+            if self._done.is_set():
+                return
+            self._settled = (outcome, error)
+            self._done.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            self._call(callback)
+
+    def _call(self, callback: Callable[[BackendFuture], None]) -> None:
+        try:
+            callback(self)
+        except Exception:  # noqa: BLE001 - as concurrent.futures: a failing callback is logged
+            log.exception("a done callback of run %s failed", self.uid)
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def result(self, timeout: float | None = None) -> RunOutcome:
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"run {self.uid} not done within {timeout} s")
+        outcome, error = self._settled  # type: ignore[misc]
+        if error is not None:
+            raise error
+        return outcome  # type: ignore[return-value]
+
+    def add_done_callback(self, callback: Callable[[BackendFuture], None]) -> None:
+        with self._lock:
+            if not self._done.is_set():
+                self._callbacks.append(callback)
+                return
+        self._call(callback)
 
 
 class Backend(ABC):

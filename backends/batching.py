@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from shoal.errors import WorkerLostError
 from shoal.execution import RunBatch, RunOutcome, RunTask
 
-from .base import BackendFuture, OnStart
+from .base import BackendFuture, OnStart, SettledFuture
 
 if TYPE_CHECKING:  # pragma: no cover
     from .base import Backend
@@ -26,34 +26,17 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("shoal.backends")
 
 
-class BatchedRun(BackendFuture):
+class BatchedRun(SettledFuture):
     """One run of a batch: resolves when its batch's outcomes arrive (or from a resubmission)."""
 
     def __init__(self, task: RunTask, batch: "BatchedRuns", on_start: OnStart | None):
-        self.uid = task.uid
+        super().__init__(task.uid)
         self.task = task
         self.on_start = on_start
         self.started = False
         self.cancel_requested = False
         self._batch = batch
-        self._lock = threading.Lock()
-        self._done = threading.Event()
-        self._settled: tuple[RunOutcome | None, BaseException | None] | None = None
-        self._callbacks: list[Callable[[BackendFuture], None]] = []
         self._replacement: BackendFuture | None = None
-
-    def _resolve(self, outcome: RunOutcome | None, error: BaseException | None) -> None:
-        with self._lock:
-            if self._done.is_set():
-                return
-            self._settled = (outcome, error)
-            self._done.set()
-            callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
-            try:
-                callback(self)
-            except Exception:  # noqa: BLE001 - as concurrent.futures: a failing callback is logged
-                log.exception("a done callback of run %s failed", self.uid)
 
     def _adopt(self, future: BackendFuture) -> None:
         """Resolve from ``future`` (this run sent again on its own)."""
@@ -61,22 +44,11 @@ class BatchedRun(BackendFuture):
 
         def relay(done: BackendFuture) -> None:
             try:
-                self._resolve(done.result(), None)
+                self._resolve(done.result())
             except BaseException as exc:  # noqa: BLE001 - handed to whoever asks for the result
                 self._resolve(None, exc)
 
         future.add_done_callback(relay)
-
-    def done(self) -> bool:
-        return self._done.is_set()
-
-    def result(self, timeout: float | None = None) -> RunOutcome:
-        if not self._done.wait(timeout):
-            raise TimeoutError(f"run {self.uid} not done within {timeout} s")
-        outcome, error = self._settled  # type: ignore[misc]
-        if error is not None:
-            raise error
-        return outcome  # type: ignore[return-value]
 
     def cancel(self) -> bool:
         if self.done():
@@ -84,13 +56,6 @@ class BatchedRun(BackendFuture):
         if self._replacement is not None:
             return self._replacement.cancel()
         return self._batch.cancel_run(self)
-
-    def add_done_callback(self, callback: Callable[[BackendFuture], None]) -> None:
-        with self._lock:
-            if not self._done.is_set():
-                self._callbacks.append(callback)
-                return
-        callback(self)
 
 
 class BatchedRuns:

@@ -26,7 +26,7 @@ from typing import Any, Callable
 from shoal.errors import BackendError, WorkerLostError
 from shoal.execution import RunBatch, RunOutcome, RunTask, execute_batch, execute_registered, never_started, stop_attempt
 
-from .base import Backend, BackendFuture, OnStart, ScalingEvent, WorkerInfo
+from .base import Backend, BackendFuture, OnStart, ScalingEvent, SettledFuture, WorkerInfo
 from .batching import BatchedRuns
 
 START_TOPIC = "shoal-run-start"
@@ -106,7 +106,7 @@ def dask_setup(worker: Any) -> None:
         pass
 
 
-class DaskFuture(BackendFuture):
+class DaskFuture(SettledFuture):
     """One attempt of one run on Dask; resolves when the attempt has ended.
 
     It owns its callbacks (rather than handing Dask's future out) so that a task lost with its
@@ -114,17 +114,13 @@ class DaskFuture(BackendFuture):
     """
 
     def __init__(self, task: RunTask, backend: "DaskBackend", on_start: OnStart | None):
-        self.uid = task.uid
+        super().__init__(task.uid)
         self._task = task
         self._backend = backend
         self._on_start = on_start
         self._future: Any = None
         self._key = ""
         self._submissions = 0
-        self._lock = threading.Lock()
-        self._done = threading.Event()
-        self._callbacks: list[Callable[[BackendFuture], None]] = []
-        self._settled: tuple[RunOutcome | None, BaseException | None] | None = None
         self.started = False
         self.worker = ""
         self.cancel_requested = False
@@ -177,17 +173,7 @@ class DaskFuture(BackendFuture):
             except BaseException as exc:  # noqa: BLE001 - kept and re-raised by every result() call
                 settled = (None, exc)
         future.release()
-        self._resolve(settled)
-
-    def _resolve(self, settled: tuple[RunOutcome | None, BaseException | None]) -> None:
-        with self._lock:
-            if self._done.is_set():
-                return
-            self._settled = settled
-            self._done.set()
-            callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
-            callback(self)
+        self._resolve(*settled)
 
     def _lost_before_start(self, future: Any) -> bool:
         if future.status != "error" or self.started or self.cancel_requested or self._backend._closed:
@@ -228,17 +214,6 @@ class DaskFuture(BackendFuture):
             raise BackendError(f"dask failed to run the task: {type(exc).__name__}: {exc}") from exc
 
     # -- the contract ---------------------------------------------------------------------------
-    def done(self) -> bool:
-        return self._done.is_set()
-
-    def result(self, timeout: float | None = None) -> RunOutcome:
-        if not self._done.wait(timeout):
-            raise TimeoutError(f"run {self.uid} not done within {timeout} s")
-        outcome, error = self._settled
-        if error is not None:
-            raise error
-        return outcome
-
     def cancel(self) -> bool:
         """Stop the attempt where it runs (its outcome, with what it logged, comes back as
         cancelled), or drop it from Dask's queue and from any worker holding it if it has not
@@ -252,13 +227,6 @@ class DaskFuture(BackendFuture):
             self._future.cancel()
         self._backend._cancel_on_workers(uids)
         return True
-
-    def add_done_callback(self, callback: Callable[[BackendFuture], None]) -> None:
-        with self._lock:
-            if not self._done.is_set():
-                self._callbacks.append(callback)
-                return
-        callback(self)
 
 
 class _Collector:
@@ -465,7 +433,7 @@ class DaskBackend(Backend):
             except Exception:  # noqa: BLE001 - closing must not fail at exit
                 pass
             for future in list(self._futures.values()):  # not settled in time: never left hanging
-                future._resolve((None, cf.CancelledError(f"run {future.uid} was cancelled: the backend closed")))
+                future._resolve(None, cf.CancelledError(f"run {future.uid} was cancelled: the backend closed"))
         if cluster is not None:
             try:
                 cluster.close()

@@ -1,6 +1,6 @@
 """How many runs of a map travel together in one engine task.
 
-Engines charge a fixed cost per task (measured here: ~0.7 ms on Ray, ~3 ms on the embedded Dask),
+Engines charge a fixed cost per task (measured here: ~1 ms on Ray, ~3 ms on the embedded Dask),
 so a map of runs shorter than that spends most of its time on dispatch. As joblib's
 ``batch_size="auto"``, a map first sends one run per slot, learns from them how long a run takes,
 and sends the rest in batches of about ``BATCH_SECONDS`` of work, never fewer than
