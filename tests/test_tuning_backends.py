@@ -74,9 +74,12 @@ def test_pruning_and_define_by_run_from_the_workers(project, fn, engine):
     )
     states = {t["params"]["x"]: t["state"] for t in result.trials}
     assert states[0.9] == states[0.8] == "complete" and states[0.1] == "pruned"
-    by_run = fn("by_run").tune({}, objective="max.score", n_trials=4, backend=engine, project=project)
+    by_run = fn("by_run").tune({}, objective="max.score", n_trials=6, backend=engine, project=project, seed=3)
     assert all(set(t["params"]) == {"lr", "depth"} for t in by_run.trials)
     assert all(t["state"] == "complete" for t in by_run.trials)
+    # Each trial samples with its own seed (search seed and trial number): two workers starting
+    # from one copied random state would suggest the same values.
+    assert len({t["params"]["lr"] for t in by_run.trials}) == 6
 
 
 def test_missing_objective_fails_on_the_worker(project, fn, engine):

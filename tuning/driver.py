@@ -162,6 +162,17 @@ class Search:
         self.study_name = (study or fn.name).strip()
         self.distributions = space.distributions()
         self.session = uuid.uuid4().hex
+        self.strategy = strategy
+        self.seed = seed
+
+    def trial_sampler(self, number: int) -> Any:
+        """What a worker samples trial ``number``'s define-by-run parameters with: a description
+        of a named strategy's sampler (seeded from the search's seed and the number), else the
+        user's sampler object."""
+        if not isinstance(self.strategy, str):
+            return self.plan.sampler
+        seed = None if self.seed is None else (self.seed * 1_000_003 + number) % 2**32
+        return strategies.NamedSampler(self.strategy, self.space, seed, self.objective.multi)
 
     # -- setup ----------------------------------------------------------------------------------
     def run(self, *, backend, storage, project, inputs, progress) -> TuneResult:
@@ -507,7 +518,7 @@ class _Loop:
             trial_id=trial._trial_id,
             objective=s.objective,
             session=s.session,
-            sampler=self.study.sampler,
+            sampler=s.trial_sampler(trial.number),
             pruner=self.study.pruner,
             study=self.study if s.driver.backend.in_process else None,
         )

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from .objective import Objective
+from .strategies import NamedSampler
 from .storage import StorageRef
 
-_studies: dict[tuple, Any] = {}
+_storages: dict[tuple, Any] = {}
 _lock = threading.Lock()
 
 
@@ -29,7 +30,8 @@ class TrialScope:
     study_name: str
     trial_id: int
     objective: Objective
-    session: str  # one tune() call: worker-side studies are cached per session
+    session: str  # one tune() call: worker-side storages are cached per session
+    #: the sampler for define-by-run suggestions: a NamedSampler, or the user's sampler object
     sampler: Any = None
     pruner: Any = None
     #: in-process runs use the driver's own study (never pickled)
@@ -44,20 +46,25 @@ class TrialScope:
         return self._scope(ctx)
 
     def _study(self) -> Any:
+        """The study as this trial sees it: the storage is cached per worker process, the sampler
+        is this trial's own."""
         if self.study is not None:
             return self.study
-        key = (self.session, self.storage, self.study_name)
-        with _lock:
-            study = _studies.get(key)
-            if study is None:
-                import optuna
+        import optuna
 
-                if len(_studies) > 32:  # a long-lived worker serving many searches
-                    _studies.clear()
-                study = _studies[key] = optuna.Study(
-                    study_name=self.study_name, storage=self.storage.open(), sampler=self.sampler, pruner=self.pruner
-                )
-            return study
+        key = (self.session, self.storage)
+        with _lock:
+            storage = _storages.get(key)
+            if storage is None:
+                if len(_storages) > 32:  # a long-lived worker serving many searches
+                    _storages.clear()
+                storage = _storages[key] = self.storage.open()
+        sampler = self.sampler
+        if isinstance(sampler, NamedSampler):
+            sampler = sampler.build()
+        elif sampler is not None:
+            sampler.reseed_rng()  # the user's object: every copy would otherwise draw the same numbers
+        return optuna.Study(study_name=self.study_name, storage=storage, sampler=sampler, pruner=self.pruner)
 
     @contextmanager
     def _scope(self, ctx: Any) -> Iterator[None]:
