@@ -114,12 +114,19 @@ class Context:
         self.attempt = attempt
         self._trial = trial
         self._trial_factory: Callable[[], Any] | None = None
+        self._params_chosen = False  # set_params was called: the record takes the params from the worker
         self.results: dict[str, Any] = {}
         self.metrics: dict[str, list[list[float]]] = {}
         self.artifacts: dict[str, Artifact] = {}
         self._store = artifact_store
         self._prefix = artifact_prefix
         self._reporter = reporter
+
+    def set_params(self, values: Mapping[str, Any]) -> None:
+        """Add parameters chosen on the worker before the handler runs (a tuning trial's sampled
+        values); the run's record then holds them."""
+        self.params.update(values)
+        self._params_chosen = True
 
     @property
     def trial(self) -> Any:

@@ -122,6 +122,7 @@ class RunOutcome:
     error: dict[str, str] | None = None
     worker: str = ""
     pruned: bool = False
+    params: dict[str, Any] | None = None  # the parameters, when chosen on the worker (tuning trials)
 
 
 def error_record(exc: BaseException, message: str | None = None) -> dict[str, str]:
@@ -343,7 +344,7 @@ def execute(
                 func = task.callable or load_handler(task.code, task.handler)
 
                 def body() -> None:
-                    _auto_log(ctx, _call(func, ctx, task.params, inputs))
+                    _auto_log(ctx, _call(func, ctx, ctx.params, inputs))
 
                 _invoke(body, task.timeout, stop, f"shoal-run-{task.uid[:8]}")
         except RunTimeoutError as exc:
@@ -373,6 +374,7 @@ def execute(
         error=error,
         worker=worker,
         pruned=pruned,
+        params=dict(ctx.params) if ctx._params_chosen else None,
     )
 
 

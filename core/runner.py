@@ -361,6 +361,8 @@ class Driver:
             "started_at": utc(started),  # the first attempt's start: duration covers the retries
             "ended_at": utc(outcome.ended_at),
         }
+        if outcome.params is not None:  # chosen on the worker (a tuning trial's sampled values)
+            fields["params"] = recordable(outcome.params)
         record = {**flight.record, **fields}
         artifacts = {a["key"]: Artifact.from_record(a) for a in outcome.artifacts}
         run = Run(

@@ -33,6 +33,11 @@ def by_run(ctx):
     return {"score": -abs(lr - 0.1) - depth}
 
 
+def paced(x: float):
+    time.sleep(0.05 if x < 0.5 else 2.0)
+    return {"score": -(x - 0.3) ** 2}
+
+
 def forgets(x: float):
     return {"acc": x}
 '''
@@ -61,6 +66,8 @@ def test_parallel_trials_on_worker_processes(project, fn, engine):
     spans = sorted((r.started_at, r.ended_at) for r in runs)
     assert any(a[1] > b[0] for a, b in zip(spans, spans[1:]))  # some trials overlapped
     assert result.best_run.results["score"] == result.best_value
+    # Sampled on the workers: each run's record holds its trial's values.
+    assert {r.uid: r.params["x"] for r in runs} == {t["run"]: t["params"]["x"] for t in result.trials}
 
 
 def test_pruning_and_define_by_run_from_the_workers(project, fn, engine):
@@ -80,6 +87,24 @@ def test_pruning_and_define_by_run_from_the_workers(project, fn, engine):
     # Each trial samples with its own seed (search seed and trial number): two workers starting
     # from one copied random state would suggest the same values.
     assert len({t["params"]["lr"] for t in by_run.trials}) == 6
+
+
+def test_an_early_stop_gives_queued_trials_back_to_the_study(project, fn, engine):
+    study = optuna.create_study(study_name="paced", storage=_storage(project), direction="maximize")
+    for x in (0.1, 0.9, 0.9, 0.9):  # the first ends at once and stops the search; the others take 2 s
+        study.enqueue_trial({"x": x})
+    result = fn("paced").tune(
+        {"x": Float(0, 1)}, objective="max.score", n_trials=10, stop_when="score>=-1", backend=engine, project=project
+    )
+    assert result.stopped == "stop_when"
+    states = [t.state.name for t in result.study.get_trials(deepcopy=False)]
+    assert states[0] == "COMPLETE" and "FAIL" not in states and "RUNNING" not in states
+    assert "WAITING" in states  # queued behind the two running trials: given back, not failed
+    dropped = [r for r in project.runs.list(parent=result.parent, limit=None) if r.state == "cancelled"]
+    assert len(dropped) == states.count("WAITING") and all(r.started_at is None for r in dropped)
+    # The next search on the study runs them first.
+    again = fn("paced").tune({"x": Float(0, 1)}, objective="max.score", n_trials=4, backend=engine, project=project)
+    assert [t.state.name for t in again.study.get_trials(deepcopy=False)] == ["COMPLETE"] * 4
 
 
 def test_missing_objective_fails_on_the_worker(project, fn, engine):

@@ -408,6 +408,13 @@ class _Loop:
         self.storage = search.storage
         self.parallelism = parallelism if search.n_trials is None else max(1, min(parallelism, search.n_trials))
         self.on_progress = progress
+        # One trial queued in the engine behind each running one: a freed worker starts the next trial
+        # at once instead of waiting for the driver to tell, create and submit it. Trials are sampled
+        # where they start (TrialScope), so a queued trial sees every result told before it starts.
+        # Only when the engine's slots are what bounds the parallelism: queued runs must not run
+        # beside the others.
+        backend = search.driver.backend
+        self.prefetch = self.parallelism if not backend.in_process and self.parallelism >= backend.slots else 0
         self.inflight: dict[str, _InFlight] = {}
         self.finished: queue.SimpleQueue = queue.SimpleQueue()
         self.stopped: str | None = None
@@ -448,6 +455,8 @@ class _Loop:
                             self._tell(self.finished.get_nowait())
                         except queue.Empty:
                             break
+                    if self.stopped is not None:
+                        self._drop_queued()
                     self._beat()  # throttled: busy searches keep their heartbeats too
         except KeyboardInterrupt:
             self._abort("cancelled", None)
@@ -460,8 +469,23 @@ class _Loop:
         self._finish_parent()
         return TuneResult(self.study, self.s.project, parent=self.parent["uid"], stopped=self.stopped)
 
+    def _drop_queued(self) -> None:
+        """The search stops early: runs queued in the engine that have not started are cancelled
+        (their trials go back to waiting, see _tell); running ones finish."""
+        for item in list(self.inflight.values()):
+            if item.handle.state == "pending":
+                item.handle.cancel()
+
+    def _release(self, trial: Any) -> None:
+        """Give a trial that never ran back to the study's queue (WAITING): the next search on the
+        study runs it, and it counts for no one's n_trials meanwhile."""
+        from optuna.trial import TrialState
+
+        with contextlib.suppress(Exception):
+            self.storage.set_trial_state_values(trial._trial_id, state=TrialState.WAITING)
+
     def _may_ask(self) -> bool:
-        if self.stopped is not None or len(self.inflight) >= self.parallelism:
+        if self.stopped is not None or len(self.inflight) >= self.parallelism + self.prefetch:
             return False
         if self.study._stop_flag:
             self.stopped = "grid"
@@ -495,16 +519,11 @@ class _Loop:
     # -- one trial ------------------------------------------------------------------------------
     def _launch(self) -> None:
         s = self.s
-        trial = self.study.ask(s.distributions)
+        trial = self.study.ask()  # created here, sampled where it runs (see TrialScope)
         self.asked += 1
         if s.heartbeat:
             self.storage.record_heartbeat(trial._trial_id)
-        params = {**s.space.constants, **trial.params}
-        try:
-            bound = s.driver.check(params, self.staged)
-        except ParamError as exc:
-            self._fail_trial(trial, f"ParamError: {exc}")
-            return
+        bound = dict(s.space.constants)  # the record gets the sampled values when the run ends
         record = s.driver.new_record(bound, self.staged, parent=self.parent["uid"], iteration=trial.number,
                                      labels={"study": s.study_name})
         # Link trial and run first: a driver killed from here on leaves enough to mend both at resume.
@@ -518,13 +537,14 @@ class _Loop:
             trial_id=trial._trial_id,
             objective=s.objective,
             session=s.session,
+            distributions=s.distributions,
             sampler=s.trial_sampler(trial.number),
             pruner=self.study.pruner,
             study=self.study if s.driver.backend.in_process else None,
         )
         handle = s.driver.launch(record, self.staged, scope=scope, params=bound)
         self.inflight[handle.uid] = _InFlight(trial, handle)
-        self.progress.running = len(self.inflight)
+        self.progress.running = min(len(self.inflight), self.parallelism)
         self._report()
         handle.add_done_callback(self.finished.put)
 
@@ -536,6 +556,11 @@ class _Loop:
             return
         run = handle.result(0)
         trial = item.trial
+        if run.state == "cancelled" and run.started_at is None:  # queued, then dropped: it never ran
+            self._release(trial)
+            self.progress.running = min(len(self.inflight), self.parallelism)
+            self._report()
+            return
         if run.state == "completed" and run.results.get("pruned") is True:
             self._told(trial, state=TrialState.PRUNED)
             self.progress.pruned += 1
@@ -559,7 +584,7 @@ class _Loop:
             self._told(trial, state=TrialState.FAIL)
             self._count_failure(message)
         self.progress.done += 1
-        self.progress.running = len(self.inflight)
+        self.progress.running = min(len(self.inflight), self.parallelism)
         self._update_best()
         self._report()
 
@@ -632,6 +657,10 @@ class _Loop:
             handle.wait(30)
         note = "search interrupted (Ctrl-C)" if state == "cancelled" else f"search failed: {exc}"
         for item in list(self.inflight.values()):
+            run = item.handle.result(0) if item.handle.done() else None
+            if run is not None and run.state == "cancelled" and run.started_at is None:
+                self._release(item.trial)  # queued, never ran
+                continue
             with contextlib.suppress(Exception):
                 self.storage.set_trial_user_attr(item.trial._trial_id, "shoal_error", note)
                 self._told(item.trial, state=TrialState.FAIL)

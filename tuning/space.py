@@ -183,6 +183,19 @@ class Space:
         }
 
 
+def suggest(trial: Any, name: str, distribution: Any) -> Any:
+    """``trial``'s value for ``name`` from an Optuna distribution, through Optuna's public suggest API."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if isinstance(distribution, FloatDistribution):
+        return trial.suggest_float(name, distribution.low, distribution.high, log=distribution.log, step=distribution.step)
+    if isinstance(distribution, IntDistribution):
+        return trial.suggest_int(name, distribution.low, distribution.high, log=distribution.log, step=distribution.step)
+    if isinstance(distribution, CategoricalDistribution):
+        return trial.suggest_categorical(name, distribution.choices)
+    raise TypeError(f"no suggest call for {type(distribution).__name__} ({name})")
+
+
 def _as_entry(value: Any) -> Entry | None:
     if isinstance(value, (Float, Int, Categorical)):
         return value

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from .objective import Objective
+from .space import suggest
 from .strategies import NamedSampler
 from .storage import StorageRef
 
@@ -31,6 +32,8 @@ class TrialScope:
     trial_id: int
     objective: Objective
     session: str  # one tune() call: worker-side storages are cached per session
+    #: the space this trial samples where it runs (parameter -> Optuna distribution)
+    distributions: dict[str, Any] = field(default_factory=dict)
     #: the sampler for define-by-run suggestions: a NamedSampler, or the user's sampler object
     sampler: Any = None
     pruner: Any = None
@@ -81,6 +84,9 @@ class TrialScope:
         # Rebuilding the trial reads the study from storage: only handlers that use it pay for it.
         ctx._trial_factory = lambda: optuna.trial.Trial(self._study(), self.trial_id)
         ctx._reporter = report
+        if self.distributions:
+            trial = ctx.trial
+            ctx.set_params({name: suggest(trial, name, dist) for name, dist in self.distributions.items()})
         yield
         error = self.objective.missing(ctx.results)
         if error is not None:
