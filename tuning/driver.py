@@ -411,10 +411,12 @@ class _Loop:
         # One trial queued in the engine behind each running one: a freed worker starts the next trial
         # at once instead of waiting for the driver to tell, create and submit it. Trials are sampled
         # where they start (TrialScope), so a queued trial sees every result told before it starts.
-        # Only when the engine's slots are what bounds the parallelism: queued runs must not run
-        # beside the others.
+        # Only when the engine's slots are what bounds the parallelism (queued runs must not run
+        # beside the others), and only up to one per slot counting those a larger parallelism queues.
         backend = search.driver.backend
-        self.prefetch = self.parallelism if not backend.in_process and self.parallelism >= backend.slots else 0
+        slots = backend.slots
+        queueable = not backend.in_process and self.parallelism >= slots
+        self.prefetch = max(0, 2 * slots - self.parallelism) if queueable else 0
         self.inflight: dict[str, _InFlight] = {}
         self.finished: queue.SimpleQueue = queue.SimpleQueue()
         self.stopped: str | None = None
