@@ -19,7 +19,6 @@ import os
 import queue
 import socket
 import time
-import uuid
 import warnings
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -161,7 +160,6 @@ class Search:
         self.max_failures = max_failures
         self.study_name = (study or fn.name).strip()
         self.distributions = space.distributions()
-        self.session = uuid.uuid4().hex
         self.strategy = strategy
         self.seed = seed
 
@@ -538,7 +536,6 @@ class _Loop:
             study_name=s.study_name,
             trial_id=trial._trial_id,
             objective=s.objective,
-            session=s.session,
             distributions=s.distributions,
             sampler=s.trial_sampler(trial.number),
             pruner=self.study.pruner,

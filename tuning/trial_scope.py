@@ -9,7 +9,6 @@ objective key was logged, so a missing key fails the run itself, with the keys t
 
 from __future__ import annotations
 
-import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -18,9 +17,6 @@ from .objective import Objective
 from .space import suggest
 from .strategies import NamedSampler
 from .storage import StorageRef
-
-_storages: dict[tuple, Any] = {}
-_lock = threading.Lock()
 
 
 @dataclass
@@ -31,7 +27,6 @@ class TrialScope:
     study_name: str
     trial_id: int
     objective: Objective
-    session: str  # one tune() call: worker-side storages are cached per session
     #: the space this trial samples where it runs (parameter -> Optuna distribution)
     distributions: dict[str, Any] = field(default_factory=dict)
     #: the sampler for define-by-run suggestions: a NamedSampler, or the user's sampler object
@@ -49,19 +44,12 @@ class TrialScope:
         return self._scope(ctx)
 
     def _study(self) -> Any:
-        """The study as this trial sees it: the storage is cached per worker process, the sampler
-        is this trial's own."""
+        """The study as this trial sees it: the process's storage, this trial's own sampler."""
         if self.study is not None:
             return self.study
         import optuna
 
-        key = (self.session, self.storage)
-        with _lock:
-            storage = _storages.get(key)
-            if storage is None:
-                if len(_storages) > 32:  # a long-lived worker serving many searches
-                    _storages.clear()
-                storage = _storages[key] = self.storage.open()
+        storage = self.storage.open()  # cached per process by StorageRef
         sampler = self.sampler
         if isinstance(sampler, NamedSampler):
             sampler = sampler.build()
