@@ -13,7 +13,6 @@ import dataclasses
 import os
 import random
 import threading
-import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
@@ -233,13 +232,11 @@ class Driver:
     def _dispatch_rest(self, probes: list["_Flight"], rest: list["_Flight"], slots: int) -> None:
         """Wait briefly for the probe runs, then send the rest in batches sized by their durations."""
         futures = [f.future for f in probes if f.future is not None]
-        finished = threading.Semaphore(0)
-        for future in futures:
-            future.add_done_callback(lambda _: finished.release())
-        end = time.monotonic() + batching.PROBE_WAIT
-        for _ in futures:
-            if not finished.acquire(timeout=max(0.0, end - time.monotonic())):
-                break
+        try:
+            for _ in self.backend.as_completed(futures, timeout=batching.PROBE_WAIT):
+                pass
+        except TimeoutError:  # slow probes: their durations say the runs are not short
+            pass
         durations = []
         for future in futures:
             try:
