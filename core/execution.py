@@ -50,7 +50,8 @@ class RunTask:
     log_limit: int = DEFAULT_LIMIT
     echo: bool = False
     # A picklable factory of a context manager entered around the handler on the worker, given the
-    # Context: how extensions (tuning trials) attach to a run without core knowing them.
+    # Context: how extensions (tuning trials) attach to a run without core knowing them. It may have
+    # a non-blocking ``prepare()``, started in a batch while the run before it runs.
     scope: Callable[[Context], Any] | None = None
     callable: Callable | None = field(default=None, repr=False, compare=False)  # in-process only
 
@@ -317,10 +318,12 @@ def execute(
     task: RunTask,
     on_start: Callable[[str, float], None] | None = None,
     stop: StopSignal | None = None,
+    on_enter: Callable[[], None] | None = None,
 ) -> RunOutcome:
     """Run one attempt of ``task`` and return its outcome (never raises for user-code errors).
 
     Setting ``stop`` (how a backend cancels a running task) ends the attempt as cancelled.
+    ``on_enter`` is called once the run's scope is entered, as the handler is about to run.
     """
     started = time.time()
     if on_start is not None:
@@ -341,6 +344,8 @@ def execute(
     with capture_output(task.log_limit, task.echo) as log:
         try:
             with (task.scope(ctx) if task.scope else _null()), _environment(task.env):
+                if on_enter is not None:
+                    on_enter()
                 func = task.callable or load_handler(task.code, task.handler)
 
                 def body() -> None:
@@ -382,14 +387,18 @@ _attempts: dict[str, StopSignal] = {}
 _attempts_lock = threading.Lock()
 
 
-def execute_registered(task: RunTask, on_start: Callable[[str, float], None] | None = None) -> RunOutcome:
+def execute_registered(
+    task: RunTask,
+    on_start: Callable[[str, float], None] | None = None,
+    on_enter: Callable[[], None] | None = None,
+) -> RunOutcome:
     """``execute`` for engines whose workers live in other processes: the attempt is registered in
     this worker process so that ``stop_attempt(uid)``, sent through the engine, can cancel it."""
     stop = StopSignal()
     with _attempts_lock:
         _attempts[task.uid] = stop
     try:
-        return execute(task, on_start, stop)
+        return execute(task, on_start, stop, on_enter)
     finally:
         with _attempts_lock:
             _attempts.pop(task.uid, None)
@@ -416,15 +425,21 @@ def execute_batch(
     ``cancel_ends_batch``: the engine cancels by interrupting the whole task (Ray's
     KeyboardInterrupt), so a cancelled run means the batch was cancelled and the runs after it
     come back as never started.
+
+    While one run's handler runs, the next run's scope may prepare (a scope with a ``prepare()``
+    method, such as a tuning trial sampling its parameters), so that run starts without that delay.
     """
     outcomes: list[RunOutcome] = []
     interrupted = False
-    for task in batch.tasks:
+    tasks = batch.tasks
+    for index, task in enumerate(tasks):
         if interrupted or (refused is not None and refused(task.uid)):
             outcomes.append(never_started(task))
             continue
+        following = tasks[index + 1].scope if index + 1 < len(tasks) else None
+        prepare = getattr(following, "prepare", None)
         try:
-            outcome = execute_registered(task, on_start)
+            outcome = execute_registered(task, on_start, prepare)
         except KeyboardInterrupt:  # landed between two runs, outside any handler
             outcome, interrupted = never_started(task), True
         outcomes.append(outcome)

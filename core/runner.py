@@ -205,29 +205,39 @@ class Driver:
         *,
         watch: bool = False,
         batch_size: int | str = "auto",
+        scopes: list[Any] | None = None,
     ) -> list[RunHandle]:
         """Submit many recorded runs in one go; returns their handles at once.
 
         Engines take them in one graph update, not N. With ``batch_size="auto"`` short runs travel
         several per engine task (see ``shoal.batch_size``): one run per slot goes first, and the
-        rest follow from a dispatch thread once those show how long a run takes.
+        rest follow from a dispatch thread once those show how long a run takes. ``scopes`` gives
+        each run its ``RunTask.scope`` (tuning: the run's TrialScope).
         """
-        flights = [self._flight(r, inputs, watch=watch, params=p) for r, p in zip(records, params)]
+        scopes = scopes or [None] * len(records)
+        flights = [
+            self._flight(r, inputs, watch=watch, params=p, scope=scope) for r, p, scope in zip(records, params, scopes)
+        ]
         handles = [f.handle for f in flights]
-        slots = max(1, self.backend.slots)
         if batch_size == 1 or not self.backend.batches:
             self._submit_flights(flights)
         elif batch_size != "auto":
             self._submit_flights(flights, int(batch_size))
-        elif not batching.worth_batching(len(flights), slots):
-            self._submit_flights(flights)
         else:
-            probes, rest = flights[:slots], flights[slots:]
-            self._submit_flights(probes)
-            threading.Thread(
-                target=self._dispatch_rest, args=(probes, rest, slots), name="shoal-map-dispatch", daemon=True
-            ).start()
+            self._submit_auto(flights)
         return handles
+
+    def _submit_auto(self, flights: list["_Flight"]) -> None:
+        """One run per slot first (the probes), then the rest sized by their durations."""
+        slots = max(1, self.backend.slots)  # asks the engine: only where batching may apply
+        if not batching.worth_batching(len(flights), slots):
+            self._submit_flights(flights)
+            return
+        probes, rest = flights[:slots], flights[slots:]
+        self._submit_flights(probes)
+        threading.Thread(
+            target=self._dispatch_rest, args=(probes, rest, slots), name="shoal-map-dispatch", daemon=True
+        ).start()
 
     def _dispatch_rest(self, probes: list["_Flight"], rest: list["_Flight"], slots: int) -> None:
         """Wait briefly for the probe runs, then send the rest in batches sized by their durations."""

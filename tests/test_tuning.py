@@ -20,6 +20,8 @@ from shoal.tuning.space import parse_assignment, parse_entry
 HANDLERS = '''
 import time
 
+import optuna
+
 import shoal
 
 
@@ -69,6 +71,11 @@ def always_fails(x: float):
 
 def outside(ctx):
     return {"trial": ctx.trial is None}
+
+
+def pruned_at_once(ctx, x: float):
+    ctx.report(x, 0)
+    raise optuna.TrialPruned()
 '''
 
 
@@ -470,3 +477,54 @@ def test_nan_objective_fails_the_trial(project, tmp_path):
     f = shoal.Function.from_file(tmp_path / "nan.py", "nan")
     result = f.tune({"x": Float(0, 1)}, objective="max.score", n_trials=1, project=project)
     assert result.trials[0]["state"] == "fail" and math.isnan(float("nan"))
+
+
+# -- the worker side of a trial (TrialScope), as a batch runs it ----------------------------------------
+def _scope(project, study, *, tell=True, space=None):
+    from shoal.tuning.space import Space
+    from shoal.tuning.storage import default_ref
+    from shoal.tuning.strategies import NamedSampler
+    from shoal.tuning.trial_scope import TrialScope
+
+    space = Space(space or {"x": Float(0, 1)})
+    trial = study.ask()
+    scope = TrialScope(
+        storage=default_ref(project), study_name=study.study_name, trial_id=trial._trial_id,
+        objective=Objective.parse("max.score"), distributions=space.distributions(),
+        sampler=NamedSampler("tpe", space, 5, False), tell=tell,
+    )
+    return trial, scope
+
+
+def _study(project, name):
+    from shoal.tuning.storage import default_ref
+
+    return optuna.create_study(study_name=name, storage=default_ref(project).open(), direction="maximize")
+
+
+def test_a_trial_sampled_ahead_runs_with_those_values_and_is_told_where_it_ran(project, fn):
+    from shoal.execution import execute
+    from helpers import task
+
+    study = _study(project, "ahead")
+    trial, scope = _scope(project, study)
+    scope.prepare()  # what a batch does while the run before this one runs
+    sampled, params = scope._ahead.result(timeout=30)
+    assert study._storage.get_trial(trial._trial_id).params == params  # in the study before the run starts
+    outcome = execute(task(fn("quad"), {}, scope=scope, artifacts=project.artifacts_url))
+    assert outcome.state == "completed" and outcome.params == params
+    frozen = study._storage.get_trial(trial._trial_id)
+    assert frozen.state.name == "COMPLETE" and frozen.value == outcome.results["score"]
+
+
+def test_a_trial_is_told_pruned_where_it_ran_and_left_running_when_telling_is_off(project, fn):
+    from shoal.execution import execute
+    from helpers import task
+
+    study = _study(project, "where")
+    trial, scope = _scope(project, study)
+    outcome = execute(task(fn("pruned_at_once"), {}, scope=scope, artifacts=project.artifacts_url))
+    assert outcome.pruned and study._storage.get_trial(trial._trial_id).state.name == "PRUNED"
+    trial, scope = _scope(project, study, tell=False)  # grid, user samplers: the driver tells
+    outcome = execute(task(fn("quad"), {}, scope=scope, artifacts=project.artifacts_url))
+    assert outcome.state == "completed" and study._storage.get_trial(trial._trial_id).state.name == "RUNNING"

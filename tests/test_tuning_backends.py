@@ -13,6 +13,7 @@ from shoal.tuning import Float
 
 HANDLERS = '''
 import os
+import threading
 import time
 
 
@@ -40,6 +41,12 @@ def paced(x: float):
 
 def forgets(x: float):
     return {"acc": x}
+
+
+def brief(x: float):
+    time.sleep(0.003)
+    ahead = any(t.name.startswith("shoal-trial-sampling") for t in threading.enumerate())
+    return {"score": -(x - 0.3) ** 2, "ahead": ahead}
 '''
 
 
@@ -105,6 +112,26 @@ def test_an_early_stop_gives_queued_trials_back_to_the_study(project, fn, engine
     # The next search on the study runs them first.
     again = fn("paced").tune({"x": Float(0, 1)}, objective="max.score", n_trials=4, backend=engine, project=project)
     assert [t.state.name for t in again.study.get_trials(deepcopy=False)] == ["COMPLETE"] * 4
+
+
+def test_short_trials_travel_in_batches_each_sampled_told_and_recorded(project, fn, engine):
+    result = fn("brief").tune({"x": Float(0, 1)}, objective="max.score", n_trials=40, backend=engine, seed=2, project=project)
+    assert [t["state"] for t in result.trials] == ["complete"] * 40
+    runs = {r.uid: r for r in project.runs.list(parent=result.parent, limit=None)}
+    assert len(runs) == 40 and {r.state for r in runs.values()} == {"completed"}
+    for trial in result.study.get_trials(deepcopy=False):  # each its own values, in study and record
+        run = runs[trial.user_attrs["shoal"]["run"]]
+        assert run.params["x"] == trial.params["x"] and run.results["score"] == trial.value
+    assert len({t["params"]["x"] for t in result.trials}) == 40
+    # Batched: later trials of a batch were sampled on the worker while the one before them ran.
+    assert any(run.results["ahead"] for run in runs.values())
+    if engine.name == "dask":  # runs announce their engine task: some shared one
+        from collections import Counter
+
+        from shoal.backends.dask import START_TOPIC
+
+        keys = Counter(event["key"] for _, event in engine.client.get_events(START_TOPIC) if event["uid"] in runs)
+        assert max(keys.values()) > 1 and sum(keys.values()) == 40
 
 
 def test_missing_objective_fails_on_the_worker(project, fn, engine):

@@ -64,6 +64,70 @@ def test_default_storage_is_a_journal_file_in_the_project_home(project, quad):
     assert type(result.study._storage).__name__ == "JournalStorage"
 
 
+JOURNAL_WRITER = """
+import sys
+
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+
+from shoal.tuning.journal_lock import QueuedJournalLock
+
+path, name, queued = sys.argv[1], sys.argv[2], sys.argv[3] == "queued"
+backend = JournalFileBackend(path, lock_obj=QueuedJournalLock(path)) if queued else JournalFileBackend(path)
+storage = JournalStorage(backend)
+study = storage.get_study_id_from_name("shared")
+for i in range(100):
+    storage.set_study_user_attr(study, f"{name}-{i}", i)
+"""
+
+
+def test_shoal_processes_and_plain_optuna_share_one_journal_file(tmp_path):
+    path = str(tmp_path / "studies.journal")
+    optuna.create_study(study_name="shared", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(path)))
+    script = tmp_path / "writer.py"
+    script.write_text(JOURNAL_WRITER)
+    # Two shoal processes (queued on the flock) and one plain Optuna process (symlink lock only).
+    writers = [
+        subprocess.Popen([sys.executable, str(script), path, name, mode])
+        for name, mode in (("a", "queued"), ("b", "queued"), ("c", "optuna"))
+    ]
+    try:
+        assert [w.wait(120) for w in writers] == [0, 0, 0]
+    finally:
+        for writer in writers:
+            if writer.poll() is None:
+                writer.kill()
+                writer.wait()
+    attrs = optuna.load_study(study_name="shared", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(path))).user_attrs
+    assert attrs == {f"{name}-{i}": i for name in "abc" for i in range(100)}
+
+
+def test_the_queued_journal_lock_waits_for_a_plain_optuna_holder(tmp_path):
+    import threading
+
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    from shoal.tuning.journal_lock import QueuedJournalLock
+
+    path = str(tmp_path / "studies.journal")
+    foreign = JournalFileSymlinkLock(path)
+    assert foreign.acquire()  # e.g. optuna-dashboard writing to the same journal
+    acquired = threading.Event()
+    lock = QueuedJournalLock(path)
+    waiter = threading.Thread(target=lambda: (lock.acquire(), acquired.set()), daemon=True)
+    waiter.start()
+    try:
+        assert not acquired.wait(0.3)  # held elsewhere: it waits
+    finally:
+        foreign.release()
+    assert acquired.wait(30)
+    lock.release()
+    assert foreign.acquire()  # released in turn
+    foreign.release()
+
+
 def test_sqlite_url_relative_to_the_project(project, quad):
     result = quad.tune({"x": Float(0, 1)}, objective="max.score", n_trials=3, storage="sqlite:///studies.db", project=project)
     assert (project.root / "studies.db").exists()
@@ -183,6 +247,7 @@ def test_driver_killed_with_sigkill_resumes_the_same_study(tmp_path, storage, re
     before = _trials(ref, "quad")
     completed = {t.number: t.params for t in before if t.state.name == "COMPLETE"}
     running = {t.number: t.params for t in before if t.state.name == "RUNNING"}
+    before_by_number = {t.number: t for t in before}
     assert completed and running
 
     second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
@@ -193,10 +258,15 @@ def test_driver_killed_with_sigkill_resumes_the_same_study(tmp_path, storage, re
     project = shoal.Project(tmp_path, name="resume")
     for number, params in completed.items():  # kept, not run again
         assert after[number].state.name == "COMPLETE" and after[number].params == params
-    # the dead driver's trials: told from their recorded run if it had finished, else failed with a note
-    recovered = {n for n in running if after[n].state.name == "COMPLETE"}
-    failed = set(running) - recovered
-    for number in running:
+    # the dead driver's trials: queued again if they never started (this search ran them), told from
+    # their recorded run if it had finished, else failed with a note
+    requeued = {n for n in running if _run_of(project, after[n]) and _run_of(project, after[n]).parent == parent}
+    recovered = {n for n in running if after[n].state.name == "COMPLETE"} - requeued
+    failed = set(running) - recovered - requeued
+    for number in requeued:
+        assert after[number].state.name == "COMPLETE" and _run_of(project, after[number]).state == "completed"
+        assert _run_of(project, before_by_number[number]).state == "cancelled"  # its first record
+    for number in set(running) - requeued:
         if "shoal" not in after[number].user_attrs:  # killed between asking the trial and labelling it
             assert after[number].state.name == "FAIL" and "died while it ran" in after[number].user_attrs["shoal_error"]
             continue
@@ -223,10 +293,64 @@ def test_driver_killed_with_sigkill_resumes_the_same_study(tmp_path, storage, re
 
     children = project.runs.list(parent=parent, limit=None)
     assert len(children) == 10 - len(completed) - len(recovered) - (0 if retries else len(failed))
-    assert {r.iteration for r in children}.isdisjoint(set(completed) | set(running))
+    assert {r.iteration for r in children}.isdisjoint(set(completed) | set(running) - requeued)
     dead = [r for r in project.runs.list(limit=None) if r.parent is None and r.uid != parent]
     assert len(dead) == 1 and dead[0].state == "failed" and "driver died" in dead[0].error["message"]
     project.close()
+
+
+def test_a_resume_mends_what_a_dead_driver_left_open(project, quad):
+    """A dead driver's records: a trial told on its worker, one queued that never started and one
+    that was running; set up as a SIGKILL leaves them (the kill itself is tested above)."""
+    import socket
+
+    from shoal.runner import _driver
+    from shoal.tuning.driver import ATTR_DRIVER
+
+    space = {"x": Float(0, 1)}
+    quad.tune(space, objective="max.score", n_trials=1, backend="local", project=project)
+    study = load_study("quad", project=project)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    owner = {"host": socket.gethostname(), "pid": gone.pid, "start": "0"}
+    driver = _driver(quad, "local", project)
+    parent = {**driver.new_record({}, {}), "state": "running", "started_at": datetime.now().astimezone()}
+    study.set_user_attr(f"{ATTR_DRIVER}{owner['host']}:{owner['pid']}", {**owner, "active": True, "parent": parent["uid"]})
+    records, trials = [parent], {}
+    for name, state in (("told", "running"), ("queued", "pending"), ("cut", "running")):
+        trial = study.ask()
+        record = {**driver.new_record({}, {}, parent=parent["uid"], iteration=trial.number), "state": state}
+        if state == "running":
+            record["started_at"] = datetime.now().astimezone()
+        study._storage.set_trial_user_attr(trial._trial_id, "shoal", {"run": record["uid"], "parent": parent["uid"], "driver": owner})
+        records.append(record)
+        trials[name] = (trial, record["uid"])
+    told, told_uid = trials["told"]
+    told.suggest_float("x", 0, 1)
+    study.tell(told, -0.25)  # its worker told it; the driver died before recording the run
+    project.store.create_runs(records)
+
+    result = quad.tune(space, objective="max.score", n_trials=5, backend="local", project=project)
+    after = {t.number: t for t in result.study.get_trials(deepcopy=False)}
+    run = project.runs.get(told_uid)
+    assert run.state == "completed" and run.results == {"score": -0.25} and run.params["x"] == told.params["x"]
+    assert "restored from the study" in run.logs
+    queued, queued_uid = trials["queued"]  # never started: queued again and run, not failed
+    assert project.runs.get(queued_uid).state == "cancelled" and after[queued.number].state.name == "COMPLETE"
+    cut, cut_uid = trials["cut"]
+    assert project.runs.get(cut_uid).state == "failed" and after[cut.number].state.name == "FAIL"
+    assert project.runs.get(parent["uid"]).error["type"] == "DriverLost"
+    assert sum(t.state.name in ("COMPLETE", "FAIL") for t in after.values()) == 5
+    assert not load_study("quad", project=project).user_attrs[f"{ATTR_DRIVER}{owner['host']}:{owner['pid']}"]["active"]
+
+
+def _run_of(project, trial):
+    """The run a trial is linked to now, or None (not linked, or never recorded)."""
+    uid = (trial.user_attrs.get("shoal") or {}).get("run")
+    try:
+        return project.runs.get(uid) if uid else None
+    except shoal.NotFoundError:
+        return None
 
 
 def _trials(ref, name: str) -> list:

@@ -4,14 +4,22 @@ One thread (the caller's) owns the Optuna study: it asks, launches runs on the b
 return at once), and tells each trial the moment its run's handle reports done through a queue, so
 a slow trial never holds back the others. Every trial is a child run of one parent tuning run.
 
+Short trials travel in batches, as ``fn.map``'s runs do (``shoal.batch_size``): once the first trial
+of every slot has shown how long a trial takes, trials shorter than ~50 ms go several to an engine
+task, run one after the other on one worker. Each is still sampled where it starts and told where it
+ends (``TrialScope``), so a batch's trials see each other's results and the others' as they come.
+
 Resume: the study lives in shared storage, so re-running the same search continues it. Trials left
 RUNNING by a driver that died are failed first (at once when that driver ran on this machine and
 its process is gone; through Optuna's heartbeat where the storage has one), and retried up to the
-function's ``retries`` with Optuna's ``RetryHeartbeatStaleTrialCallback``.
+function's ``retries`` with Optuna's ``RetryHeartbeatStaleTrialCallback``. Its trials that never
+started (queued, or waiting in a batch) go back to the study's queue instead, and its run records
+are mended: runs whose trials a worker told get the trial's values, the others fail.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import logging
@@ -24,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
+from shoal import batch_size as batching
 from shoal.errors import ObjectiveMissingError, ParamError, TuningError
 
 from . import storage as storages
@@ -66,6 +75,7 @@ class Progress:
 class _InFlight:
     trial: Any
     handle: "RunHandle"
+    task: int  # the engine task (a batch, or the trial alone) it travels in
 
 
 def _int_option(value: Any, name: str, minimum: int) -> int | None:
@@ -162,6 +172,9 @@ class Search:
         self.distributions = space.distributions()
         self.strategy = strategy
         self.seed = seed
+        # Named samplers other than grid keep no state the driver's copy must see in after_trial
+        # (GridSampler stops the study there), so their trials can be told where they run.
+        self.tell_where_run = isinstance(strategy, str) and strategy.lower() != "grid"
 
     def trial_sampler(self, number: int) -> Any:
         """What a worker samples trial ``number``'s define-by-run parameters with: a description
@@ -237,7 +250,8 @@ class Search:
         )
 
     def _fail_stale(self) -> None:
-        """Fail trials whose driver died (same machine, process gone), and heartbeat-stale ones."""
+        """Fail trials whose driver died (same machine, process gone), and heartbeat-stale ones;
+        give back those that never started, and finish the dead drivers' open run records."""
         import optuna
         from optuna.trial import TrialState
 
@@ -259,7 +273,7 @@ class Search:
                 if not owner:
                     log.warning("study %s: trial %d is running without a shoal driver; left as it is", self.study_name, trial.number)
                 continue
-            if self._recover(trial, info.get("run")):
+            if self._recover(trial, info.get("run")) or self._requeue_unstarted(trial, info.get("run")):
                 dead_parents.add(info.get("parent"))
                 continue
             who = f"(pid {owner.get('pid')} on {owner.get('host')}) " if owner else ""
@@ -276,6 +290,12 @@ class Search:
             self._fail_record(info.get("run"), "DriverLost", note)
             if info.get("parent"):
                 dead_parents.add(info["parent"])
+        for key, owner in self.study.user_attrs.items():
+            if key.startswith(ATTR_DRIVER) and isinstance(owner, dict) and owner.get("active") and _dead(owner):
+                if owner.get("parent"):
+                    self._mend_children(owner["parent"])
+                    dead_parents.add(owner["parent"])
+                self.study.set_user_attr(key, {**owner, "active": False})
         for parent in dead_parents - {None}:
             self._fail_record(parent, "DriverLost", "the tuning driver died; the search was resumed by another run")
         if self.heartbeat:
@@ -306,6 +326,61 @@ class Search:
             return False
         log.warning("study %s: trial %d of a dead driver had finished; told it at resume", self.study_name, trial.number)
         return True
+
+    def _requeue_unstarted(self, trial: Any, uid: str | None) -> bool:
+        """Give a dead driver's trial whose run never started back to the study's queue (WAITING):
+        nothing ran, so nothing failed. Its run record ends cancelled, never started."""
+        from optuna.trial import TrialState
+
+        if not uid:
+            return False
+        try:
+            if self.project.store.get_run(uid).state != "pending":
+                return False
+            if not self.storage.set_trial_state_values(trial._trial_id, state=TrialState.WAITING):
+                return False
+        except Exception:  # noqa: BLE001 - no record, or the trial moved on: failed instead
+            return False
+        message = "never started: its tuning driver died; the trial went back to the study's queue"
+        self._finish_record(uid, {"state": "cancelled", "error": {"type": "CancelledError", "message": message, "traceback": ""}})
+        log.warning("study %s: trial %d of a dead driver never started; queued again", self.study_name, trial.number)
+        return True
+
+    def _mend_children(self, parent: str) -> None:
+        """Finish the records a dead driver left open: a trial a worker told (complete or pruned)
+        gives its run the trial's values and parameters; any other run failed with its driver."""
+        from optuna.trial import TrialState
+
+        trials = {t.number: t for t in self.study.get_trials(deepcopy=False)}
+        for run in self.project.store.list_runs(parent=parent, state=("pending", "running")):
+            trial = trials.get(run.iteration)
+            told = (
+                trial is not None
+                and (trial.user_attrs.get("shoal") or {}).get("run") == run.uid
+                and trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
+            )
+            if not told:
+                self._fail_record(run.uid, "DriverLost", "its tuning driver died before the run's outcome was recorded")
+                continue
+            if trial.state == TrialState.PRUNED:
+                results: dict[str, Any] = {"pruned": True}
+            else:
+                results = dict(zip(self.objective.keys, trial.values))
+            self._finish_record(run.uid, {
+                "state": "completed",
+                "params": _json({**run.params, **trial.params}),
+                "results": _json(results),
+                "started_at": run.started_at or _utc(trial.datetime_start),
+                "ended_at": _utc(trial.datetime_complete) or _now(),
+                "logs": run.logs + "[shoal] the tuning driver died before recording this run; its trial's "
+                "values and parameters were restored from the study (logs, metrics and other results are lost)\n",
+            })
+
+    def _finish_record(self, uid: str, fields: dict[str, Any]) -> None:
+        try:
+            self.project.store.finish_run(uid, {"ended_at": _now(), **fields})
+        except Exception as exc:  # noqa: BLE001 - a record we cannot mend must not stop the search
+            log.warning("could not mend run %s: %s", uid[:12], exc)
 
     def _fail_record(self, uid: str | None, kind: str, message: str) -> None:
         if not uid:
@@ -344,6 +419,11 @@ def _heartbeat_enabled(storage: Any) -> bool:
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """An Optuna timestamp (naive, local time) as the records keep them (UTC)."""
+    return moment.astimezone(timezone.utc) if moment is not None else None
 
 
 _HOST = socket.gethostname()
@@ -415,6 +495,12 @@ class _Loop:
         slots = backend.slots
         queueable = not backend.in_process and self.parallelism >= slots
         self.prefetch = max(0, 2 * slots - self.parallelism) if queueable else 0
+        self.slots = max(1, slots)
+        self.batching = backend.batches and not backend.in_process
+        self.told_on_workers = search.tell_where_run and not backend.in_process
+        self.durations: collections.deque[float] = collections.deque(maxlen=max(4, 2 * self.slots))
+        self.tasks: dict[int, int] = {}  # engine task -> its trials in flight
+        self.launched = 0
         self.inflight: dict[str, _InFlight] = {}
         self.finished: queue.SimpleQueue = queue.SimpleQueue()
         self.stopped: str | None = None
@@ -437,6 +523,8 @@ class _Loop:
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> TuneResult:
         self.parent = self._parent_record()
+        # Which parent run is this driver's: a resume after its death mends that run's children.
+        self.study.set_user_attr(self.s.driver_key, {**self.owner, "active": True, "parent": self.parent["uid"]})
         try:
             with _optimize_loop(self.study):
                 while True:
@@ -485,7 +573,7 @@ class _Loop:
             self.storage.set_trial_state_values(trial._trial_id, state=TrialState.WAITING)
 
     def _may_ask(self) -> bool:
-        if self.stopped is not None or len(self.inflight) >= self.parallelism + self.prefetch:
+        if self.stopped is not None or len(self.tasks) >= self.parallelism + self.prefetch:
             return False
         if self.study._stop_flag:
             self.stopped = "grid"
@@ -516,21 +604,56 @@ class _Loop:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(self.study)
 
-    # -- one trial ------------------------------------------------------------------------------
+    # -- one engine task: a trial, or a batch of short ones ----------------------------------------
+    def _batch_size(self) -> int:
+        """Trials for the next engine task: one until every slot's first trial has shown how long
+        a trial takes, then as many as ``shoal.batch_size`` sends for runs that short."""
+        size = 1
+        if self.batching and len(self.durations) >= self.slots:
+            remaining = self.budget - self.asked if self.budget is not None else batching.MAX_BATCH * self.slots * 4
+            size = batching.batch_size(list(self.durations), remaining, self.slots)
+        if self.budget is not None:
+            size = min(size, self.budget - self.asked)
+        return max(1, size)
+
     def _launch(self) -> None:
         s = self.s
-        trial = self.study.ask()  # created here, sampled where it runs (see TrialScope)
+        trials, records, scopes = [], [], []
+        for _ in range(self._batch_size()):
+            if trials and self.study._stop_flag:
+                break
+            trial, record, scope = self._new_trial()
+            trials.append(trial)
+            records.append(record)
+            scopes.append(scope)
+        s.project.store.create_runs(records)
+        bound = dict(s.space.constants)  # the records get the sampled values when the runs end
+        handles = s.driver.launch_many(
+            records, self.staged, [bound] * len(records), scopes=scopes, batch_size=len(records)
+        )
+        task = self.launched
+        self.launched += 1
+        self.tasks[task] = len(handles)
+        for trial, handle in zip(trials, handles):
+            self.inflight[handle.uid] = _InFlight(trial, handle, task)
+            handle.add_done_callback(self.finished.put)
+        self.progress.running = min(len(self.inflight), self.parallelism)
+        self._report()
+
+    def _new_trial(self) -> tuple[Any, dict[str, Any], TrialScope]:
+        """Ask a trial and prepare its run record; sampled where it runs (see TrialScope)."""
+        s = self.s
+        trial = self.study.ask()
         self.asked += 1
         if s.heartbeat:
             self.storage.record_heartbeat(trial._trial_id)
-        bound = dict(s.space.constants)  # the record gets the sampled values when the run ends
-        record = s.driver.new_record(bound, self.staged, parent=self.parent["uid"], iteration=trial.number,
-                                     labels={"study": s.study_name})
+        record = s.driver.new_record(dict(s.space.constants), self.staged, parent=self.parent["uid"],
+                                     iteration=trial.number, labels={"study": s.study_name})
         # Link trial and run first: a driver killed from here on leaves enough to mend both at resume.
         self.storage.set_trial_user_attr(
             trial._trial_id, "shoal", {"run": record["uid"], "parent": self.parent["uid"], "driver": self.owner}
         )
-        s.project.store.create_runs([record])
+        in_process = s.driver.backend.in_process
         scope = TrialScope(
             storage=s.ref,
             study_name=s.study_name,
@@ -539,13 +662,10 @@ class _Loop:
             distributions=s.distributions,
             sampler=s.trial_sampler(trial.number),
             pruner=self.study.pruner,
-            study=self.study if s.driver.backend.in_process else None,
+            tell=self.told_on_workers,
+            study=self.study if in_process else None,
         )
-        handle = s.driver.launch(record, self.staged, scope=scope, params=bound)
-        self.inflight[handle.uid] = _InFlight(trial, handle)
-        self.progress.running = min(len(self.inflight), self.parallelism)
-        self._report()
-        handle.add_done_callback(self.finished.put)
+        return trial, record, scope
 
     def _tell(self, handle: "RunHandle") -> None:
         from optuna.trial import TrialState
@@ -553,8 +673,13 @@ class _Loop:
         item = self.inflight.pop(handle.uid, None)
         if item is None:
             return
+        self.tasks[item.task] -= 1
+        if not self.tasks[item.task]:
+            del self.tasks[item.task]
         run = handle.result(0)
         trial = item.trial
+        if run.state == "completed" and run.started_at is not None and run.ended_at is not None:
+            self.durations.append((run.ended_at - run.started_at).total_seconds())
         if run.state == "cancelled" and run.started_at is None:  # queued, then dropped: it never ran
             self._release(trial)
             self.progress.running = min(len(self.inflight), self.parallelism)
@@ -590,6 +715,10 @@ class _Loop:
     def _told(self, trial: Any, **kwargs: Any) -> Any:
         import optuna
 
+        if self.told_on_workers:
+            frozen = self.storage.get_trial(trial._trial_id)
+            if frozen.state.is_finished():  # told where it ran
+                return frozen
         try:
             return self.study.tell(trial, **kwargs)
         except optuna.exceptions.UpdateFinishedTrialError:

@@ -79,7 +79,9 @@ class StorageRef:
                 return pickle.loads(self.payload)  # type: ignore[arg-type]
             if self.kind == "journal-file":
                 pathlib.Path(self.target).parent.mkdir(parents=True, exist_ok=True)
-                return JournalStorage(JournalFileBackend(self.target))
+                from .journal_lock import QueuedJournalLock
+
+                return JournalStorage(JournalFileBackend(self.target, lock_obj=QueuedJournalLock(self.target)))
             if self.kind == "journal-redis":
                 try:
                     import redis  # noqa: F401

@@ -5,10 +5,21 @@ wherever the run executes. It rebuilds the Optuna trial from the study storage (
 study object are cached per worker process), so the handler can suggest define-by-run parameters and
 report intermediate values that the pruner sees. After the handler returns it checks that every
 objective key was logged, so a missing key fails the run itself, with the keys that were logged.
+
+In a batch of short trials, a trial's parameters are sampled while the trial before it runs
+(``prepare``), as Optuna's own threads sample one trial while another's objective runs.
+
+A trial that completes (or is pruned) is told here, where it ran: the next trial sampled on any
+worker sees its value at once, even while the driver is busy or the trial's run still travels
+back in a batch. Failures are left to the driver, which may retry the run on the same trial.
 """
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import logging
+import os
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -17,6 +28,29 @@ from .objective import Objective
 from .space import suggest
 from .strategies import NamedSampler
 from .storage import StorageRef
+
+log = logging.getLogger("shoal.tuning")
+
+_sampler_pool: cf.ThreadPoolExecutor | None = None
+_sampler_pool_lock = threading.Lock()
+
+
+def _sampling_thread() -> cf.ThreadPoolExecutor:
+    """This process's one thread for sampling trials ahead (a forked child starts its own)."""
+    global _sampler_pool
+    with _sampler_pool_lock:
+        if _sampler_pool is None:
+            _sampler_pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="shoal-trial-sampling")
+        return _sampler_pool
+
+
+def _forget_pool_in_child() -> None:
+    global _sampler_pool
+    _sampler_pool = None
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
 
 
 @dataclass
@@ -32,13 +66,29 @@ class TrialScope:
     #: the sampler for define-by-run suggestions: a NamedSampler, or the user's sampler object
     sampler: Any = None
     pruner: Any = None
+    #: tell a completed or pruned trial here (samplers whose after_trial the driver need not see)
+    tell: bool = False
     #: in-process runs use the driver's own study (never pickled)
     study: Any = field(default=None, repr=False, compare=False)
+    #: parameters sampled ahead of the run (prepare), on the worker only
+    _ahead: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["study"] = None
+        state["study"] = state["_ahead"] = None
         return state
+
+    def prepare(self) -> None:
+        """Start sampling this trial's parameters now, on this process's sampling thread (returns
+        at once: a new thread per trial would make the caller wait for it to start)."""
+        if self.distributions and self._ahead is None:
+            self._ahead = _sampling_thread().submit(self._sample)
+
+    def _sample(self) -> tuple[Any, dict[str, Any]]:
+        import optuna
+
+        trial = optuna.trial.Trial(self._study(), self.trial_id)
+        return trial, {name: suggest(trial, name, dist) for name, dist in self.distributions.items()}
 
     def __call__(self, ctx: Any) -> Any:
         return self._scope(ctx)
@@ -73,9 +123,37 @@ class TrialScope:
         ctx._trial_factory = lambda: optuna.trial.Trial(self._study(), self.trial_id)
         ctx._reporter = report
         if self.distributions:
-            trial = ctx.trial
-            ctx.set_params({name: suggest(trial, name, dist) for name, dist in self.distributions.items()})
-        yield
+            trial, params = self._sampled()
+            ctx.trial = trial
+            ctx.set_params(params)
+        try:
+            yield
+        except optuna.TrialPruned:
+            self._tell(ctx, state=optuna.trial.TrialState.PRUNED)
+            raise
         error = self.objective.missing(ctx.results)
         if error is not None:
             raise error
+        try:
+            values = self.objective.values(ctx.results)
+        except Exception:  # noqa: BLE001 - not a number: the driver fails the trial, naming the value
+            return
+        self._tell(ctx, values=values if self.objective.multi else values[0])
+
+    def _sampled(self) -> tuple[Any, dict[str, Any]]:
+        """The parameters sampled ahead, else sampled now."""
+        if self._ahead is not None:
+            try:
+                return self._ahead.result()
+            except Exception as exc:  # noqa: BLE001 - e.g. storage hiccup in the helper: try again here
+                log.debug("trial %d: sampling ahead failed (%s); sampling now", self.trial_id, exc)
+        return self._sample()
+
+    def _tell(self, ctx: Any, **outcome: Any) -> None:
+        if not self.tell:
+            return
+        trial = ctx.trial
+        try:
+            trial.study.tell(trial, **outcome)
+        except Exception as exc:  # noqa: BLE001 - the run's result stands; the driver tells the trial
+            log.warning("trial %d could not be told where it ran (%s); the driver tells it", trial.number, exc)
