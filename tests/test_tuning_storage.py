@@ -19,7 +19,7 @@ import optuna
 import pytest
 
 import shoal
-from conftest import PG_ADMIN_URL, requires_postgres
+from conftest import _PG_REASON, PG_ADMIN_URL, requires_postgres
 from shoal.errors import TuningError
 from shoal.tuning import Float, load_study
 from shoal.tuning.storage import default_ref, resolve
@@ -163,6 +163,42 @@ def test_a_postgresql_project_keeps_its_studies_in_its_database(pg_project, tmp_
 
 
 @pytest.mark.skipif(_REDIS_REASON is not None, reason=_REDIS_REASON or "")
+@pytest.mark.parametrize("kind", ["journal", "sqlite", "postgresql", "redis"])
+def test_a_trial_sampled_ahead_on_the_sampling_thread_with_every_storage(project, quad, kind):
+    """What a batch does on a worker: sample the next trial on the sampling thread, then run and
+    tell it on the worker's own thread, through one storage object shared by both."""
+    from helpers import task
+
+    from shoal.execution import execute
+    from shoal.tuning.objective import Objective
+    from shoal.tuning.space import Space
+    from shoal.tuning.strategies import NamedSampler
+    from shoal.tuning.trial_scope import TrialScope
+
+    if kind == "postgresql" and _PG_REASON:
+        pytest.skip(_PG_REASON)
+    if kind == "redis" and _REDIS_REASON:
+        pytest.skip(_REDIS_REASON)
+    url = {"journal": None, "sqlite": "sqlite:///studies.db", "postgresql": PG_ADMIN_URL, "redis": REDIS_URL}[kind]
+    ref = resolve(url, project)
+    name = f"ahead-{uuid.uuid4().hex[:10]}"
+    study = optuna.create_study(study_name=name, storage=ref.open(), direction="maximize")
+    try:
+        space = Space({"x": Float(0, 1)})
+        trial = study.ask()
+        scope = TrialScope(storage=ref, study_name=name, trial_id=trial._trial_id, objective=Objective.parse("max.score"),
+                           distributions=space.distributions(), sampler=NamedSampler("tpe", space, 1, False), tell=True)
+        scope.prepare()
+        outcome = execute(task(quad, {"pause": 0.0}, scope=scope, artifacts=project.artifacts_url))
+        assert outcome.state == "completed", outcome.error
+        frozen = ref.open().get_trial(trial._trial_id)
+        assert frozen.state.name == "COMPLETE" and frozen.params == {"x": outcome.params["x"]}
+        assert frozen.value == outcome.results["score"]
+    finally:
+        if kind in ("postgresql", "redis"):
+            optuna.delete_study(study_name=name, storage=ref.open())
+
+
 def test_redis_journal_storage(project, quad):
     import redis
 
