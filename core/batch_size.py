@@ -37,14 +37,16 @@ def worth_batching(runs: int, slots: int) -> bool:
     return runs > max(1, slots) * (BATCHES_PER_SLOT + 1)
 
 
-def batch_size(durations: Sequence[float], remaining: int, slots: int) -> int:
-    """Runs per engine task for ``remaining`` runs, given the durations (s) of runs already done."""
-    if not durations or remaining <= 0:
+def batch_size(durations: Sequence[float], remaining: int | None, slots: int) -> int:
+    """Runs per engine task for ``remaining`` runs (None: no known end, as a search bounded only by
+    its timeout), given the durations (s) of runs already done."""
+    if not durations or (remaining is not None and remaining <= 0):
         return 1
     typical = max(sum(durations) / len(durations), 1e-5)
-    by_work = int(BATCH_SECONDS / typical)
-    balanced = math.ceil(remaining / (max(1, slots) * BATCHES_PER_SLOT))
-    return max(1, min(by_work, balanced, MAX_BATCH))
+    size = min(int(BATCH_SECONDS / typical), MAX_BATCH)
+    if remaining is not None:  # smaller batches towards the end keep every slot busy to the last
+        size = min(size, math.ceil(remaining / (max(1, slots) * BATCHES_PER_SLOT)))
+    return max(1, size)
 
 
 def chunks(items: Sequence[T], size: int) -> list[list[T]]:

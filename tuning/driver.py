@@ -360,7 +360,7 @@ class Search:
                 and trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
             )
             if not told:
-                self._fail_record(run.uid, "DriverLost", "its tuning driver died before the run's outcome was recorded")
+                self._finish_record(run.uid, _failed("DriverLost", "its tuning driver died before the run's outcome was recorded"))
                 continue
             if trial.state == TrialState.PRUNED:
                 results: dict[str, Any] = {"pruned": True}
@@ -383,18 +383,16 @@ class Search:
             log.warning("could not mend run %s: %s", uid[:12], exc)
 
     def _fail_record(self, uid: str | None, kind: str, message: str) -> None:
+        """Fail run ``uid`` if it is still open."""
         if not uid:
             return
-        store = self.project.store
         try:
-            if store.get_run(uid).state not in ("pending", "running"):
+            if self.project.store.get_run(uid).state not in ("pending", "running"):
                 return
-            store.finish_run(
-                uid,
-                {"state": "failed", "error": {"type": kind, "message": message, "traceback": ""}, "ended_at": _now()},
-            )
-        except Exception as exc:  # noqa: BLE001 - a record we cannot mend must not stop the search
+        except Exception as exc:  # noqa: BLE001 - a record we cannot read must not stop the search
             log.warning("could not mark run %s failed: %s", uid[:12], exc)
+            return
+        self._finish_record(uid, _failed(kind, message))
 
 
 def _shown(signature: Mapping[str, Any]) -> str:
@@ -419,6 +417,11 @@ def _heartbeat_enabled(storage: Any) -> bool:
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _failed(kind: str, message: str) -> dict[str, Any]:
+    """The fields of a run record that failed for ``kind`` (no traceback: nothing raised here)."""
+    return {"state": "failed", "error": {"type": kind, "message": message, "traceback": ""}}
 
 
 def _utc(moment: datetime | None) -> datetime | None:
@@ -610,7 +613,7 @@ class _Loop:
         a trial takes, then as many as ``shoal.batch_size`` sends for runs that short."""
         size = 1
         if self.batching and len(self.durations) >= self.slots:
-            remaining = self.budget - self.asked if self.budget is not None else batching.MAX_BATCH * self.slots * 4
+            remaining = self.budget - self.asked if self.budget is not None else None
             size = batching.batch_size(list(self.durations), remaining, self.slots)
         if self.budget is not None:
             size = min(size, self.budget - self.asked)

@@ -85,13 +85,17 @@ class TrialScope:
             self._ahead = _sampling_thread().submit(self._sample)
 
     def _sample(self) -> tuple[Any, dict[str, Any]]:
-        import optuna
-
-        trial = optuna.trial.Trial(self._study(), self.trial_id)
+        trial = self._trial()
         return trial, {name: suggest(trial, name, dist) for name, dist in self.distributions.items()}
 
     def __call__(self, ctx: Any) -> Any:
         return self._scope(ctx)
+
+    def _trial(self) -> Any:
+        """This trial, rebuilt from the storage (only handlers that use it, or sampling, pay for it)."""
+        import optuna
+
+        return optuna.trial.Trial(self._study(), self.trial_id)
 
     def _study(self) -> Any:
         """The study as this trial sees it: the process's storage, this trial's own sampler."""
@@ -119,8 +123,7 @@ class TrialScope:
             if trial.should_prune():
                 raise optuna.TrialPruned(f"trial {trial.number} pruned at step {step} (value {value:g})")
 
-        # Rebuilding the trial reads the study from storage: only handlers that use it pay for it.
-        ctx._trial_factory = lambda: optuna.trial.Trial(self._study(), self.trial_id)
+        ctx._trial_factory = self._trial
         ctx._reporter = report
         if self.distributions:
             trial, params = self._sampled()
