@@ -13,7 +13,7 @@ import importlib
 import threading
 from typing import Any
 
-from shoal.errors import BackendError
+from shoal.errors import BackendError, UnknownBackendError
 
 from .base import Backend, BackendFuture, ScalingEvent, WorkerInfo
 
@@ -53,7 +53,7 @@ def _resolve(name: str) -> type[Backend]:
         _load_entry_points()
         target = _REGISTRY.get(name)
     if target is None:
-        raise BackendError(f"unknown backend {name!r}; available: {', '.join(available())}")
+        raise UnknownBackendError(f"unknown backend {name!r}; available: {', '.join(available())}")
     if isinstance(target, str):
         module_name, _, attr = target.partition(":")
         try:
@@ -86,7 +86,7 @@ def get(spec: "str | Backend | None" = "local", **options: Any) -> Backend:
             raise BackendError("options cannot be applied to an existing backend object")
         return spec
     if not isinstance(spec, str) or not spec:
-        raise BackendError(f"a backend is a name such as 'local', 'dask' or 'ray', got {spec!r}")
+        raise UnknownBackendError(f"a backend is a name such as 'local', 'dask' or 'ray', got {spec!r}")
     name, parsed = _parse(spec)
     parsed.update(options)
     return _resolve(name)(**parsed)
@@ -114,3 +114,10 @@ def close_shared() -> None:
 
 
 atexit.register(close_shared)
+
+
+def __getattr__(name: str) -> Any:
+    """``shoal.backends.kubernetes`` on first use, so that ``import shoal.backends`` stays light."""
+    if name == "kubernetes":
+        return importlib.import_module(f"{__name__}.kubernetes")  # the import also sets the attribute
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

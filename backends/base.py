@@ -9,15 +9,19 @@ backend's: backends only move tasks and outcomes.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, ClassVar, Iterable, Iterator
 
 from shoal.errors import BackendError
 from shoal.execution import RunOutcome, RunTask
+
+if TYPE_CHECKING:  # pragma: no cover
+    from shoal.spec import Replicas
 
 OnStart = Callable[[str, float], None]
 log = logging.getLogger("shoal.backends")
@@ -151,6 +155,9 @@ class Backend(ABC):
 
     #: True when the backend can install requirements on its workers (``install_requirements=True``).
     can_install: ClassVar[bool] = False
+    #: True when the engine's workers get secret values from the platform (Kubernetes pods'
+    #: ``secretKeyRef``), so the driver does not resolve the function's secret references itself.
+    pod_secrets: ClassVar[bool] = False
 
     def start(self) -> "Backend":
         """Start or connect to the engine (idempotent). Submitting starts it implicitly."""
@@ -197,6 +204,22 @@ class Backend(ABC):
     @abstractmethod
     def adapt(self, minimum: int, maximum: int) -> None:
         """Let the engine's autoscaler keep between ``minimum`` and ``maximum`` workers."""
+
+    def fit_replicas(self, replicas: "Replicas | None") -> None:
+        """Adapt to a function's replicas; a function that sets none gets every slot there is
+        (``full_size``), or the engine as it is when that is None."""
+        if replicas is not None:
+            self.adapt(replicas.min, replicas.max)
+            return
+        size = self.full_size()
+        if size is not None:
+            self.adapt(size, size)
+
+    def full_size(self) -> int | None:
+        """Workers that fill what this backend has, for functions that set no replicas: one per
+        core of this machine for an engine it runs itself (as the engines size themselves by
+        default); None for a cluster it joined, whose size its operator decides."""
+        return None if self.remote else max(1, os.cpu_count() or 1)
 
     @abstractmethod
     def workers(self) -> list[WorkerInfo]:

@@ -1,5 +1,9 @@
-"""The ``dask`` backend: a ``distributed.Client`` over an embedded LocalCluster, a scheduler address,
-or any ``distributed.deploy.Cluster`` the user passes (e.g. a dask-kubernetes ``KubeCluster``).
+"""The ``dask`` backend: a ``distributed.Client`` over an embedded cluster, a scheduler address, or
+any ``distributed.deploy.Cluster`` the user passes (e.g. a dask-kubernetes ``KubeCluster``).
+
+The embedded cluster's scheduler and workers are programs of their own, never children that
+re-import the user's ``__main__`` (``dask_embedded``), watched by a process that ends them if the
+driver dies (``dask_watchdog``).
 
 Workers run ``execute_registered(task)`` in their own processes; the driver records the outcomes.
 Elasticity is Dask's own ``Adaptive`` (``cluster.adapt(minimum, maximum)``); its log is the record of
@@ -66,11 +70,25 @@ def run_on_worker(packed: bytes, key: str) -> RunOutcome | list[RunOutcome]:
             return
         worker.log_event(START_TOPIC, {"key": key, "uid": uid, "time": started, "worker": worker.address})
 
+    isolate = _shares_process()
     if isinstance(task, RunBatch):
-        return execute_batch(task, announce, refused=_refused_here)
+        return execute_batch(task, announce, refused=_refused_here, isolate=isolate)
     if _refused_here(task.uid):  # cancelled while it waited on this worker: the user's code must not run
         return never_started(task)
-    return execute_registered(task, announce)
+    return execute_registered(task, announce, isolate=isolate)
+
+
+def _shares_process() -> bool:
+    """True when another run may execute in this worker's process at the same time: a worker with
+    several threads, several workers in one process, or a client (the driver) in it
+    (``processes=False``). Runs that set env then run in a process of their own (``isolate``)."""
+    from distributed import Client, Worker, get_worker
+
+    try:
+        worker = get_worker()
+    except ValueError:
+        return True
+    return worker.state.nthreads > 1 or len(Worker._instances) > 1 or len(Client._instances) > 0
 
 
 def pack_task(task: RunTask | RunBatch) -> bytes:
@@ -314,8 +332,9 @@ class _Collector:
 class DaskBackend(Backend):
     """Runs on Dask workers.
 
-    ``DaskBackend()`` starts an embedded LocalCluster of worker processes (one thread each) on first
-    use; ``DaskBackend("tcp://host:8786")`` (or ``"dask://host:8786"``) connects to a scheduler;
+    ``DaskBackend()`` starts an embedded cluster of worker processes (one thread each) on first
+    use, taking LocalCluster's options (``processes=False``: threads of this process);
+    ``DaskBackend("tcp://host:8786")`` (or ``"dask://host:8786"``) connects to a scheduler;
     ``DaskBackend(cluster=KubeCluster(...))`` uses a cluster object. Only clusters it manages (the
     embedded one or a passed object) are scaled and adapted; a bare scheduler address is used as is.
     """
@@ -417,31 +436,42 @@ class DaskBackend(Backend):
             ) from None
 
     def _local_cluster(self) -> Any:
+        """The embedded cluster: its scheduler and workers are programs of their own (never
+        children that re-import the user's ``__main__``; see ``dask_embedded``); with
+        ``processes=False``, an in-process LocalCluster of threads."""
+        import dask.config
+        from dask.system import CPU_COUNT
+
+        options = {"silence_logs": logging.ERROR, "memory_limit": self._memory_limit, **self._cluster_options}
+        n_workers = self._n_workers if self._n_workers is not None else max(1, CPU_COUNT // max(1, self._threads))
+        if not options.pop("processes", True):
+            return self._threads_cluster(n_workers, options)
+        from .dask_embedded import EmbeddedClusterError, start_embedded
+
+        # Dask's sampling profiler interrupts each worker every 10 ms for a dashboard this
+        # cluster does not serve; measured here it cost CPU-bound runs about 5% of their core.
+        unprofiled = {"distributed": {"worker": {"profile": {"enabled": False}}}}
+        try:
+            return start_embedded(
+                n_workers=n_workers,
+                threads_per_worker=self._threads,
+                options=options,
+                config=dask.config.merge(dask.config.config, unprofiled),
+                preload=__name__,  # dask_setup: worker processes leave Ctrl-C to the driver
+            )
+        except EmbeddedClusterError as exc:
+            raise BackendError(f"the embedded dask cluster did not start: {exc}") from None
+
+    def _threads_cluster(self, n_workers: int, options: dict[str, Any]) -> Any:
         from distributed import LocalCluster
 
-        options = {
-            "n_workers": self._n_workers,  # None: one per core, until adapt() or scale() says otherwise
-            "threads_per_worker": self._threads,
-            "processes": True,
-            "dashboard_address": None,
-            "silence_logs": logging.ERROR,
-            "memory_limit": self._memory_limit,
-        }
-        options.update(self._cluster_options)
-        if options.get("processes"):  # dask_setup: worker processes leave Ctrl-C to the driver
-            options["preload"] = [*(options.get("preload") or []), __name__]
-            # Dask's sampling profiler interrupts each worker every 10 ms for a dashboard this
-            # cluster does not serve; measured here it cost CPU-bound runs about 5% of their core.
-            import dask.config
-
-            unprofiled = {"distributed": {"worker": {"profile": {"enabled": False}}}}
-            options.setdefault("config", dask.config.merge(dask.config.config, unprofiled))
         # Without a dashboard the scheduler still serves HTTP, on port 8787 unless told otherwise:
         # a random local port avoids "port in use" warnings and exposing it on every interface.
         options["scheduler_kwargs"] = {"dashboard_address": "127.0.0.1:0", **(options.get("scheduler_kwargs") or {})}
+        options.setdefault("dashboard_address", None)
         try:
-            return LocalCluster(**options)
-        except (TypeError, RuntimeError) as exc:  # a bad worker option surfaces as "Nanny failed to start"
+            return LocalCluster(n_workers=n_workers, threads_per_worker=self._threads, processes=False, **options)
+        except (TypeError, RuntimeError) as exc:
             raise BackendError(f"the embedded dask cluster did not start (check its options): {_root_cause(exc)}") from None
 
     def close(self) -> None:
@@ -736,7 +766,7 @@ class DaskBackend(Backend):
             ) from None
 
     def __repr__(self) -> str:
-        where = self.address or (type(self._cluster).__name__ if self._cluster is not None else "embedded LocalCluster")
+        where = self.address or (type(self._cluster).__name__ if self._cluster is not None else "embedded cluster")
         return f"<shoal DaskBackend {where}>"
 
 

@@ -1,9 +1,15 @@
 """The ``local`` backend: runs in the calling process, on a small pool of threads.
 
 It is the reference for the other backends: same outcomes, same records. Concurrency is bounded by
-the function's ``replicas.max`` (one task per thread); running tasks are stopped (timeout, cancel)
-through a StopSignal (see ``shoal.execution``): an exception raised in the handler's thread, and
-for runs with a timeout a supervising thread that ends the run even if the handler is blocked.
+the function's ``replicas.max``, or the machine's cores when it sets none (one task per thread);
+running tasks are stopped (timeout, cancel) through a StopSignal (see ``shoal.execution``): an
+exception raised in the handler's thread, and for runs with a timeout a supervising thread that
+ends the run even if the handler is blocked.
+
+A run whose ``env`` (or secrets) would change the process's environment runs in a child process of
+its own instead (``shoal.isolation``; an idle one is kept for the next run with the same env):
+``os.environ`` is shared by every thread, so two runs setting the same variable in threads would see
+each other's values, and so would the driver.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from typing import Callable
 
 from shoal.errors import BackendError
 from shoal.execution import RunOutcome, RunTask, StopSignal, execute
+from shoal.isolation import ChildPool
 
 from .base import Backend, BackendFuture, OnStart, WorkerInfo
 
@@ -48,7 +55,7 @@ class LocalFuture(BackendFuture):
 
 class LocalBackend(Backend):
     """Threads of the calling process: at most ``n_workers`` runs at once (default 1; the runner
-    adapts the shared backend to each function's ``replicas.max``).
+    adapts the shared backend to each function's ``replicas.max``, or to the machine's cores).
 
     There is one thread pool per size: changing the bound sends new tasks to a pool of the new size
     while earlier tasks finish on theirs, and two callers adapting to the same size share one pool,
@@ -68,6 +75,7 @@ class LocalBackend(Backend):
         self._pools: dict[int, cf.ThreadPoolExecutor] = {}  # size -> pool
         self._lock = threading.Lock()
         self._running: dict[str, StopSignal] = {}  # uid -> how to stop it
+        self._children = ChildPool()  # processes of runs that set env, kept for the next one
         self._closed = False
 
     def _executor(self) -> cf.ThreadPoolExecutor:
@@ -90,7 +98,7 @@ class LocalBackend(Backend):
             if self._closed:  # picked up while close() was stopping the others
                 stop.set()
         try:
-            return execute(task, on_start, stop)
+            return execute(task, on_start, stop, isolate=True, children=self._children)
         finally:
             with self._lock:
                 self._running.pop(task.uid, None)
@@ -145,3 +153,4 @@ class LocalBackend(Backend):
             stop.set()
         for pool in pools:
             pool.shutdown(wait=True)
+        self._children.close()

@@ -13,6 +13,10 @@ Each run is one Ray task of one CPU (so at most ``max x slots`` run at once) exe
 ``execute_registered(task)`` on a worker; Ray retries nothing (``max_retries=0``): shoal's own
 ``retries`` decide. Cancelling sends Ray's KeyboardInterrupt into a running task, which shoal records
 as cancelled; a task that ignores it is killed after ``cancel_grace`` seconds.
+
+Watched runs' output reaches the driver live through a pipe (``shoal.backends.ray_echo``), and a
+watchdog process stops an instance of our own if the driver dies without closing it (SIGTERM,
+SIGKILL): Ray's agents outlive a killed driver by minutes otherwise.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from shoal.execution import RunBatch, RunOutcome, RunTask, execute_batch, execut
 
 from .base import Backend, BackendFuture, OnStart, ScalingEvent, WorkerInfo
 from .batching import BatchedRuns
+from .ray_echo import EchoPipe
 
 log = logging.getLogger("shoal.backends.ray")
 
@@ -50,19 +55,29 @@ def run_on_worker(payload: bytes, code: list | None = None) -> RunOutcome | byte
     """The Ray task: one attempt of one run, or a batch of short runs (their outcomes come back
     packed, see ``pack``).
 
-    ``payload`` is ``(task, start pipe path)`` pickled by the driver (see ``pack``). Large code
-    travels once per function as an object in Ray's store: ``code`` then holds its reference inside
-    a list, so Ray does not fetch it for every task, only a worker that has not seen the function
-    yet. The start pipe is the driver's, when the driver is on this machine.
+    ``payload`` is ``(task, start pipe path, echo pipe path)`` pickled by the driver (see ``pack``).
+    Large code travels once per function as an object in Ray's store: ``code`` then holds its
+    reference inside a list, so Ray does not fetch it for every task, only a worker that has not seen
+    the function yet. The pipes are the driver's, when the driver is on this machine; the echo pipe
+    is given for watched runs only (see ``shoal.backends.ray_echo``).
     """
-    task, starts = pickle.loads(payload)
+    from shoal.logcapture import echo_to
+
+    from .ray_echo import sink
+
+    task, starts, echo = pickle.loads(payload)
     announce = _announcer(starts) if starts else None
-    if isinstance(task, RunBatch):
-        for member in task.tasks:
-            _fill_code(member, code)
-        return pack(execute_batch(task, announce, cancel_ends_batch=True))
-    _fill_code(task, code)
-    return execute_registered(task, announce)
+    with echo_to(sink(echo) if echo else None):
+        if isinstance(task, RunBatch):
+            for member in task.tasks:
+                _fill_code(member, code)
+            return pack(execute_batch(task, announce, cancel_ends_batch=True))
+        _fill_code(task, code)
+        return execute_registered(task, announce)
+
+
+def _members(task: RunTask | RunBatch) -> list[RunTask]:
+    return task.tasks if isinstance(task, RunBatch) else [task]
 
 
 def _fill_code(task: RunTask, code: list | None) -> None:
@@ -176,8 +191,9 @@ class RayFuture(BackendFuture):
     """A Ray ObjectRef of a RunOutcome; its value (or Ray's error) arrives through Ray's completion
     callback and is kept."""
 
-    def __init__(self, task: RunTask | RunBatch, ref: Any, backend: "RayBackend"):
+    def __init__(self, task: RunTask | RunBatch, ref: Any, backend: "RayBackend", echo: EchoPipe | None = None):
         self.uid = task.uid
+        self._echo = echo  # the pipe its watched output comes through: shown before it settles
         self.uids = task.uids
         self._batch = isinstance(task, RunBatch)
         self._attempt = task.attempt
@@ -194,6 +210,8 @@ class RayFuture(BackendFuture):
         with self._lock:
             if self._done.is_set():
                 return  # already settled (the backend closed before Ray answered)
+            if self._echo is not None:
+                self._echo.flush()
             if isinstance(value, bytes):  # a batch's outcomes
                 try:
                     value = pickle.loads(value)
@@ -406,6 +424,7 @@ class RayBackend(Backend):
         self._autoscaler_log: list[ScalingEvent] = []  # its events, kept when it is stopped
         self._token: str | None = None  # marks the processes of a fixed instance
         self._release: threading.Event | None = None  # ends the thread that started the fixed instance
+        self._watchdog: Any = None  # stops the fixed instance if this process dies without closing
         self._temp_dir: str | None = None
         self._gcs_address: str | None = None
         self._size = 0  # CPUs of a fixed instance
@@ -415,6 +434,7 @@ class RayBackend(Backend):
         self._pip: tuple[str, ...] = ()
         self._inflight: set[RayFuture] = set()  # submitted, not yet done
         self._starts: _StartPipe | None = None
+        self._echo: EchoPipe | None = None  # watched runs' output, from workers on this machine
         self._on_start: dict[str, OnStart] = {}  # uid -> the driver's callback, until the run starts
         self._running: dict[str, str] = {}  # uid -> node id, from its start until its end
         self._lock = threading.RLock()
@@ -505,11 +525,16 @@ class RayBackend(Backend):
         import tempfile
         import uuid
 
-        from .ray_cluster import MARKER
+        from pathlib import Path
+
+        from .ray_cluster import MARKER, start_watchdog
 
         size = self._num_cpus or (self._bounds[1] * self._slots_per_worker if self._bounds else os.cpu_count() or 1)
         self._token = uuid.uuid4().hex
         self._temp_dir = tempfile.mkdtemp(prefix="shoal-ray-")
+        # Ray's processes outlive a driver killed by a signal (its agents by minutes): a watchdog
+        # stops them, by marker, and removes the folder once this process is gone.
+        self._watchdog = start_watchdog(self._token, Path(self._temp_dir))
         options = {"include_dashboard": self._dashboard, "_temp_dir": self._temp_dir, **self._init_kwargs()}
         if self._num_gpus is not None:
             options["num_gpus"] = self._num_gpus
@@ -523,6 +548,7 @@ class RayBackend(Backend):
         self._mode, self._size = "fixed", size
         self._gcs_address = ray.get_runtime_context().gcs_address
         self._starts = _StartPipe(self._temp_dir, self._started)
+        self._echo = EchoPipe(self._temp_dir)
         self._record_event(0, size, f"started a local ray instance of {size} CPUs")
 
     def _start_autoscaling(self, ray: Any) -> None:
@@ -542,6 +568,7 @@ class RayBackend(Backend):
             raise
         self._cluster, self._mode, self._gcs_address = cluster, "autoscale", address
         self._starts = _StartPipe(str(cluster.root), self._started)
+        self._echo = EchoPipe(str(cluster.root))
 
     def close(self) -> None:
         with self._lock:
@@ -554,8 +581,9 @@ class RayBackend(Backend):
         """Disconnect, then stop every process this backend started (by PID)."""
         global _owner
         mode, cluster, token, temp_dir, starts = self._mode, self._cluster, self._token, self._temp_dir, self._starts
+        echo = self._echo
         doomed = self.pids()  # before Ray's own shutdown orphans the agents (they are found as children)
-        self._mode = self._cluster = self._token = self._temp_dir = self._starts = None
+        self._mode = self._cluster = self._token = self._temp_dir = self._starts = self._echo = None
         self._code_refs.clear()
         self._remotes.clear()
         self._on_start.clear()
@@ -564,6 +592,8 @@ class RayBackend(Backend):
             return
         if starts is not None:
             starts.close()
+        if echo is not None:
+            echo.close()
         with _owner_lock:
             if _owner is self:
                 _owner = None
@@ -577,12 +607,15 @@ class RayBackend(Backend):
             for future in list(self._inflight):  # Ray will not answer for them any more
                 future._settle(cf.CancelledError("the ray backend was closed"))
         if mode == "fixed":
-            from .ray_cluster import cluster_pids, stop_processes
+            from .ray_cluster import cluster_pids, reap_watchdog, stop_processes
 
             release, self._release = self._release, None
             if release is not None:
                 release.set()
             stop_processes(set(doomed) | set(cluster_pids(token)))
+            watchdog, self._watchdog = self._watchdog, None
+            if watchdog is not None:
+                reap_watchdog(watchdog)
             self._record_event(self._size, 0, "stopped the local ray instance")
         if cluster is not None:
             self._autoscaler_log = _autoscaler_events(cluster)
@@ -611,10 +644,11 @@ class RayBackend(Backend):
                 for uid in task.uids:
                     self._on_start[uid] = on_start
         shipped, code = self._code_arguments(task)
-        payload = pack((shipped, starts.path if starts else None))
+        echo = self._echo if any(member.echo for member in _members(task)) else None
+        payload = pack((shipped, starts.path if starts else None, echo.path if echo else None))
         remote = self._remote_for(task)
         ref = remote.remote(payload, code) if code else remote.remote(payload)
-        future = RayFuture(task, ref, self)
+        future = RayFuture(task, ref, self, echo)
         with self._lock:
             self._inflight.add(future)
         future.add_done_callback(self._finished)
@@ -627,9 +661,9 @@ class RayBackend(Backend):
     def _code_arguments(self, task: RunTask | RunBatch) -> tuple[RunTask | RunBatch, list]:
         """Small code inline in each task (cheapest, measured), large code once per function through
         Ray's object store."""
-        members = task.tasks if isinstance(task, RunBatch) else [task]
+        members = _members(task)
         code = members[0].code
-        if code is None or len(code.text) <= INLINE_CODE:
+        if code is None or len(code.text) + len(code.shipped_value() or "") <= INLINE_CODE:
             return task, []
         ref = self._code_refs.get(task.function_hash)
         if ref is None:

@@ -120,7 +120,7 @@ class LocalAutoscalingCluster:
         self.gcs_address = f"127.0.0.1:{port}"
         self.client_address = f"ray://127.0.0.1:{client_port}"
         self._write_config()
-        self._watchdog = _start_watchdog(self.token, self.root)
+        self._watchdog = start_watchdog(self.token, self.root)
         command = [
             sys.executable, "-m", "ray.scripts.scripts", "start", "--head",
             f"--port={port}",
@@ -162,7 +162,7 @@ class LocalAutoscalingCluster:
         """Stop every process of this cluster by PID (TERM, then KILL); remove its folder."""
         kill_cluster(self.token, self.session, grace)
         if self._watchdog is not None:
-            _reap(self._watchdog)
+            reap_watchdog(self._watchdog)
             self._watchdog = None
         if self.root is not None:
             shutil.rmtree(self.root, ignore_errors=True)
@@ -237,15 +237,19 @@ def node_changes(messages: Iterable[tuple[float, str]]) -> list[tuple[float, int
 
 
 # -- processes by marker and session -----------------------------------------------------------------
-def cluster_pids(token: str, session: int | None = None) -> list[int]:
+def cluster_pids(token: str, session: int | None = None, root: str | None = None, spare: Iterable[int] = ()) -> list[int]:
     """PIDs of the live processes of a cluster, found through /proc: those whose environment carries
     ``MARKER=token``, Ray's processes in its ``session``, and their descendants (Ray starts its
-    agents without the marker)."""
+    agents without the marker). With ``root`` (the cluster's folder), also processes holding a file
+    open in it: Ray's agents, once the raylet that started them is gone, are no one's descendants,
+    and can outlive it by minutes. ``spare``: PIDs never counted (the driver, which holds files of
+    its own in the folder)."""
     needle = f"{MARKER}={token}".encode()
+    spare = {os.getpid(), *spare}
     children: dict[int, list[int]] = {}
     ours: set[int] = set()
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+        if not entry.name.isdigit() or int(entry.name) in spare:
             continue
         pid = int(entry.name)
         try:
@@ -261,6 +265,9 @@ def cluster_pids(token: str, session: int | None = None) -> list[int]:
                 with open(f"/proc/{pid}/cmdline", "rb") as handle:
                     if b"ray" in handle.read():
                         ours.add(pid)
+                        continue
+            if root is not None and _holds_file_in(pid, root):
+                ours.add(pid)
         except (OSError, ValueError, IndexError):
             continue  # gone, or not ours to read
     found, todo = set(), list(ours)
@@ -270,6 +277,20 @@ def cluster_pids(token: str, session: int | None = None) -> list[int]:
             found.add(pid)
             todo.extend(children.get(pid, ()))
     return sorted(found)
+
+
+def _holds_file_in(pid: int, root: str) -> bool:
+    prefix = os.path.join(root, "")
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(prefix):
+                    return True
+            except OSError:
+                continue
+    except OSError:
+        pass
+    return False
 
 
 def _stat(pid: int) -> tuple[str, int]:
@@ -304,17 +325,19 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def kill_cluster(token: str, session: int | None = None, grace: float = 1.5) -> None:
+def kill_cluster(
+    token: str, session: int | None = None, grace: float = 1.5, root: str | None = None, spare: Iterable[int] = ()
+) -> None:
     """Stop every process of a cluster (see ``cluster_pids``), and any that appeared meanwhile."""
     for _ in range(3):
-        pids = cluster_pids(token, session)
+        pids = cluster_pids(token, session, root, spare)
         if not pids:
             return
         stop_processes(pids, grace)
 
 
 # -- a watchdog for a driver that dies without closing -----------------------------------------------
-def _start_watchdog(token: str, root: Path) -> subprocess.Popen:
+def start_watchdog(token: str, root: Path) -> subprocess.Popen:
     """A process that kills the cluster and removes its folder once this one is gone: its stdin
     gets the cluster's session, then closes when we die (or close)."""
     return subprocess.Popen(
@@ -335,14 +358,16 @@ def _tell_watchdog(watchdog: subprocess.Popen | None, session: int) -> None:
 
 
 def watch(token: str, root: str) -> None:
-    """The watchdog's body: wait for the end of stdin, then stop the cluster."""
+    """The watchdog's body: wait for the end of stdin, then stop the cluster (never the driver that
+    started it: on a normal close it is alive and still holds files in the folder)."""
+    driver = os.getppid()
     line = sys.stdin.readline().strip()
     sys.stdin.read()
-    kill_cluster(token, int(line) if line.isdigit() else None)
+    kill_cluster(token, int(line) if line.isdigit() else None, root=root, spare=[driver])
     shutil.rmtree(root, ignore_errors=True)
 
 
-def _reap(watchdog: subprocess.Popen) -> None:
+def reap_watchdog(watchdog: subprocess.Popen) -> None:
     """Close the watchdog's stdin (it finds nothing left to kill and exits) and wait for it."""
     try:
         watchdog.stdin.close()

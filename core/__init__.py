@@ -43,6 +43,24 @@ def tune(fn, space=None, **options):
     return _tune(fn, space, **options)
 
 
+#: Subpackages reachable as attributes after ``import shoal`` (``shoal.backends.get(...)``), imported
+#: on first use: neither of them imports an engine, but loading them only when asked keeps
+#: ``import shoal`` (and ``shoal --help``) fast.
+_SUBPACKAGES = ("backends", "tuning")
+
+
+def __getattr__(name: str):
+    if name in _SUBPACKAGES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")  # the import also sets the attribute
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_SUBPACKAGES))
+
+
 __all__ = [
     "AmbiguousError",
     "Artifact",

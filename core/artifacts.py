@@ -111,9 +111,14 @@ def _dump_file(value: Any, handle: IO[bytes]) -> dict:
 
 
 def _dump_folder(value: Any, handle: IO[bytes]) -> dict:
+    """A .tar.gz of the folder, the same bytes for the same content (entries in sorted order, no
+    time in the gzip header), so a folder stored by content is stored once."""
+    import gzip
+
     path = os.fspath(value)
-    with tarfile.open(fileobj=handle, mode="w|gz") as archive:
-        archive.add(path, arcname=".")
+    with gzip.GzipFile(fileobj=handle, mode="wb", mtime=0) as compressed:
+        with tarfile.open(fileobj=compressed, mode="w|") as archive:
+            archive.add(path, arcname=".")
     return {"filename": os.path.basename(os.path.normpath(path))}
 
 
@@ -319,18 +324,23 @@ class ArtifactStore:
         meta, size, sha = self._write_atomically(target, packager, value)
         return Artifact(key, self.fs.unstrip_protocol(target), packager.name, _format(suffix, packager), size, sha, meta)
 
-    def put_content_addressed(self, folder: str, value: Any, *, key: str) -> Artifact:
-        """Store an input value once per content: ``<folder>/<sha256><suffix>``."""
-        packager = packager_for(value)
+    def put_content_addressed(
+        self, folder: str, value: Any, *, key: str, packager: Packager | None = None, kind: str | None = None,
+        suffix: str | None = None,
+    ) -> Artifact:
+        """Store a value once per content: ``<folder>/<sha256><suffix>`` (written to a staging name,
+        then renamed, or dropped when that content is already there)."""
+        packager = packager or packager_for(value)
+        suffix = packager.suffix if suffix is None else suffix
         staging = f"{self.root}/{folder}/.staging-{uuid.uuid4().hex}"
         meta, size, sha = self._write_atomically(staging, packager, value)
-        target = f"{self.root}/{folder}/{sha}{packager.suffix}"
+        target = f"{self.root}/{folder}/{sha}{suffix}"
         if self.fs.exists(target):
             self.fs.rm(staging)
         else:
             self.fs.mv(staging, target)
         return Artifact(
-            key, self.fs.unstrip_protocol(target), packager.name, _format(packager.suffix, packager), size, sha, meta
+            key, self.fs.unstrip_protocol(target), kind or packager.name, _format(suffix, packager), size, sha, meta
         )
 
     def _write_atomically(self, target: str, packager: Packager, value: Any) -> tuple[dict, int, str]:
@@ -368,7 +378,9 @@ def _format(suffix: str, packager: Packager) -> str:
 
 
 def reference(value: Any, key: str) -> Artifact | None:
-    """An Artifact for an input given as an Artifact, a path or an fsspec URL; None for plain values."""
+    """An Artifact naming what is at a path or fsspec URL, as it is (no size or hash: how ``shoal
+    worker run`` rebuilds recorded inputs); None for plain values. Runs store their inputs with
+    ``shoal.inputs.store_input``."""
     if isinstance(value, Artifact):
         return Artifact(key, value.url, value.kind, value.format, value.size, value.sha256, value.meta)
     if isinstance(value, os.PathLike) or (isinstance(value, str) and ("://" in value or os.path.exists(value))):

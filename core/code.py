@@ -4,6 +4,11 @@ Functions from real files ship the whole source file (``# shoal: ignore`` drops 
 ``# shoal: start-code`` / ``# shoal: end-code`` keep only a region). Functions whose file is not
 available or does not define them at module level (the plain REPL, notebook cells, closures,
 lambdas, functions defined under ``if __name__ == "__main__":``) ship by value with cloudpickle.
+
+A script's top-level code never runs on a worker: handlers of the script the driver runs, and of
+files the driver ran as function code (``Function.from_file``), also travel by value (``live`` /
+``by_value``; the text is still what is hashed and stored). And a file run as function code starts
+no runs: ``refuse_runs_while_loading`` ends its load at such a call.
 """
 
 from __future__ import annotations
@@ -14,17 +19,22 @@ import hashlib
 import inspect
 import io
 import linecache
+import logging
 import os
-import pickle
 import re
 import sys
 import threading
 import tokenize
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Literal
 
+from . import logcapture
+from .by_value import LOADED_PREFIX, defined_by_loaded_code, is_main_script, pickle_live, unpickled
+from .digest import bytecode_digest
 from .errors import CodeError
+
+log = logging.getLogger("shoal.code")
 
 IGNORE_MARK = "# shoal: ignore"
 START_MARK = "# shoal: start-code"
@@ -46,6 +56,31 @@ class Code:
     origin: str | None = None
     first_line: int = 1
     fingerprint_hint: str | None = None  # for pickles: a stable digest of the bytecode
+    # Source of the script the driver runs (``__main__``), or of a file it ran as function code
+    # (``from_file``), also travels by value: ``live`` is the handler object in the driver,
+    # ``by_value`` its cloudpickle (base64), made when the code is first pickled to ship. Workers
+    # use ``by_value`` and never run the file; neither is hashed nor part of ``to_dict`` (the text
+    # stays what the hash and the store see).
+    live: Any = field(default=None, compare=False, repr=False)
+    by_value: str | None = field(default=None, compare=False, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["live"] = None  # the driver's own object never travels as is
+        state["by_value"] = self.shipped_value()
+        return state
+
+    def shipped_value(self) -> str | None:
+        """The handler by value (base64 cloudpickle), made once from ``live``; None when the code
+        ships as text only, or when the handler cannot be pickled (then workers run the text, see
+        ``shoal.by_value.pickle_live``)."""
+        if self.by_value is None and self.live is not None:
+            object.__setattr__(self, "by_value", pickle_live(self.live, self.origin) or "")
+        return self.by_value or None
+
+    def with_live(self, obj: Any) -> "Code":
+        """This source code, shipping ``obj`` (the handler as this process has it) by value too."""
+        return replace(self, live=obj, by_value=None)
 
     @property
     def fingerprint(self) -> str:
@@ -133,8 +168,12 @@ def _checked_source(raw: str, handler: str, origin: str) -> Code:
     top = handler.split(".")[0]
     names = _defined_names(tree.body)
     if top not in names:
-        defined = sorted(n for n in names if not n.startswith("_"))
-        hint = f"; it defines: {', '.join(defined)}" if defined else ""
+        defined = sorted(  # what could be a handler: not the imports and constants it also binds
+            node.name
+            for node in tree.body
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and not node.name.startswith("_")
+        )
+        hint = f"; it defines: {', '.join(defined)}" if defined else "; it defines no function or class"
         raise CodeError(f"handler {handler!r} not found in {origin}{hint}")
     return Code(kind="source", text=text, origin=origin, first_line=first)
 
@@ -208,9 +247,11 @@ def capture(func: Callable) -> Code:
     path = _source_file(func)
     if path and all(part.isidentifier() for part in qualname.split(".")):
         try:
-            return source_from_file(path, qualname)
+            code = source_from_file(path, qualname)
         except CodeError:
             pass  # the file (as it is now) does not define it where a worker can find it
+        else:
+            return code.with_live(func) if is_main_script(path) or defined_by_loaded_code(func) else code
     return _pickled(func)
 
 
@@ -239,135 +280,6 @@ def _pickled(func: Callable) -> Code:
     )
 
 
-def bytecode_digest(func: Callable) -> str:
-    """A digest of what a by-value callable does, equal across processes on one Python version.
-
-    It covers the bytecode and constants, defaults, closure values and the globals the code reads:
-    functions and classes shipped along (same module or ``__main__``) recursively, modules and other
-    importable objects by name, data by value. Two closures from one factory with different captured
-    values differ; set constants are sorted so the string hash seed does not matter.
-    """
-    return _Digest(getattr(func, "__module__", None)).of(func)
-
-
-class _Digest:
-    """Accumulates ``bytecode_digest``; ``seen`` stops recursion through mutually recursive functions."""
-
-    def __init__(self, module: str | None):
-        self.module = module
-        self.sha = hashlib.sha256(f"py{sys.version_info[0]}.{sys.version_info[1]}".encode())
-        self.seen: set[int] = set()
-
-    def of(self, func: Callable) -> str:
-        self.value(func)
-        return self.sha.hexdigest()
-
-    def add(self, text: str) -> None:
-        self.sha.update(text.encode("utf-8", "backslashreplace") + b"\0")
-
-    def ships_by_value(self, obj: Any) -> bool:
-        module = getattr(obj, "__module__", None)
-        return module in (self.module, "__main__") or "<locals>" in getattr(obj, "__qualname__", "")
-
-    def value(self, obj: Any) -> None:
-        inner = getattr(obj, "__shoal_callable__", None) if not isinstance(obj, type) else None
-        obj = inner if inner is not None else obj
-        if isinstance(obj, types.MethodType):  # a bound method runs its function on its instance
-            self.value(obj.__func__)
-            self.value(obj.__self__)
-            return
-        if isinstance(obj, (types.FunctionType, type, types.ModuleType)):
-            if id(obj) in self.seen:
-                self.add("<seen>")
-                return
-            self.seen.add(id(obj))
-        if isinstance(obj, types.ModuleType):
-            self.add(f"module:{obj.__name__}")
-        elif isinstance(obj, types.FunctionType) and self.ships_by_value(obj):
-            self.function(obj)
-        elif isinstance(obj, type) and self.ships_by_value(obj):
-            self.add(f"class:{obj.__qualname__}")
-            for name, member in sorted(vars(obj).items()):
-                if not name.startswith("__") or name in ("__init__", "__call__"):
-                    self.add(name)
-                    self.value(getattr(member, "__func__", member))
-        elif callable(obj) and hasattr(obj, "__qualname__"):
-            self.add(f"ref:{getattr(obj, '__module__', '?')}.{obj.__qualname__}")  # importable on workers
-        else:
-            if self.ships_by_value(type(obj)):  # an instance of a class shipped along
-                self.value(type(obj))
-            self.add(_data_digest(obj))
-
-    def function(self, func: types.FunctionType) -> None:
-        names = self.code(func.__code__)
-        for default in func.__defaults__ or ():
-            self.add("default")
-            self.value(default)  # may be a function: its repr would hold a memory address
-        for name, default in sorted((func.__kwdefaults__ or {}).items()):
-            self.add(f"kwdefault:{name}")
-            self.value(default)
-        for name, cell in zip(func.__code__.co_freevars, func.__closure__ or ()):
-            self.add(f"free:{name}")
-            try:
-                self.value(cell.cell_contents)
-            except ValueError:  # a cell not filled yet
-                self.add("<empty>")
-        for name in sorted(names):
-            if name in func.__globals__:
-                self.add(f"global:{name}")
-                self.value(func.__globals__[name])
-
-    def code(self, code: types.CodeType) -> set[str]:
-        """Feed a code object (and nested ones); return every global name it may read."""
-        self.sha.update(code.co_code)
-        self.add(repr((code.co_names, code.co_varnames, code.co_freevars, code.co_cellvars)))
-        names = set(code.co_names)
-        for const in code.co_consts:
-            if isinstance(const, types.CodeType):
-                names |= self.code(const)
-            else:
-                self.add(_stable_repr(const))
-        return names
-
-
-def _stable_repr(value: Any) -> str:
-    """repr of a code constant, with sets sorted so it does not depend on the string hash seed."""
-    if isinstance(value, (set, frozenset)):
-        return f"{type(value).__name__}({sorted(_stable_repr(v) for v in value)})"
-    if isinstance(value, tuple):
-        return f"tuple({[_stable_repr(v) for v in value]})"
-    return repr(value)
-
-
-SCALARS = (type(None), bool, int, float, complex, str, bytes, type(Ellipsis))
-
-
-def _data_digest(value: Any, depth: int = 0) -> str:
-    """A data value captured by a by-value function, the same in every process: scalars by repr,
-    containers item by item (sets sorted), others by their pickle (exact, unlike a truncated array
-    repr), objects pickle cannot take (instances of local classes) by their attributes, else by a
-    repr without memory addresses."""
-    if isinstance(value, SCALARS):
-        return repr(value)
-    if depth < 20:
-        if isinstance(value, (set, frozenset)):
-            return f"{type(value).__name__}({sorted(_data_digest(v, depth + 1) for v in value)})"
-        if isinstance(value, (list, tuple)):
-            return f"{type(value).__name__}({[_data_digest(v, depth + 1) for v in value]})"
-        if isinstance(value, dict):
-            items = [(_data_digest(k, depth + 1), _data_digest(v, depth + 1)) for k, v in value.items()]
-            return f"{type(value).__name__}({items})"
-    try:
-        return "pickle:" + hashlib.sha256(pickle.dumps(value, protocol=4)).hexdigest()
-    except Exception:  # noqa: BLE001 - not picklable: fall back to its attributes or description
-        pass
-    attributes = getattr(value, "__dict__", None)
-    if isinstance(attributes, dict) and depth < 20:
-        items = sorted((str(k), _data_digest(v, depth + 1)) for k, v in attributes.items())
-        return f"{type(value).__qualname__}:{items}"
-    return f"{type(value).__qualname__}:" + re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))
-
-
 _modules: dict[str, types.ModuleType] = {}
 # Re-entrant: shipped code may build or call other shipped functions while it loads (a pipeline file
 # doing ``shoal.Function.from_file("prep.py", "prep")`` at its top level); a plain Lock deadlocked.
@@ -380,21 +292,35 @@ def load_handler(code: Code, handler: str) -> Callable:
 
 
 def load_object(code: Code, handler: str) -> Any:
-    """The object the code binds to ``handler`` (a plain function, or a decorated shoal.Function)."""
-    if code.kind == "pickle":
-        import cloudpickle
+    """The object the code binds to ``handler`` (a plain function, or a decorated shoal.Function).
 
-        try:
-            return cloudpickle.loads(base64.b64decode(code.text))
-        except Exception as exc:  # noqa: BLE001
-            raise CodeError(f"cannot unpickle the function's code: {exc}") from None
-    obj: Any = _module_for(code)
+    Code that travels by value (pickles, and the driver's script: ``by_value``) is unpickled, never
+    run; other source code is run as a module once per process (see ``_module_for``).
+    """
+    if code.kind == "pickle":
+        return _unpickled(code.text)
+    if code.by_value:
+        return _unpickled(code.by_value, code)
+    module = _module_for(code)
+    obj: Any = module
     for part in handler.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise CodeError(f"handler {handler!r} not found in {code.origin or 'the function code'}") from None
+            stopped = getattr(module, "__shoal_stopped__", None)
+            note = f"; its loading stopped at {stopped}, so define the handler above that line" if stopped else ""
+            raise CodeError(f"handler {handler!r} not found in {code.origin or 'the function code'}{note}") from None
     return obj
+
+
+def _unpickled(text: str, code: Code | None = None) -> Any:
+    try:
+        if code is None:
+            return unpickled(text)
+        # tracebacks show the file's lines even where the file is not
+        return unpickled(text, code.origin, lambda: _cache_lines(code, code.origin or ""))
+    except Exception as exc:  # noqa: BLE001 - cloudpickle raises many kinds
+        raise CodeError(f"cannot unpickle the function's code: {type(exc).__name__}: {exc}") from None
 
 
 def _unwrap(obj: Any) -> Callable:
@@ -411,21 +337,72 @@ def _module_for(code: Code) -> types.ModuleType:
         module = _modules.get(key)
         if module is not None:
             return module
-        name = f"shoal_code_{key[:16]}"
+        name = f"{LOADED_PREFIX}{key[:16]}"
         filename = code.origin or f"<shoal:{key[:12]}>"
         tree = _parse(code.text, filename, code.first_line)
         module = types.ModuleType(name)
         module.__file__ = filename
-        if not os.path.isfile(filename):
-            padded = "\n" * (code.first_line - 1) + code.text
-            lines = [line + "\n" for line in source_lines(padded)]  # numbered as the compiler does
-            linecache.cache[filename] = (len(padded), None, lines, filename)
+        _cache_lines(code, filename)
         sys.modules[name] = module
         _modules[key] = module  # like a Python import: a circular load sees the partly run module
+        loading = _loading.__dict__.setdefault("files", [])
+        loading.append(filename)
         try:
             exec(compile(tree, filename, "exec"), module.__dict__)  # noqa: S102 - running user code is the job
+        except LoadStopped as stop:
+            _stopped(module, filename, stop)
         except BaseException as exc:
             sys.modules.pop(name, None)
             _modules.pop(key, None)
             raise CodeError(f"loading {filename} failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            loading.pop()
         return module
+
+
+def _cache_lines(code: Code, filename: str) -> None:
+    """Give ``linecache`` the shipped text when ``filename`` is not on this machine."""
+    if filename and not os.path.isfile(filename):
+        padded = "\n" * (code.first_line - 1) + code.text
+        lines = [line + "\n" for line in source_lines(padded)]  # numbered as the compiler does
+        linecache.cache[filename] = (len(padded), None, lines, filename)
+
+
+# -- no runs while shipped code loads --------------------------------------------------------------------
+_loading = threading.local()  # .files: the files this thread is loading as function code, innermost last
+
+
+class LoadStopped(BaseException):
+    """Raised by a run started (``fn.run/submit/map``, ``shoal.tune``) while this thread loads a file as
+    a function's code; the load ends there. A BaseException, so ``except Exception`` in the user's
+    top-level code does not carry on past it."""
+
+
+def refuse_runs_while_loading() -> None:
+    """Called by every driver entry point: loading a function's file (on a worker, or in the driver
+    by ``Function.from_file``) must never start runs, or each worker would start its own
+    (nested maps deadlock). The file's top level stops at that call; what it defined above stays."""
+    files = getattr(_loading, "files", None)
+    if files:
+        raise LoadStopped(files[-1])
+
+
+def _stopped(module: types.ModuleType, filename: str, stop: LoadStopped) -> None:
+    """Keep the partly loaded module and say, once per process and file, where and why it stopped."""
+    tb, line = stop.__traceback__, None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == filename and tb.tb_frame.f_globals is module.__dict__:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    where = f"line {line}" if line else "a top-level call"
+    text = linecache.getline(filename, line).strip() if line else ""
+    module.__shoal_stopped__ = f"{where} ({text})" if text else where
+    message = (
+        f"stopped loading {filename} at {module.__shoal_stopped__}: a file loaded as a function's code "
+        "(by Function.from_file, `shoal run FILE:HANDLER` or a worker) starts no runs; what it defines "
+        "above that line is used. Put the script's runs under `if __name__ == \"__main__\":` to silence this."
+    )
+    if logcapture.current() is not None:  # loading for a run (a worker): into that run's log
+        print(f"shoal: {message}", file=sys.stderr)
+    else:
+        log.warning("%s", message)

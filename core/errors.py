@@ -57,6 +57,18 @@ class BackendError(ShoalError):
     """An execution backend is unknown, misconfigured or unreachable."""
 
 
+class UnknownBackendError(BackendError, ValueError):
+    """A backend name or address that names no registered engine: bad input, not a failure."""
+
+    exit_code = 2
+
+
+class SecretError(ShoalError):
+    """A secret reference of a function's env cannot be resolved, or the secrets file is unusable."""
+
+    exit_code = 2
+
+
 class RunFailedError(ShoalError):
     """A run ended in a failed or cancelled state (raised by ``Run.raise_for_state()``)."""
 
@@ -96,6 +108,23 @@ class TuningError(ShoalError):
     """A tuning search cannot start or go on: a bad objective, strategy, pruner, storage or study."""
 
     exit_code = 2
+
+
+class SearchFailedError(TuningError):
+    """A search ended without one completed or pruned trial: every trial it ran failed. The
+    search itself was valid, so this is a failure (exit 1), not bad input; ``result`` holds the
+    ``TuneResult`` (trials, their errors, the parent run)."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, result=None):
+        super().__init__(message)
+        self.result = result
+
+
+class ShoalWarning(UserWarning):
+    """Something asked for can be done only in part (e.g. more trials in flight than the function's
+    replicas allow); the command line prints these as ``warning:`` lines."""
 
 
 class SpaceError(TuningError, ValueError):

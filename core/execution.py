@@ -13,12 +13,13 @@ import inspect
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from .artifacts import Artifact, ArtifactStore
 from .code import Code, load_handler
@@ -27,6 +28,10 @@ from .errors import RunCancelledError, RunTimeoutError, ShoalError
 from . import logcapture
 from .logcapture import DEFAULT_LIMIT, capture_output
 from .params import handler_params, signature_of
+from .secrets import mask_data
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .isolation import ChildPool
 
 
 @dataclass
@@ -46,6 +51,9 @@ class RunTask:
     attempt: int = 1
     iteration: int | None = None
     env: dict[str, str] = field(default_factory=dict)
+    # Resolved secret values by variable name (see ``shoal.secrets``): shipped with the task, never
+    # recorded; masked in its repr and in the run's logs and error.
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)
     gpus: int = 0  # whole GPUs the engine reserves for this run (Ray num_gpus, Dask resources)
     log_limit: int = DEFAULT_LIMIT
     echo: bool = False
@@ -126,14 +134,27 @@ class RunOutcome:
     params: dict[str, Any] | None = None  # the parameters, when chosen on the worker (tuning trials)
 
 
+def _shoal_folders() -> tuple[str, ...]:
+    """The folders of shoal's own packages that are loaded (a frame can only come from those)."""
+    modules = (sys.modules.get(name) for name in ("shoal", "shoal.backends", "shoal.tuning"))
+    return tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep for m in modules if getattr(m, "__file__", None))
+
+
 def error_record(exc: BaseException, message: str | None = None) -> dict[str, str]:
+    """The recorded error: ``traceback`` starts at the user's code (shoal's own frames that called it
+    are dropped, as pytest drops its internals); ``traceback_full``, kept when they differ, has them
+    too (``shoal --debug`` shows it)."""
     kind = type(exc)
     name = kind.__qualname__ if kind.__module__ in ("builtins", "__main__") else f"{kind.__module__}.{kind.__qualname__}"
-    return {
-        "type": name,
-        "message": message if message is not None else str(exc),
-        "traceback": "".join(traceback.format_exception(kind, exc, exc.__traceback__)),
-    }
+    full = "".join(traceback.format_exception(kind, exc, exc.__traceback__))
+    record = {"type": name, "message": message if message is not None else str(exc), "traceback": full}
+    user, ours = exc.__traceback__, _shoal_folders()
+    while user is not None and user.tb_frame.f_code.co_filename.startswith(ours):
+        user = user.tb_next
+    if user is not None and user is not exc.__traceback__:  # else: nothing to drop, or no user frame
+        record["traceback"] = "".join(traceback.format_exception(kind, exc, user))
+        record["traceback_full"] = full
+    return record
 
 
 def async_raise(thread_id: int, exc_type: type[BaseException]) -> bool:
@@ -295,6 +316,9 @@ def _invoke(body: Callable[[], Any], timeout: float | None, stop: StopSignal | N
 
 @contextmanager
 def _environment(env: dict[str, str]) -> Iterator[None]:
+    """Set ``env`` in this process for the block. Only correct where no other run executes in this
+    process meanwhile: backends whose processes run several runs at once pass ``isolate=True`` to
+    ``execute``, which then runs such a run in a process of its own (``shoal.isolation``)."""
     if not env:
         yield
         return
@@ -319,12 +343,23 @@ def execute(
     on_start: Callable[[str, float], None] | None = None,
     stop: StopSignal | None = None,
     on_enter: Callable[[], None] | None = None,
+    *,
+    isolate: bool = False,
+    children: "ChildPool | None" = None,
 ) -> RunOutcome:
     """Run one attempt of ``task`` and return its outcome (never raises for user-code errors).
 
     Setting ``stop`` (how a backend cancels a running task) ends the attempt as cancelled.
     ``on_enter`` is called once the run's scope is entered, as the handler is about to run.
+    ``isolate``: other runs may execute in this process at the same time, so a task whose env or
+    secrets would change the process's environment runs in a child process of its own, from
+    ``children`` (a ``shoal.isolation.ChildPool``; default: this process's).
     """
+    if isolate:
+        from .isolation import changes_environment, default_pool
+
+        if changes_environment(task):
+            return (children or default_pool()).execute(task, on_start, stop, on_enter)
     started = time.time()
     if on_start is not None:
         on_start(task.uid, started)
@@ -341,9 +376,10 @@ def execute(
         attempt=task.attempt,
     )
     state, error, pruned = "completed", None, False
-    with capture_output(task.log_limit, task.echo) as log:
+    secret_values = tuple(task.secrets.values())
+    with capture_output(task.log_limit, task.echo, secret_values) as log:
         try:
-            with (task.scope(ctx) if task.scope else _null()), _environment(task.env):
+            with (task.scope(ctx) if task.scope else _null()), _environment({**task.env, **task.secrets}):
                 if on_enter is not None:
                     on_enter()
                 func = task.callable or load_handler(task.code, task.handler)
@@ -365,6 +401,9 @@ def execute(
             else:
                 message = str(exc) if isinstance(exc, ShoalError) else None
                 state, error = "failed", error_record(exc, message)
+    results = dict(ctx.results)  # a copy: a handler that could not be stopped may still be logging
+    if secret_values:  # an error message, a traceback or a result may quote a secret
+        error, results = mask_data(error, secret_values), mask_data(results, secret_values)
     return RunOutcome(
         uid=task.uid,
         state=state,
@@ -372,7 +411,7 @@ def execute(
         started_at=started,
         ended_at=time.time(),
         # Copies: a handler that could not be stopped may still be logging in its abandoned thread.
-        results=dict(ctx.results),
+        results=results,
         metrics={key: list(series) for key, series in list(ctx.metrics.items())},
         artifacts=[a.to_record() for a in list(ctx.artifacts.values())],
         logs=log.getvalue(),
@@ -391,6 +430,8 @@ def execute_registered(
     task: RunTask,
     on_start: Callable[[str, float], None] | None = None,
     on_enter: Callable[[], None] | None = None,
+    *,
+    isolate: bool = False,
 ) -> RunOutcome:
     """``execute`` for engines whose workers live in other processes: the attempt is registered in
     this worker process so that ``stop_attempt(uid)``, sent through the engine, can cancel it."""
@@ -398,7 +439,7 @@ def execute_registered(
     with _attempts_lock:
         _attempts[task.uid] = stop
     try:
-        return execute(task, on_start, stop, on_enter)
+        return execute(task, on_start, stop, on_enter, isolate=isolate)
     finally:
         with _attempts_lock:
             _attempts.pop(task.uid, None)
@@ -418,6 +459,7 @@ def execute_batch(
     *,
     refused: Callable[[str], bool] | None = None,
     cancel_ends_batch: bool = False,
+    isolate: bool = False,
 ) -> list[RunOutcome]:
     """Run the batch's attempts one after the other in this worker; one outcome per task, in order.
 
@@ -439,7 +481,7 @@ def execute_batch(
         following = tasks[index + 1].scope if index + 1 < len(tasks) else None
         prepare = getattr(following, "prepare", None)
         try:
-            outcome = execute_registered(task, on_start, prepare)
+            outcome = execute_registered(task, on_start, prepare, isolate=isolate)
         except KeyboardInterrupt:  # landed between two runs, outside any handler
             outcome, interrupted = never_started(task), True
         outcomes.append(outcome)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
+from .by_value import defined_by_loaded_code, main_script_object, pickling_by_value
 from .code import Code, capture, load_handler, load_object, source_from_file
 from .errors import CodeError, SpecError
 from .hashing import function_hash
@@ -142,9 +144,15 @@ class Function:
 
     def __getstate__(self) -> dict[str, Any]:
         state = {slot: getattr(self, slot) for slot in self.__slots__}
-        if state["_code"] is not None:
+        code = state["_code"]
+        if code is not None and pickling_by_value(code.live):
+            # Met while its own handler is pickled by value (it calls itself through the decorated
+            # name): the callable goes along in that same cloudpickle, the code as text for the hash.
+            state["_code"] = replace(code, live=None, by_value=None)
+        elif code is not None:
             # Ship the code, not the live callable: it may live in a module only this process has
-            # (``shoal_code_...``), and the receiver rebuilds it from the code like any worker.
+            # (``shoal_code_...``, ``__main__``); the receiver rebuilds it from the code (by value
+            # for the driver's script) like any worker.
             state["_callable"] = None
         return state
 
@@ -192,6 +200,7 @@ class Function:
 
     @property
     def replicas(self):
+        """The worker bounds (``Replicas``), or None when unset: every slot the backend has."""
         return self._spec.replicas  # frozen and holds no mappings: safe to share
 
     @property
@@ -251,12 +260,19 @@ class Function:
         ``options`` override.
         """
         code = source_from_file(path, handler)
-        try:
-            found = load_object(code, handler)
-        except CodeError as exc:
-            if not isinstance(exc.__cause__, ImportError):
-                raise
-            found = None  # a package only the workers have: ship the code unchecked
+        found = main_script_object(code.origin, handler)
+        if found is not None:  # the script being run: take its handler, do not run the script again
+            code = code.with_live(found.callable if isinstance(found, Function) else found)
+        else:
+            try:
+                found = load_object(code, handler)
+            except CodeError as exc:
+                if not isinstance(exc.__cause__, ImportError):
+                    raise
+                found = None  # a package only the workers have: ship the code unchecked
+            live = found.callable if isinstance(found, Function) else found
+            if defined_by_loaded_code(live):  # loaded here: workers get it by value, never run the file
+                code = code.with_live(live)
         base = found.spec if isinstance(found, Function) else None
         spec_fields, metadata = _split_options(options, base)
         if isinstance(found, Function):

@@ -10,7 +10,9 @@ What is hashed (format version 1), as canonical JSON (sorted keys, no whitespace
 * ``spec`` — every spec field that differs from its default, as ``shoal.spec.canonical_spec`` gives
   it: requirements, image, env (values and secret references; secret values are never in a spec),
   resources (quantities normalised, so "1000m" == "1"), replicas, placement, volumes (with their
-  type), backend, timeout, retries and default parameters.
+  type), backend, timeout, retries and default parameters. Unset replicas (every slot of the
+  backend) are absent, so specs that never set them kept their hash when that default changed from
+  (1, 1); any replicas set, (1, 1) included, are hashed.
 
 Not hashed: the function name, description, labels, tags, timestamps, the code's origin path and
 the line the shipped region starts at.

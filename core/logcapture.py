@@ -10,7 +10,7 @@ import io
 import sys
 import threading
 from contextlib import contextmanager
-from typing import Iterator, TextIO, Tuple
+from typing import Callable, Iterator, TextIO, Tuple
 
 DEFAULT_LIMIT = 1 << 20  # bytes of log kept per run (the tail)
 
@@ -19,10 +19,12 @@ _install_lock = threading.Lock()
 
 
 class BoundedLog:
-    """Keeps the last ``limit`` characters and counts what was dropped."""
+    """Keeps the last ``limit`` characters and counts what was dropped; ``secrets`` are values
+    replaced by ``****`` wherever they appear (also across two writes)."""
 
-    def __init__(self, limit: int = DEFAULT_LIMIT):
+    def __init__(self, limit: int = DEFAULT_LIMIT, secrets: tuple[str, ...] = ()):
         self.limit = limit
+        self.secrets = secrets
         self._parts: list[str] = []
         self._size = 0
         self.dropped = 0
@@ -33,8 +35,15 @@ class BoundedLog:
         if self._size > 2 * self.limit:
             self._trim()
 
+    def mask(self, text: str) -> str:
+        if not self.secrets:
+            return text
+        from .secrets import mask
+
+        return mask(text, self.secrets)
+
     def _trim(self) -> None:
-        joined = "".join(self._parts)
+        joined = self.mask("".join(self._parts))
         cut = max(0, len(joined) - self.limit)
         self.dropped += cut
         self._parts = [joined[cut:]]
@@ -77,7 +86,11 @@ class _Router(io.TextIOBase):
             log, echo = captures[-1]
             log.write(text)
             if echo:
-                self.real.write(text)
+                sink = _echo_sink
+                if sink is None:
+                    self.real.write(log.mask(text))
+                else:
+                    sink(self.stream, log.mask(text))
         else:
             self.real.write(text)
         return len(text)
@@ -101,6 +114,22 @@ class _Router(io.TextIOBase):
         return getattr(self.real, name)
 
 
+#: Where echoed output of watched runs goes instead of this process's real stdout/stderr: a
+#: ``sink(stream, text)`` set by an engine whose workers' own output does not reach the user (Ray).
+_echo_sink: Callable[[str, str], None] | None = None
+
+
+@contextmanager
+def echo_to(sink: Callable[[str, str], None] | None) -> Iterator[None]:
+    """Send the echo of watched runs in this process to ``sink`` (None: the real streams) while inside."""
+    global _echo_sink
+    saved, _echo_sink = _echo_sink, sink
+    try:
+        yield
+    finally:
+        _echo_sink = saved
+
+
 def _install() -> None:
     with _install_lock:
         if not isinstance(sys.stdout, _Router):
@@ -110,9 +139,10 @@ def _install() -> None:
 
 
 @contextmanager
-def capture_output(limit: int = DEFAULT_LIMIT, echo: bool = False) -> Iterator[BoundedLog]:
-    """Capture this thread's stdout and stderr into a BoundedLog (echoing to the terminal if asked)."""
-    log = BoundedLog(limit)
+def capture_output(limit: int = DEFAULT_LIMIT, echo: bool = False, secrets: tuple[str, ...] = ()) -> Iterator[BoundedLog]:
+    """Capture this thread's stdout and stderr into a BoundedLog (echoing to the terminal if asked),
+    with the run's secret values masked."""
+    log = BoundedLog(limit, secrets)
     with attach((log, echo)):
         yield log
 

@@ -109,6 +109,11 @@ def _parse_text(value: Any) -> Any:
         return value
 
 
+def function_label(name: str, handler: str) -> str:
+    """How errors name a function: ``train``, or ``trainer (handler train)`` when the two differ."""
+    return name if name == handler else f"{name} (handler {handler})"
+
+
 def bind(
     func: Callable,
     params: Mapping[str, Any] | None,

@@ -8,6 +8,7 @@ artifact folder), an optional ``shoal.yaml`` in the project folder, the environm
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import pathlib
 import re
@@ -19,9 +20,12 @@ from .function import PLACEMENT_SHORTHANDS, RESOURCE_SHORTHANDS, Function
 from .spec import METADATA_FIELDS, SPEC_FIELDS
 
 if TYPE_CHECKING:  # pragma: no cover
+    from datetime import date, datetime
+
     from shoal.backends.base import Backend
 
     from .artifacts import ArtifactStore
+    from .lifecycle import CancelOutcome, DeletionPlan, DeletionResult
     from .recorder import Recorder
     from .runs import Run
     from .store import FunctionRecord, Store
@@ -31,6 +35,7 @@ CONFIG_KEYS = ("name", "home", "database", "artifacts", "backend", "functions")
 TEXT_KEYS = ("name", "home", "database", "artifacts", "backend")
 FUNCTION_KEYS = ("file", "handler")
 ENTRY_KEYS = FUNCTION_KEYS + SPEC_FIELDS + RESOURCE_SHORTHANDS + PLACEMENT_SHORTHANDS + METADATA_FIELDS
+log = logging.getLogger("shoal.project")
 
 
 def masked(url: str) -> str:
@@ -160,7 +165,11 @@ class FunctionRegistry:
 
 
 class RunRegistry:
-    """``project.runs``: find recorded runs."""
+    """``project.runs``: find, cancel and delete recorded runs.
+
+    Runs left pending or running by a driver that died are ended (failed, ``DriverLost``) when the
+    project's database is opened and whenever runs are listed.
+    """
 
     def __init__(self, project: "Project"):
         self._project = project
@@ -184,11 +193,52 @@ class RunRegistry:
                 raise ParamError(f"unknown run state {name!r}; use one of {', '.join(STATES)}")
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
             raise ParamError(f"limit must be a whole number >= 0 or None, got {limit!r}")
+        self._project.end_lost_runs()
         records = self._project.store.list_runs(function=function, state=state, parent=parent, limit=limit)
         return [Run.from_record(r) for r in records]
 
     def logs(self, uid: str) -> str:
         return self.get(uid).logs
+
+    def cancel(self, *uids: "str | list[str]") -> "list[CancelOutcome]":
+        """Cancel pending or running runs (uids or unique prefixes, or lists of them) and their
+        open children.
+
+        A run this process drives is stopped through its handle; any other is recorded cancelled
+        at once, and its driver, if alive, stops it at its next heartbeat (about 10 s). A run that
+        ends before that keeps its outcome. Runs that already ended are left as they are.
+        """
+        from .lifecycle import cancel
+
+        return cancel(self._project, [u for item in uids for u in ([item] if isinstance(item, str) else item)])
+
+    def plan_delete(
+        self,
+        uids: "str | list[str] | None" = None,
+        *,
+        state: "str | list[str] | None" = None,
+        before: "str | date | datetime | None" = None,
+        function: str | None = None,
+    ) -> "DeletionPlan":
+        """What :meth:`delete` would remove (and skip), without changing anything."""
+        from .lifecycle import plan_delete
+
+        return plan_delete(self._project, uids, state=state, before=before, function=function)
+
+    def delete(
+        self,
+        uids: "str | list[str] | None" = None,
+        *,
+        state: "str | list[str] | None" = None,
+        before: "str | date | datetime | None" = None,
+        function: str | None = None,
+    ) -> "DeletionResult":
+        """Delete runs by uid, or by ``state`` / ``before`` (created before; a date, datetime or ISO
+        text) / ``function``, with their children and their artifacts' files.
+
+        Runs still pending or running under a live driver are skipped (cancel them first).
+        """
+        return self.plan_delete(uids, state=state, before=before, function=function).execute()
 
 
 class Project:
@@ -248,11 +298,26 @@ class Project:
     @property
     def store(self) -> "Store":
         with self._lock:
-            if self._store is None:
-                from .store import Store
+            if self._store is not None:
+                return self._store
+            from .runs import cancel_live
+            from .store import Store
 
-                self._store = Store(self.database, project=self.name)
-            return self._store
+            store = self._store = Store(self.database, project=self.name)
+            store.heartbeat.on_cancelled = cancel_live  # ``shoal runs cancel`` from another process
+        self.end_lost_runs(prune=True)
+        return store
+
+    def end_lost_runs(self, prune: bool = False) -> None:
+        """End the open runs of drivers that died as failed (``DriverLost``); done on opening and
+        on listing runs. A database that cannot be written is logged, not raised: reading goes on."""
+        from .errors import StoreError
+
+        store = self.store  # a database that cannot be opened is an error of its own
+        try:
+            store.end_lost_runs(prune=prune)
+        except StoreError as exc:
+            log.warning("could not end the runs of lost drivers: %s", exc)
 
     @property
     def artifacts(self) -> "ArtifactStore":

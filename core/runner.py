@@ -16,13 +16,15 @@ import threading
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from .artifacts import Artifact, reference
+from .artifacts import Artifact
+from .inputs import store_input
 from .context import to_json_value
 from .errors import CodeError, ParamError, ShoalError, WorkerLostError
 from . import batch_size as batching
+from . import secrets
 from .execution import RunOutcome, RunTask, error_record, never_started
 from .logcapture import tail
-from .params import bind
+from .params import bind, function_label
 from .recorder import unrecordable
 from .runs import Run, RunHandle
 from .spec import gpus_per_run
@@ -60,7 +62,8 @@ def utc(timestamp: float | None) -> datetime | None:
 
 
 def resolve_backend(fn: "Function", backend: Any, project: "Project") -> "Backend":
-    """A Backend object as given, or the shared embedded one for a name, adapted to the replicas."""
+    """A Backend object as given, or the shared embedded one for a name, adapted to the replicas
+    (a function that sets none gets every slot the engine has)."""
     from shoal.backends import Backend, shared
 
     if isinstance(backend, Backend):
@@ -71,21 +74,30 @@ def resolve_backend(fn: "Function", backend: Any, project: "Project") -> "Backen
 
         return shared_for(name, fn, project)
     engine = shared(name)
-    engine.adapt(fn.replicas.min, fn.replicas.max)
+    engine.fit_replicas(fn.replicas)
     return engine
 
 
 class Driver:
     """Runs of one function on one backend within one project."""
 
-    def __init__(self, fn: "Function", project: "Project", backend: "Backend"):
+    def __init__(
+        self, fn: "Function", project: "Project", backend: "Backend", *, resolve_secrets: bool | None = None
+    ):
+        """``resolve_secrets``: look up the values of the env's secret references here (default:
+        unless the backend's pods get them from Kubernetes); an unresolvable one is a SecretError
+        before anything is recorded."""
         self.fn = fn
         self.project = project
         self.backend = backend
-        self.recorder = project.recorder
-        project.watch_backend(backend)  # its scaling events go to the project's records
         self.spec = fn.spec  # one copy for all runs of this driver
         self._env = {k: v for k, v in self.spec.env.items() if isinstance(v, str)}
+        if resolve_secrets is None:
+            resolve_secrets = not getattr(backend, "pod_secrets", False)
+        references = {k: v for k, v in self.spec.env.items() if not isinstance(v, str)}
+        self._secrets = secrets.resolve(references, project) if resolve_secrets else secrets.SecretValues()
+        self.recorder = project.recorder
+        project.watch_backend(backend)  # its scaling events go to the project's records
         self._callable = fn.callable if backend.in_process else None
         self._gpus = gpus_per_run(self.spec.resources)
 
@@ -140,20 +152,16 @@ class Driver:
             defaults=self.spec.defaults,
             input_names=names,
             from_text=from_text,
-            handler=f"{self.fn.name} ({self.fn.handler})",
+            handler=function_label(self.fn.name, self.fn.handler),
         )
 
     def stage_inputs(self, inputs: Mapping[str, Any] | None) -> dict[str, Artifact]:
-        """Each input as an Artifact: references kept as URLs, values stored once by content."""
-        staged = {}
-        for key, value in (inputs or {}).items():
-            artifact = reference(value, key)
-            if artifact is None:  # a value: store it once by content, ship only its URL
-                artifact = self.project.artifacts.put_content_addressed(
-                    f"{self.project.name}/inputs", value, key=key
-                )
-            staged[key] = artifact
-        return staged
+        """Each input as an Artifact stored once by content in the artifact store (values, local
+        paths and fsspec URLs alike; an Artifact as it is), with its size and SHA-256: only its
+        URL is recorded and shipped."""
+        folder = f"{self.project.name}/inputs"
+        store = self.project.artifacts
+        return {key: store_input(store, folder, value, key=key) for key, value in (inputs or {}).items()}
 
     def new_record(
         self,
@@ -305,6 +313,7 @@ class Driver:
             timeout=spec.timeout,
             iteration=record.get("iteration"),
             env=self._env,
+            secrets=self._secrets,
             gpus=self._gpus,
             echo=watch,
             scope=scope,
@@ -450,8 +459,10 @@ def _failed_outcome(task: RunTask, exc: Exception) -> RunOutcome:
 
 # -- entry points used by Function.run / submit / map ------------------------------------------------
 def _driver(fn: "Function", backend: Any, project: "Project | None") -> Driver:
+    from .code import refuse_runs_while_loading
     from .project import current_project
 
+    refuse_runs_while_loading()  # a function's file being loaded starts no runs (see shoal.code)
     project = project if project is not None else current_project()
     return Driver(fn, project, resolve_backend(fn, backend, project))
 
@@ -550,7 +561,9 @@ def _finish_parent(driver: Driver, parent: dict, runs: list, interrupted: bool =
     for run in runs:
         state = run.state if run is not None else "cancelled"
         counts[state] = counts.get(state, 0) + 1
-    state = "cancelled" if interrupted else ("completed" if counts["completed"] == len(runs) else "failed")
+    # Every run that did not complete was cancelled (Ctrl-C, or ``shoal runs cancel`` of the map): cancelled.
+    cancelled = interrupted or (counts["cancelled"] > 0 and counts["completed"] + counts["cancelled"] == len(runs))
+    state = "cancelled" if cancelled else ("completed" if counts["completed"] == len(runs) else "failed")
     error = None
     if state == "failed":
         failed = [r for r in runs if r is not None and r.state != "completed"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import weakref
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
@@ -147,6 +148,7 @@ class RunHandle:
         self._callbacks: list[Callable[["RunHandle"], None]] = []
         self._lock = threading.Lock()
         self.cancel_requested = False
+        _handles[uid] = self
 
     @property
     def state(self) -> str:
@@ -196,3 +198,21 @@ class RunHandle:
 
     def __repr__(self) -> str:
         return f"<shoal.RunHandle {self.uid[:12]} {self.function} {self._state}>"
+
+
+# The handles of this process by run uid, so a cancel that names a run reaches the run itself.
+_handles: "weakref.WeakValueDictionary[str, RunHandle]" = weakref.WeakValueDictionary()
+
+
+def live_handle(uid: str) -> RunHandle | None:
+    """This process's handle of run ``uid`` while the run is unfinished, else None."""
+    handle = _handles.get(uid)
+    return handle if handle is not None and not handle.done() else None
+
+
+def cancel_live(uids: list[str]) -> None:
+    """Cancel this process's unfinished handles among ``uids`` (runs recorded cancelled from outside)."""
+    for uid in uids:
+        handle = live_handle(uid)
+        if handle is not None and not handle.cancel_requested:
+            handle.cancel()

@@ -89,7 +89,10 @@ def gpus_per_run(resources: "Resources") -> int:
 
 
 class Replicas(_Model):
-    """Autoscaling bounds of the function's workers: 0 <= min <= max, max >= 1."""
+    """Autoscaling bounds of the function's workers: 0 <= min <= max, max >= 1.
+
+    A function that sets none (``FunctionSpec.replicas`` is None) uses every slot its backend has.
+    """
 
     min: int = Field(default=1, ge=0)
     max: int = Field(default=1, ge=1)
@@ -112,6 +115,16 @@ class Replicas(_Model):
         if self.min > self.max:
             raise ValueError(f"min ({self.min}) is greater than max ({self.max}); use min <= max, e.g. (0, {self.min})")
         return self
+
+
+#: The bounds of a function that sets no replicas where its own pods make the cluster (Kubernetes):
+#: there is no machine to fill there, so one worker pod, as before replicas could be left unset.
+UNSET_REPLICAS_ON_KUBERNETES = Replicas(min=1, max=1)
+
+
+def kubernetes_replicas(replicas: "Replicas | None") -> Replicas:
+    """The worker bounds a Kubernetes cluster of the function's pods gets."""
+    return replicas if replicas is not None else UNSET_REPLICAS_ON_KUBERNETES
 
 
 class Toleration(_Model):
@@ -190,7 +203,7 @@ class FunctionSpec(_Model):
     image: str | None = None
     env: dict[str, Union[str, SecretRef]] = {}
     resources: Resources = Resources()
-    replicas: Replicas = Replicas()
+    replicas: Replicas | None = None  # None: every slot the backend has
     placement: Placement = Placement()
     volumes: tuple[Volume, ...] = ()
     backend: str | None = None
@@ -276,6 +289,9 @@ def spec_to_dict(spec: FunctionSpec) -> dict[str, Any]:
     that tells a pvc from an nfs volume when the document is read back.
     """
     data = spec.model_dump(mode="json", exclude_defaults=True)
+    if spec.replicas is not None and not data.get("replicas"):
+        # Explicit (1, 1) differs from unset (every slot); spelled out instead of an empty mapping.
+        data["replicas"] = {"min": spec.replicas.min, "max": spec.replicas.max}
     if "volumes" in data:
         data["volumes"] = [{"type": volume.type, **dumped} for volume, dumped in zip(spec.volumes, data["volumes"])]
     return data

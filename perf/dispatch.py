@@ -3,6 +3,10 @@ cluster per engine.
 
     python perf/dispatch.py [--runs 2000] [--cpu-tasks 40] [--cpu-seconds 0.5] [--engines dask,ray]
 
+Engine ``dask-in-driver`` (not run by default) is shoal on a LocalCluster whose scheduler runs in
+the driver's interpreter, as the embedded cluster did before its processes became programs of
+their own: ``--engines dask,dask-in-driver`` measures what that move changed, on one machine state.
+
 Per engine: N no-op runs through ``fn.map`` (every run recorded in the project database) and the
 same N no-op calls through the raw engine (``client.map``/``gather``, ``ray.remote``/``ray.get``);
 then a batch of CPU-bound tasks through ``fn.map`` against its ideal time on 2 workers. Prints the
@@ -57,7 +61,47 @@ def raw_ray(backend, runs: int) -> float:
     return timed(lambda: ray.get([remote.remote(i) for i in range(runs)]))
 
 
-RAW = {"dask": raw_dask, "ray": raw_ray}
+RAW = {"dask": raw_dask, "dask-in-driver": raw_dask, "ray": raw_ray}
+
+
+def in_driver_cluster():
+    """For comparison: the embedded cluster as it was before its scheduler and workers became
+    programs of their own: a LocalCluster whose scheduler runs in this interpreter and whose Nanny
+    workers are this process's spawn children, with the embedded cluster's settings."""
+    import logging
+
+    import dask.config
+    from distributed import LocalCluster
+
+    from shoal.backends.dask import EMBEDDED_CONFIG
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0, **EMBEDDED_CONFIG}):
+        unprofiled = {"distributed": {"worker": {"profile": {"enabled": False}}}}
+        return LocalCluster(
+            n_workers=WORKERS,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+            preload=["shoal.backends.dask"],
+            config=dask.config.merge(dask.config.config, unprofiled),
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+        )
+
+
+class InDriverDask:
+    """A dask backend over ``in_driver_cluster()``, closing both."""
+
+    def __enter__(self):
+        import shoal.backends
+
+        self.cluster = in_driver_cluster()
+        self.backend = shoal.backends.get("dask", cluster=self.cluster)
+        return self.backend
+
+    def __exit__(self, *exc):
+        self.backend.close()
+        self.cluster.close()
 
 
 def make_backend(engine: str):
@@ -65,6 +109,8 @@ def make_backend(engine: str):
 
     if engine == "dask":
         return shoal.backends.get("dask", n_workers=WORKERS)
+    if engine == "dask-in-driver":
+        return InDriverDask()
     return shoal.backends.get("ray", num_cpus=WORKERS)
 
 

@@ -88,6 +88,21 @@ def slow_artifact(ctx):
 
 def frame_input(df):
     return {"rows": len(df), "cols": list(df.columns)}
+
+
+def input_facts(ctx: shoal.Context, data):
+    stored = ctx.inputs["data"]
+    kind = "path" if isinstance(data, pathlib.Path) else type(data).__name__
+    if isinstance(data, pathlib.Path) and data.is_dir():
+        content = sorted(p.relative_to(data).as_posix() for p in data.rglob("*") if p.is_file())
+    elif isinstance(data, pathlib.Path):
+        content = data.read_text()
+    elif isinstance(data, bytes):
+        content = data.decode()
+    else:
+        content = np.asarray(data).tolist()
+    return {"size": stored.size, "sha256": stored.sha256, "url": stored.url, "kind": stored.kind,
+            "loaded": kind, "content": content}
 '''
 
 
@@ -265,8 +280,9 @@ def test_inputs_given_as_paths_and_artifacts(project, fn, tmp_path, source_folde
     np.save(tmp_path / "numbers.npy", np.array([1.0, 2.0]))
     run = fn("total").run(inputs={"data": tmp_path / "numbers.npy"}, project=project, watch=False)
     assert run.results == {"total": 3.0, "type": "ndarray"}
-    assert run.inputs == {"data": (tmp_path / "numbers.npy").as_uri()}
-    assert not (project.root / ".shoal" / "artifacts" / "test" / "inputs").exists()  # not copied
+    stored = project.root / ".shoal" / "artifacts" / "test" / "inputs"
+    digest = hashlib.sha256((tmp_path / "numbers.npy").read_bytes()).hexdigest()
+    assert run.inputs == {"data": (stored / f"{digest}.npy").as_uri()}  # copied in, by content
 
     (tmp_path / "doc.md").write_text("# title")
     run = fn("read_text_input").run(inputs={"doc": str(tmp_path / "doc.md")}, project=project, watch=False)
@@ -351,3 +367,94 @@ def test_cancel_while_an_artifact_is_written(project, fn, tmp_path):
         assert [p for p in Path(project.artifacts_url).rglob("*") if p.is_file()] == []
     finally:
         PACKAGERS.pop("slow", None)
+
+
+# -- inputs are stored once, by content, whatever form they are given in -----------------------------
+def _stored_inputs(project) -> Path:
+    return project.root / ".shoal" / "artifacts" / "test" / "inputs"
+
+
+def _check_input(run, project, expected_bytes: bytes | None = None) -> Path:
+    """The run saw its input in the store, with the size and SHA-256 of the stored bytes."""
+    assert run.state == "completed", run.error
+    facts = run.results
+    path = Path(fsspec.core.url_to_fs(facts["url"])[1])
+    assert path.parent == _stored_inputs(project)
+    data = path.read_bytes()
+    assert facts["size"] == len(data) > 0
+    assert facts["sha256"] == hashlib.sha256(data).hexdigest() == path.name.split(".")[0]
+    if expected_bytes is not None:
+        assert data == expected_bytes
+    assert project.runs.get(run.uid).inputs == {"data": facts["url"]}  # the record points at the copy
+    assert [p.name for p in _stored_inputs(project).iterdir() if p.name.startswith(".")] == []  # no temp files
+    return path
+
+
+def test_an_input_given_as_a_local_path_is_stored_by_content(project, fn, tmp_path):
+    source = tmp_path / "notes.txt"
+    source.write_text("first version")
+    run = fn("input_facts").run(inputs={"data": source}, project=project, watch=False)
+    stored = _check_input(run, project, b"first version")
+    assert run.results["kind"] == "text" and run.results["content"] == "first version"
+    source.write_text("changed afterwards")  # the run's input is the copy, not the file
+    assert stored.read_text() == "first version"
+    again = fn("input_facts").run(inputs={"data": str(tmp_path / "notes.txt")}, project=project, watch=False)
+    assert _check_input(again, project) != stored
+
+    other = tmp_path / "data.csv"
+    other.write_text("a,b\n1,2\n")
+    as_file = fn("input_facts").run(inputs={"data": other}, project=project, watch=False)
+    path = _check_input(as_file, project, b"a,b\n1,2\n")
+    assert path.suffix == ".csv" and as_file.results["kind"] == "file"
+    assert as_file.results["loaded"] == "path" and as_file.results["content"] == "a,b\n1,2\n"
+
+
+def test_a_folder_input_is_stored_once(project, fn, source_folder):
+    first = fn("input_facts").run(inputs={"data": source_folder}, project=project, watch=False)
+    path = _check_input(first, project)
+    assert path.name.endswith(".tar.gz") and first.results["kind"] == "folder"
+    assert first.results["content"] == ["model/sub/meta.txt", "model/weights.bin", "table.csv"]
+    second = fn("input_facts").run(inputs={"data": str(source_folder)}, project=project, watch=False)
+    assert second.results["url"] == first.results["url"]  # the same folder: the same bytes, stored once
+    assert len(list(_stored_inputs(project).iterdir())) == 1
+
+
+@pytest.mark.parametrize("scheme", ["memory", "file"])
+def test_an_input_given_as_an_fsspec_url_is_stored_by_content(project, fn, tmp_path, scheme):
+    data = np.arange(4.0)
+    buffer = io.BytesIO()
+    np.save(buffer, data)
+    if scheme == "memory":
+        url = f"memory://inputs-{uuid.uuid4().hex[:8]}/numbers.npy"
+    else:
+        url = (tmp_path / "numbers.npy").as_uri()
+    with fsspec.open(url, "wb") as handle:
+        handle.write(buffer.getvalue())
+    run = fn("input_facts").run(inputs={"data": url}, project=project, watch=False)
+    stored = _check_input(run, project, buffer.getvalue())
+    assert stored.suffix == ".npy" and run.results["kind"] == "numpy"
+    assert run.results["loaded"] == "ndarray" and run.results["content"] == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_a_remote_folder_url_is_stored_as_an_archive(project, fn):
+    root = f"memory://folder-{uuid.uuid4().hex[:8]}"
+    for name, text in (("a.txt", "A"), ("sub/b.txt", "B")):
+        with fsspec.open(f"{root}/bundle/{name}", "wb") as handle:
+            handle.write(text.encode())
+    run = fn("input_facts").run(inputs={"data": f"{root}/bundle"}, project=project, watch=False)
+    _check_input(run, project)
+    assert run.results["kind"] == "folder" and run.results["content"] == ["a.txt", "sub/b.txt"]
+
+
+@pytest.mark.parametrize("value, loaded", [(np.arange(3.0), "ndarray"), (b"raw bytes", "bytes")])
+def test_an_input_given_as_a_value_is_stored_by_content(project, fn, value, loaded):
+    run = fn("input_facts").run(inputs={"data": value}, project=project, watch=False)
+    _check_input(run, project)
+    assert run.results["loaded"] == loaded
+    assert run.results["content"] == (value.decode() if isinstance(value, bytes) else value.tolist())
+
+
+def test_a_missing_url_input_fails_before_the_run(project, fn):
+    with pytest.raises(shoal.ArtifactError, match="input 'data': nothing at memory://"):
+        fn("input_facts").run(inputs={"data": f"memory://nowhere-{uuid.uuid4().hex}/x.npy"}, project=project)
+    assert project.store.count_runs() == 0

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -153,7 +155,7 @@ def test_init_then_run_train_by_name(tmp_path):
     config = yaml.safe_load((root / "shoal.yaml").read_text())
     assert config["name"] == "proj"
     assert config["functions"] == {"train": {"file": "train.py", "handler": "train"}}
-    assert "shoal run train" in proc.stdout
+    assert "-m shoal.cli.main -C proj run train --param lr=0.05" in proc.stdout  # as this test invoked shoal
 
     proc = cli(root, "run", "train", "--param", "lr=0.2", "--param", "epochs=50", "--json")
     assert proc.returncode == 0, proc.stderr
@@ -351,19 +353,24 @@ BAD_INPUT = [
     ("min-over-max", _entry(replicas={"min": 3, "max": 1}), {}, ["run", "train"], 2, "min (3) is greater than max"),
     ("limit-below-request", _entry(resources={"requests": {"memory": "2Gi"}, "limits": {"memory": "1Gi"}}), {},
      ["run", "train"], 2, "below requests.memory"),
-    ("handler-not-found", None, {}, ["run", "train.py:nope"], 2, "handler 'nope' not found"),
+    # Only what could be a handler is listed: train.py also imports os and shoal.
+    ("handler-not-found", None, {}, ["run", "train.py:nope"], 2, "handler 'nope' not found in"),
+    ("handler-not-found-lists-defs", None, {}, ["run", "train.py:nope"], 2, "train.py; it defines: train"),
     ("file-not-found", None, {}, ["run", "missing.py:train"], 2, "file not found"),
     ("syntax-error", None, {}, ["run", "broken.py:f"], 2, "syntax error"),
     ("yaml-file-not-found", {"train": "gone.py:train"}, {}, ["run", "train"], 2, "functions.train: file not found"),
     ("missing-required-param", None, {}, ["run", "handlers.py:needs"], 2, "missing required parameter 'x'"),
-    ("unknown-param", None, {}, ["run", "train", "--param", "nope=1"], 2, "unknown parameter 'nope'"),
+    ("unknown-param", None, {}, ["run", "train", "--param", "nope=1"], 2, "unknown parameter 'nope' for train; it accepts"),
+    ("unknown-param-renamed", {"big": "train.py:train"}, {}, ["run", "big", "--param", "nope=1"], 2,
+     "unknown parameter 'nope' for big (handler train); it accepts"),
     ("unconvertible-param", None, {}, ["run", "train", "--param", "epochs=ten"], 2, "'epochs' expects int"),
     ("param-not-key-value", None, {}, ["run", "train", "--param", "epochs"], 2, "not key=value"),
     ("missing-input-file", None, {}, ["run", "train", "--input", "data=nofile.csv"], 2, "no such file"),
     ("unknown-function", None, {}, ["run", "nope"], 1, "no function named 'nope'"),
     ("unknown-tag", None, {}, ["run", "train:v9"], 1, "no tag 'v9'"),
     ("unknown-hash", None, {}, ["run", "train@abcdef12"], 1, "no version"),
-    ("unknown-backend", None, {}, ["run", "train", "--backend", "nosuch"], 1, "unknown backend 'nosuch'"),
+    ("unknown-backend", None, {}, ["run", "train", "--backend", "spark"], 2, "unknown backend 'spark'"),
+    ("unknown-backend-scheme", None, {}, ["run", "train", "--backend", "spark://host:7077"], 2, "unknown backend 'spark'"),
     ("unknown-config-key", None, {"bogus": 1}, ["run", "train"], 2, "unknown key 'bogus'"),
     ("yaml-database-unreachable", None, {"database": "postgresql+psycopg://postgres@127.0.0.1:1/x"},
      ["run", "train"], 1, "cannot connect to PostgreSQL"),
@@ -431,3 +438,103 @@ def test_cli_on_postgresql(tmp_path, pg_project):
     proc = cli(root, "runs", "list", "--json")
     assert [r["uid"] for r in strict_json(proc.stdout)] == [run["uid"]]
     assert [r.uid for r in pg_project.runs.list()] == [run["uid"]]
+
+
+# -- one voice: flags, tracebacks, widths, the next command -------------------------------------------------
+def test_help_shows_flags_as_flags(tmp_path):
+    for args in (["--help"], ["run", "--help"], ["runs", "list", "--help"], ["tune", "--help"]):
+        proc = cli(tmp_path, *args)
+        assert proc.returncode == 0, proc.stderr
+        assert "--json" in proc.stdout or "--debug" in proc.stdout
+        assert "<bool>" not in proc.stdout, proc.stdout
+    assert "<str>" in cli(tmp_path, "run", "--help").stdout  # options that take a value still say so
+
+
+def test_tracebacks_start_at_the_users_code_and_debug_keeps_all(tmp_path):
+    root = write_project(tmp_path / "p")
+    failed = strict_json(cli(root, "run", "handlers.py:boom", "--backend", "local", "--json").stdout)
+    assert failed["state"] == "failed"
+    shown = failed["error"]["traceback"]
+    first_frame = shown.splitlines()[1]
+    assert first_frame.strip().startswith('File "') and "handlers.py" in first_frame, shown
+    assert "execution.py" not in shown and "RuntimeError: kaboom 0 [/x]" in shown
+    assert "execution.py" in failed["error"]["traceback_full"]
+
+    proc = cli(root, "runs", "show", failed["uid"])
+    assert 'raise RuntimeError(f"kaboom {n} [/x]")' in proc.stdout and "execution.py" not in proc.stdout
+    proc = cli(root, "--debug", "runs", "show", failed["uid"])
+    assert 'raise RuntimeError(f"kaboom {n} [/x]")' in proc.stdout and "execution.py" in proc.stdout
+
+
+def test_without_a_terminal_tables_print_whole_values(tmp_path):
+    root = write_project(tmp_path / "p")
+    long_value = "v" * 150 + "-end"
+    (root / "wide.py").write_text(f"def f():\n    return {{'note': {long_value!r}}}\n")
+    no_width = {"COLUMNS": ""}  # stdout is a pipe here, as in CI logs or `| grep`
+    proc = cli(root, "run", "wide.py:f", "--backend", "local", env=no_width)
+    assert proc.returncode == 0, proc.stderr
+    assert long_value in proc.stdout and "…" not in proc.stdout
+    proc = cli(root, "runs", "list", env=no_width)
+    assert long_value in proc.stdout and "…" not in proc.stdout
+    uid = only_run(root, function="f").uid
+    proc = cli(root, "runs", "show", uid, env=no_width)
+    assert uid in proc.stdout and long_value in proc.stdout
+
+    # The tune progress line (stderr) is whole too: the best value and the elapsed time at its end.
+    proc = cli(root, "tune", "train", "--space", "lr=[0.1,0.2]", "--objective", "max.score", "--strategy", "grid",
+               "--backend", "local", env=no_width)
+    assert proc.returncode == 0, proc.stderr
+    [line] = [line for line in proc.stderr.splitlines() if line.startswith("study train")]
+    assert "…" not in line and len(line) > 80, line
+    assert re.search(r" 2/2 running 0 .* best 0\.6 \(trial \d\) \d+:\d\d:\d\d$", line.rstrip()), line
+
+
+def _shell(command: str, cwd: Path, env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess:
+    """``command`` through the shell, as a user types it; whatever it leaves in its process group is
+    killed afterwards (the embedded cluster's processes, were any left behind)."""
+    proc = subprocess.Popen(command, shell=True, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if proc.returncode is None:
+            out, err = proc.communicate()
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+
+
+def _next_command(stdout: str) -> str:
+    [line] = [line for line in stdout.splitlines() if line.startswith("next: ")]
+    return line[len("next: "):]
+
+
+def test_init_prints_a_command_that_works_as_invoked(tmp_path):
+    """`next:` names the program as the user ran it: here the venv's shoal, which is not on PATH."""
+    program = Path(sys.executable).with_name("shoal")
+    if not program.is_file():
+        pytest.skip(f"no console script beside {sys.executable} (shoal installed without scripts)")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_") and k != "VIRTUAL_ENV"}
+    environ["PATH"] = os.pathsep.join(p for p in environ.get("PATH", "").split(os.pathsep)
+                                      if Path(p).resolve() != program.parent.resolve())
+    relative = os.path.relpath(program, tmp_path)
+    proc = subprocess.run([relative, "init", "demo"], cwd=tmp_path, env=environ, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    command = _next_command(proc.stdout)
+    assert command == f"{relative} -C demo run train --param lr=0.05"
+    # As printed (the project's default backend, the embedded Dask cluster), from the same folder.
+    done = _shell(command, tmp_path, environ)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "completed" in done.stdout
+
+    # Run as a module, it names the interpreter; run from the project folder, no -C.
+    proc = cli(tmp_path, "init", "other")
+    command = _next_command(proc.stdout)
+    assert command.endswith("-m shoal.cli.main -C other run train --param lr=0.05"), command
+    done = _shell(command + " --backend local", tmp_path, environ)
+    assert done.returncode == 0, done.stdout + done.stderr
+    proc = cli(tmp_path / "other", "init")
+    assert _next_command(proc.stdout).endswith("-m shoal.cli.main run train --param lr=0.05")

@@ -457,3 +457,159 @@ def test_a_wrapped_function_ships_the_users_file(tmp_path, monkeypatch):
     finally:
         sys.modules.pop("usermod", None)
         sys.modules.pop("decorators_lib", None)
+
+
+# -- the script the driver runs travels by value ------------------------------------------------------
+
+RUNNING_SCRIPT = textwrap.dedent(
+    """\
+    import pathlib, pickle, sys, threading
+    import cloudpickle
+    import shoal
+
+    pathlib.Path("top.log").open("a").write("x")
+    SCALE = 3
+    LOCK = threading.Lock()
+
+
+    class Scaler:
+        def __init__(self, k):
+            self.k = k
+
+        def apply(self, x):
+            return x * self.k
+
+
+    def helper(x):
+        return Scaler(SCALE).apply(x)
+
+
+    @shoal.function(cpu="500m")
+    def handler(x: int):
+        return helper(x) if x < 100 else handler(x - 100)  # itself, through the decorated name
+
+
+    @shoal.function
+    def locked(x: int):
+        with LOCK:
+            return x
+
+
+    same = shoal.Function.from_file(__file__, "handler", name="same")  # the script is not run again
+    print("HASHES", handler.hash, same.hash, handler.code.kind, same.code.kind)
+    print("FINGERPRINT", handler.code.fingerprint)
+    print("DOCUMENT", sorted(handler.to_dict()["code"]))
+    pathlib.Path(sys.argv[1], "code.pickle").write_bytes(pickle.dumps(handler.code))
+    pathlib.Path(sys.argv[1], "same.pickle").write_bytes(pickle.dumps(same.code))
+    pathlib.Path(sys.argv[1], "function.pickle").write_bytes(cloudpickle.dumps(handler))
+    print("LOCKED", locked.code.shipped_value())
+    """
+)
+
+WORKER = (
+    "import pickle, sys, cloudpickle\n"
+    "from shoal.code import load_handler\n"
+    "folder = sys.argv[1]\n"
+    "code = pickle.load(open(folder + '/code.pickle', 'rb'))\n"
+    "same = pickle.load(open(folder + '/same.pickle', 'rb'))\n"
+    "fn = cloudpickle.load(open(folder + '/function.pickle', 'rb'))\n"
+    "print('CALLS', load_handler(code, 'handler')(2), load_handler(code, 'handler')(102), "
+    "load_handler(same, 'handler')(4), fn(5), fn.hash)\n"
+)
+
+
+def test_the_running_scripts_handler_ships_by_value_and_hashes_its_source(tmp_path):
+    """As Ray ships ``__main__`` functions: the worker gets the handler (its helpers, classes and
+    globals) by value and never runs the script; the hash and the stored document stay the source's."""
+    driver, worker = tmp_path / "driver", tmp_path / "worker"
+    driver.mkdir()
+    worker.mkdir()
+    script = write(driver / "script.py", RUNNING_SCRIPT)
+    result = subprocess.run(
+        [sys.executable, "script.py", str(tmp_path)], cwd=driver, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    handler_hash, same_hash, *kinds = lines_with("HASHES ", out)[0].split()
+    assert handler_hash == same_hash and kinds == ["source", "source"]
+    assert lines_with("FINGERPRINT ", out)[0] == shoal.code.source_from_file(script, "handler").fingerprint
+    assert lines_with("DOCUMENT ", out)[0] == "['kind', 'origin', 'text']"  # nothing by value is stored
+    assert (driver / "top.log").read_text() == "x"  # from_file took the script's handler, did not run it
+    # a handler that cannot be pickled ships its file's text (with a warning saying what that means)
+    assert lines_with("LOCKED ", out)[0] == "None" and "cannot ship" in result.stderr
+    calls = python(["-c", WORKER, str(tmp_path)], worker)
+    assert lines_with("CALLS ", calls)[0].split() == ["6", "6", "12", "15", handler_hash]
+    assert not (worker / "top.log").exists(), "the worker ran the script's top level"
+
+
+STARTS_RUNS = textwrap.dedent(
+    """\
+    import shoal
+
+
+    def before(x):
+        return x + 1
+
+
+    shoal.function(before).map([{"x": 1}, {"x": 2}])
+
+
+    def after(x):
+        return x
+    """
+)
+
+
+def test_a_file_that_starts_runs_at_its_top_level_stops_loading_there(tmp_path, monkeypatch, caplog):
+    """Loading a function's file (on a worker, or here by from_file) never starts runs: the load
+    stops at the call, says where, and keeps what the file defined above it."""
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path / "starts_runs.py", STARTS_RUNS)
+    with caplog.at_level("WARNING", logger="shoal.code"):
+        fn = shoal.Function.from_file(path, "before")
+    assert fn(1) == 2
+    assert f"stopped loading {path} at line 8" in caplog.text and "__main__" in caplog.text
+    with pytest.raises(CodeError, match=r"handler 'after' not found .* line 8 \(shoal.function\(before\).map"):
+        shoal.Function.from_file(path, "after")
+    assert not (tmp_path / ".shoal").exists(), "nothing was recorded"
+
+
+def test_a_file_the_driver_loaded_ships_by_value_and_never_runs_on_workers(tmp_path):
+    """``Function.from_file`` (and ``shoal run FILE:HANDLER``) runs the file once, in the driver;
+    workers get what it defined by value. The hash is the text's, as for any file."""
+    driver, worker = tmp_path / "driver", tmp_path / "worker"
+    driver.mkdir()
+    worker.mkdir()
+    write(driver / "job.py", "import pathlib\npathlib.Path('top.log').open('a').write('x')\nK = 2\n\ndef f(x):\n    return x * K\n")
+    out = python(
+        ["-c", "import pickle, shoal\nfn = shoal.Function.from_file('job.py', 'f')\n"
+         "open('../code.pickle', 'wb').write(pickle.dumps(fn.code))\nprint('HASH', fn.hash)\n"],
+        driver,
+    )  # fmt: skip
+    assert lines_with("HASH ", out)[0] == shoal.Function.from_dict(
+        {"name": "f", "handler": "f", "code": shoal.code.source_from_file(driver / "job.py", "f").to_dict()}
+    ).hash
+    calls = python(
+        ["-c", "import pickle\nfrom shoal.code import load_handler\n"
+         "print('CALL', load_handler(pickle.load(open('../code.pickle', 'rb')), 'f')(21))\n"],
+        worker,
+    )  # fmt: skip
+    assert lines_with("CALL ", calls)[0] == "42"
+    assert (driver / "top.log").read_text() == "x" and not (worker / "top.log").exists()
+
+
+def test_a_worker_running_such_a_file_starts_no_runs_either(tmp_path, monkeypatch):
+    """A worker given the file's text (a function rebuilt from the store) stops there too: the run
+    completes, its log says where loading stopped, and no nested run was recorded."""
+    from shoal.execution import execute
+
+    monkeypatch.chdir(tmp_path)
+    text = STARTS_RUNS.replace("def before(", "def before_on_worker(").replace("(before)", "(before_on_worker)")
+    code = shoal.code.source_from_file(write(tmp_path / "worker_file.py", text), "before_on_worker")
+    fn = shoal.Function.from_dict({"name": "w", "handler": "before_on_worker", "code": code.to_dict()})
+    from helpers import task
+
+    outcome = execute(task(fn, {"x": 41}, artifacts=tmp_path / "artifacts"))
+    assert outcome.state == "completed" and outcome.results == {"return": 42}, outcome.error
+    assert "stopped loading" in outcome.logs and "line 8" in outcome.logs
+    assert not (tmp_path / ".shoal").exists(), "nothing was recorded"

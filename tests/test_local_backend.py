@@ -6,6 +6,9 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import os
+import signal
+import subprocess
+import sys
 import uuid
 
 import pytest
@@ -16,7 +19,7 @@ from shoal.backends import Backend, BackendFuture
 from shoal.execution import execute
 
 from handler_sources import handler_functions
-from helpers import task, wait_for
+from helpers import alive, kill_by_pid, task, wait_for
 
 
 @pytest.fixture
@@ -193,3 +196,118 @@ def test_other_functions_in_between_do_not_raise_the_bound(project, fn, tmp_path
     handles += [bounded.submit(params, project=project) for _ in range(2)]
     assert [h.result(30).state for h in handles] == ["completed"] * 5
     assert json.loads(open(counter).read())["peak"] == 2
+
+
+# -- runs that set env run in a process of their own ---------------------------------------------------
+ENV = {"SHOAL_TEST_VALUE": "per-run"}
+
+
+def test_a_run_with_env_runs_in_its_own_process_with_results_logs_and_artifacts(fn, tmp_path):
+    started = []
+    with shoal.backends.get("local") as backend:
+        outcome = backend.submit(
+            task(fn("logs_everything"), {"n": 2}, tmp_path / "store", env=ENV), lambda uid, at: started.append(at)
+        ).result(60)
+        plain = backend.submit(task(fn("echo_env"), env={})).result(60)
+        echoed = backend.submit(task(fn("echo_env"), env=ENV)).result(60)
+    assert outcome.state == "completed", outcome.error
+    assert outcome.results["accuracy"] == 0.75 and outcome.results["pid"] != os.getpid()
+    assert outcome.metrics == {"loss": [[0, 1.0], [1, 0.5]]}
+    assert sorted(a["key"] for a in outcome.artifacts) == ["notes", "weights"]
+    assert all(os.path.exists(a["url"].removeprefix("file://")) for a in outcome.artifacts)
+    assert "through print" in outcome.logs and "through the logger" in outcome.logs
+    assert started == [outcome.started_at]  # the child's start reached on_start
+    assert echoed.results == {"value": "per-run"} and plain.results == {"value": None}
+    assert "SHOAL_TEST_VALUE" not in os.environ
+
+
+def test_a_run_with_env_is_cancelled_and_times_out_in_its_own_process(fn, tmp_path):
+    marker = tmp_path / "started"
+    with shoal.backends.get("local", n_workers=2) as backend:
+        running = backend.submit(task(fn("looper"), {"marker": str(marker)}, env=ENV))
+        wait_for(marker.exists)
+        child = int(marker.read_text())
+        assert child != os.getpid()
+        timed = backend.submit(task(fn("nap"), {"seconds": 60}, timeout=0.5, env=ENV)).result(60)
+        assert running.cancel() is True
+        outcome = running.result(60)
+    assert outcome.state == "cancelled" and outcome.error["type"] == "CancelledError"
+    assert outcome.metrics["step"][0] == [0, 0]  # what it logged before the stop came back
+    assert timed.state == "failed" and timed.error["type"] == "TimeoutError"
+    wait_for(lambda: not alive(child), what="the run's process to exit")
+
+
+def test_close_stops_a_run_with_env_and_leaves_no_process(fn, tmp_path):
+    marker = tmp_path / "started"
+    backend = shoal.backends.get("local")
+    running = backend.submit(task(fn("looper"), {"marker": str(marker)}, env=ENV))
+    wait_for(marker.exists)
+    child = int(marker.read_text())
+    backend.close()
+    assert running.result().state == "cancelled"
+    wait_for(lambda: not alive(child), what="the run's process to exit")
+
+
+def test_a_run_with_env_whose_process_dies_fails_as_lost(fn, tmp_path):
+    with shoal.backends.get("local") as backend:
+        exited = backend.submit(task(fn("exits"), env=ENV)).result(60)
+        killed_marker = tmp_path / "victim.pid"
+        victim = backend.submit(task(fn("victim"), {"pidfile": str(killed_marker)}, env=ENV))
+        wait_for(killed_marker.exists)
+        os.kill(int(killed_marker.read_text()), signal.SIGKILL)  # not reaped here: its parent reports it
+        lost = victim.result(60)
+    assert exited.state == "failed" and exited.error["type"] == "SystemExit"  # as in a thread
+    assert lost.state == "failed" and lost.error["type"] == "WorkerLostError"
+    assert "exited with code -9 before it reported" in lost.error["message"]
+
+
+def test_a_recorded_run_with_env_and_retries(project, fn, tmp_path):
+    marker = tmp_path / "flaky"
+    run = fn("flaky", env=ENV, retries=1).run({"marker": str(marker)}, backend="local", project=project, watch=False)
+    assert run.state == "completed" and run.results == {"attempt": 2} and run.attempts == 2
+    assert "first attempt fails" in run.logs and "second attempt works" in run.logs
+    assert project.runs.get(run.uid).results == {"attempt": 2}
+
+
+def test_a_process_is_reused_by_runs_with_the_same_env_and_not_after_a_stop(fn, tmp_path):
+    with shoal.backends.get("local") as backend:
+        first, second = (backend.submit(task(fn("nap"), {"seconds": 0}, env=ENV)).result(60) for _ in range(2))
+        other = backend.submit(task(fn("nap"), {"seconds": 0}, env={"SHOAL_TEST_VALUE": "other"})).result(60)
+        assert first.results["pid"] == second.results["pid"] != os.getpid()
+        assert other.results["pid"] != first.results["pid"]
+        marker = tmp_path / "started"
+        stopped = backend.submit(task(fn("looper"), {"marker": str(marker)}, env=ENV))
+        wait_for(marker.exists)
+        assert int(marker.read_text()) == first.results["pid"]
+        stopped.cancel()
+        assert stopped.result(60).state == "cancelled"
+        after = backend.submit(task(fn("nap"), {"seconds": 0}, env=ENV)).result(60)
+        assert after.results["pid"] != first.results["pid"]  # a stopped run's process is not reused
+    wait_for(lambda: not any(alive(r.results["pid"]) for r in (first, other, after)), what="idle processes to exit")
+
+
+DRIVER = """
+import sys
+import shoal
+
+handlers, marker, folder = sys.argv[1:]
+fn = shoal.Function.from_file(handlers, "looper", env={"SHOAL_TEST_VALUE": "x"})
+fn.run({"marker": marker, "steps": 100000}, backend="local", project=shoal.Project(folder, name="killed"))
+"""
+
+
+def test_a_killed_driver_leaves_no_run_process_behind(tmp_path):
+    from handler_sources import write_handlers
+
+    script, marker = tmp_path / "driver.py", tmp_path / "started"
+    script.write_text(DRIVER)
+    driver = subprocess.Popen([sys.executable, str(script), str(write_handlers(tmp_path)), str(marker), str(tmp_path)])
+    try:
+        wait_for(marker.exists, what="the run to start")
+        child = int(marker.read_text())
+        assert child != driver.pid and alive(child)
+        driver.kill()
+        driver.wait(30)
+        wait_for(lambda: not alive(child), what="the run's process to exit after its driver died")
+    finally:
+        kill_by_pid([driver.pid] + ([int(marker.read_text())] if marker.exists() else []))

@@ -97,6 +97,49 @@ def test_map_submit_and_errors(ray_backend, project, fn):
     assert failed.results == {"before": 1}
 
 
+WAITS = """
+import os, sys, time
+
+
+def waits(release: str):
+    print("waiting for the release", flush=True)
+    print("on stderr too", file=sys.stderr)
+    while not os.path.exists(release):
+        time.sleep(0.05)
+    print("released")
+"""
+
+
+def test_watched_runs_echo_their_output_live_on_the_driver(ray_backend, project, tmp_path, capsys):
+    """As on the embedded Dask cluster: a watched run's output shows on the driver while it runs
+    (Ray's workers write to files; shoal forwards only watched runs' output, through a pipe)."""
+    waits = shoal.Function.from_file(write_file(tmp_path / "waits.py", WAITS), "waits")
+    release = tmp_path / "release"
+    handle = waits.submit({"release": str(release)}, backend=ray_backend, project=project, watch=True)
+    seen = {"out": "", "err": ""}
+
+    def shown(text: str) -> bool:
+        captured = capsys.readouterr()
+        seen["out"] += captured.out
+        seen["err"] += captured.err
+        return text in seen["out"]
+
+    wait_for(lambda: shown("waiting for the release"), timeout=60, what="the handler's output on the driver")
+    assert handle.state == "running" and "on stderr too" in seen["err"]
+    release.write_text("go")
+    run = handle.result(60)
+    assert run.state == "completed" and "released" in seen["out"] + capsys.readouterr().out  # shown before it ends
+    assert "waiting for the release" in run.logs  # and recorded, as always
+    quiet = waits.run({"release": str(release)}, backend=ray_backend, project=project, watch=False)
+    assert quiet.state == "completed" and "released" in quiet.logs
+    assert "released" not in capsys.readouterr().out
+
+
+def write_file(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
 def test_map_of_many_runs_uses_both_slots(ray_backend, project, fn):
     runs = fn("nap").map([{"seconds": 0.3}] * 8, backend=ray_backend, project=project)
     assert all(r.state == "completed" for r in runs)

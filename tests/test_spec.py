@@ -126,6 +126,33 @@ def test_replicas_forms(value, expected):
     assert (replicas.min, replicas.max) == expected
 
 
+def test_unset_replicas_stay_unset_and_differ_from_one_at_a_time():
+    unset = decorate()
+    assert unset.replicas is None and "replicas" not in unset.to_dict()["spec"]
+    one = decorate(replicas=1)
+    assert one.to_dict()["spec"]["replicas"] == {"min": 1, "max": 1}  # spelled out, not {}
+    assert shoal.Function.from_dict(one.to_dict()).replicas == one.replicas
+    assert one.hash != unset.hash  # (1, 1) runs one at a time; unset uses every slot
+
+
+# Hashes computed with the code before replicas could be unset (replicas defaulted to (1, 1)): every
+# stored spec keeps its hash. An explicit (1, 1) was stored without replicas, so it reads back as
+# unset with that same hash; only a newly built explicit (1, 1) hashes differently.
+GOLDEN_HASHES = [
+    ({}, "1e425933a0c6b824ddb10012072f5de3634783e3ef45e9659bbc7842f801af92"),
+    ({"replicas": (0, 4)}, "f66ca908bd8acd9c9bbfc8451ca7add1222487fc5a8025a55e8899e639377d5d"),
+    ({"replicas": (1, 4)}, "96c4b1666a430aa9d2bb522d29fa852aef1556a8a55604a45871196890c7986a"),
+    ({"replicas": 2}, "656e94a69b40bed6a851cfc542789d48868b822487e7b33ad57db4a1771a507e"),
+    ({"replicas": (0, 1)}, "cb7c615b26cd2db955a0cc8a1419a6d7a341e3a8e0ed874a3e7f5f1226530f08"),
+    ({"retries": 1}, "781c1c074e860f930569df66c5c4a4e1767d50c9550278dc9b88d13ceff014ba"),
+]
+
+
+@pytest.mark.parametrize("fields, expected", GOLDEN_HASHES)
+def test_hashes_of_existing_specs_are_stable(fields, expected):
+    assert hashing.function_hash("train", "0" * 64, canonical_spec(spec(**fields))) == expected
+
+
 def test_replicas_min_greater_than_max_is_refused_with_the_fix():
     with pytest.raises(SpecError) as info:
         decorate(replicas=(5, 2))
@@ -373,7 +400,7 @@ def test_every_spec_field_survives_a_json_round_trip():
 
 def test_canonical_spec_omits_defaults_and_normalises_quantities():
     assert canonical_spec(spec()) == {}
-    assert canonical_spec(spec(replicas=(1, 1), retries=0, env={}, timeout=None)) == {}
+    assert canonical_spec(spec(replicas=None, retries=0, env={}, timeout=None)) == {}
     assert canonical_spec(spec(resources={"requests": {"cpu": "1000m"}})) == canonical_spec(
         spec(resources={"requests": {"cpu": 1}})
     )

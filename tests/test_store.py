@@ -490,7 +490,9 @@ def test_head_constant_matches_migration_scripts():
     config.set_main_option("script_location", str(migrate.MIGRATIONS))
     scripts = ScriptDirectory.from_config(config)
     assert scripts.get_heads() == [migrate.HEAD]
-    assert [s.revision for s in scripts.walk_revisions()] == ["0003_scaling_events", "0002_artifacts", "0001_initial"]
+    assert [s.revision for s in scripts.walk_revisions()] == [
+        "0004_run_drivers", "0003_scaling_events", "0002_artifacts", "0001_initial"
+    ]
 
 
 def test_migrations_fresh_upgraded_and_model_are_identical(new_db):
@@ -527,7 +529,8 @@ def test_migrations_fresh_upgraded_and_model_are_identical(new_db):
         engine.dispose()
 
     head = schema_of(fresh)
-    assert set(head) == {"functions", "function_tags", "runs", "artifacts", "scaling_events", migrate.VERSION_TABLE}
+    assert set(head) == {"functions", "function_tags", "runs", "artifacts", "scaling_events", "drivers", migrate.VERSION_TABLE}
+    assert "driver" in [c[0] for c in head["runs"]["columns"]]
     assert head["scaling_events"]["uniques"] == [
         ("uq_scaling_events_event", ("project", "backend", "time", "direction", "reason"))
     ]
@@ -652,3 +655,93 @@ def test_many_processes_write_one_sqlite_file(tmp_path):
     finally:
         engine.dispose()
 
+
+
+# -- drivers: who drives a run, and ending the runs of drivers that died --------------------------
+
+
+def _dead_driver(store: Store) -> str:
+    """Register a driver on this machine whose process has exited (a real PID, reaped)."""
+    from shoal.store import drivers
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    me = drivers.current()
+    ghost = drivers.Identity(uuid.uuid4().hex, me.host, me.machine, gone.pid, None)
+    with store.engine.begin() as connection:
+        drivers.register(connection, store.project, ghost)
+    return ghost.id
+
+
+def test_runs_are_stamped_with_their_driver_and_lost_drivers_runs_end(store):
+    from shoal.store import drivers
+
+    me = drivers.current()
+    ghost = _dead_driver(store)
+    store.create_runs([
+        {"uid": "mine", "function": "f", "function_hash": h("f"), "state": "running"},
+        {"uid": "nobody", "function": "f", "function_hash": h("f"), "driver": None},
+        {"uid": "ghost1", "function": "f", "function_hash": h("f"), "driver": ghost},
+        {"uid": "ghost2", "function": "f", "function_hash": h("f"), "driver": ghost, "state": "running"},
+        {"uid": "ghost3", "function": "f", "function_hash": h("f"), "driver": ghost, "state": "completed"},
+    ])
+    assert store.get_run("mine").driver == me.id and store.get_run("nobody").driver is None
+    assert set(store.live_drivers([me.id, ghost])) == {me.id}
+
+    assert sorted(store.end_lost_runs()) == [("ghost1", "pending"), ("ghost2", "running")]
+    for uid, when in (("ghost1", "before the run started"), ("ghost2", "while the run was running")):
+        run = store.get_run(uid)
+        assert run.state == "failed" and run.error["type"] == "DriverLost" and when in run.error["message"]
+        assert drivers.is_swept(run) and run.ended_at is not None
+    assert store.get_run("ghost3").state == "completed"
+    assert {store.get_run(u).state for u in ("mine", "nobody")} == {"running", "pending"}
+    assert store.end_lost_runs() == []  # done once
+
+    store.claim_runs(["nobody"])
+    assert store.get_run("nobody").driver == me.id
+    with pytest.raises(NotFoundError):
+        store.claim_runs(["nosuch"])
+
+
+def test_a_start_never_reopens_an_ended_run_and_cancel_is_conditional(store):
+    store.create_runs([{"uid": u, "function": "f", "function_hash": h("f")} for u in ("a", "b", "c")])
+    store.finish_run("c", {"state": "completed"})
+    assert sorted(store.cancel_runs(["a", "b", "c"], "requested by a test")) == ["a", "b"]
+    assert store.get_run("a").error["message"] == "cancelled before it started: requested by a test"
+    store.finish_runs([("a", {"state": "running"}, ()), ("b", {"state": "pending"}, ())])
+    assert {store.get_run(u).state for u in ("a", "b")} == {"cancelled"}
+    store.finish_run("a", {"state": "completed"})  # an outcome still lands: the run did end so
+    assert store.get_run("a").state == "completed"
+
+
+def test_delete_runs_keeps_open_runs_of_live_drivers_and_returns_artifacts(store):
+    from shoal.store import drivers
+
+    me = drivers.current().id
+    store.create_runs([
+        {"uid": "done", "function": "f", "function_hash": h("f"), "state": "completed"},
+        {"uid": "child", "function": "f", "function_hash": h("f"), "parent": "done", "state": "failed"},
+        {"uid": "open", "function": "f", "function_hash": h("f"), "state": "running"},
+    ])
+    store.finish_run("done", {}, [{"key": "m", "url": "file:///x/m.bin", "kind": "bytes"}])
+    assert store.descendants(["done"]) == ["child"]
+    deleted, artifacts = store.delete_runs(["done", "child", "open"], keep_open_of=[me])
+    assert sorted(deleted) == ["child", "done"] and [a.key for a in artifacts] == ["m"]
+    assert [r.uid for r in store.list_runs()] == ["open"]
+    assert store.get_runs(["open", "done"])[0].uid == "open"
+
+
+def test_stale_driver_rows_without_open_runs_are_pruned(store):
+    from datetime import timedelta
+
+    from shoal.store import drivers
+    from shoal.store.schema import drivers as table
+
+    ghost = _dead_driver(store)
+    old = datetime.now(timezone.utc) - timedelta(seconds=drivers.PRUNE_AFTER + 60)
+    with store.engine.begin() as connection:
+        connection.execute(table.update().where(table.c.id == ghost).values(heartbeat_at=old))
+    store.create_runs([{"uid": "r", "function": "f", "function_hash": h("f"), "state": "running"}])
+    store.end_lost_runs(prune=True)
+    found, _ = store.drivers([ghost, drivers.current().id])
+    assert set(found) == {drivers.current().id}

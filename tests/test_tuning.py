@@ -6,14 +6,12 @@ Handlers live in a file written per test (as users' code does) and take millisec
 
 from __future__ import annotations
 
-import math
-
 import optuna
 import pytest
 
 import shoal
-from shoal.errors import ParamError, SpaceError, TuningError
-from shoal.tuning import Categorical, Float, Int, TuneResult, load_study
+from shoal.errors import ParamError, SearchFailedError, ShoalWarning, SpaceError, TuningError
+from shoal.tuning import Categorical, Float, Int, TuneResult, delete_study, load_study
 from shoal.tuning.objective import Objective, StopWhen
 from shoal.tuning.space import parse_assignment, parse_entry
 
@@ -339,13 +337,53 @@ def test_define_by_run_through_ctx_trial(project, fn):
 
 def test_objective_never_logged_fails_the_trial_naming_the_keys(project, fn):
     forgets = fn("forgets")
-    result = forgets.tune({"x": Float(0, 1)}, objective="max.accuracy", n_trials=2, project=project)
+    with pytest.raises(SearchFailedError) as info:
+        forgets.tune({"x": Float(0, 1)}, objective="max.accuracy", n_trials=2, project=project)
+    result = info.value.result
     assert [t["state"] for t in result.trials] == ["fail", "fail"]
     for run in children(project, result):
         assert run.state == "failed"
         assert "'accuracy'" in run.error["message"] and "keys logged: acc" in run.error["message"]
     assert "'accuracy'" in result.trials[0]["error"]
     assert result.best_value is None and result.best_run is None
+
+
+def test_a_search_where_every_trial_failed_is_an_error_and_uses_up_no_later_budget(project, fn):
+    forgets = fn("forgets")
+    with pytest.raises(SearchFailedError) as info:
+        forgets.tune({"x": Float(0, 1)}, objective="max.accuracy", n_trials=3, project=project)
+    message, error = str(info.value), info.value
+    assert isinstance(error, TuningError) and error.exit_code == 1  # a failure, not bad input
+    assert "all 3 trials of study 'forgets' failed, none completed" in message
+    assert "the objective key 'accuracy' never logged; keys logged: acc" in message  # the first failure's message
+    parent = project.runs.get(error.result.parent)
+    assert parent.state == "failed" and parent.error["type"] == "SearchFailedError" and parent.error["message"] == message
+    assert {r.state for r in children(project, error.result)} == {"failed"}
+    # The same search again runs its 3 trials again: failed trials do not count toward n_trials.
+    with pytest.raises(SearchFailedError, match="all 3 trials"):
+        forgets.tune({"x": Float(0, 1)}, objective="max.accuracy", n_trials=3, project=project)
+    assert [t.state.name for t in load_study("forgets", project=project).trials] == ["FAIL"] * 6
+
+
+def test_pruned_trials_count_toward_n_trials_and_are_no_failure(project, fn):
+    pruned = fn("pruned_at_once")
+    first = pruned.tune({"x": Float(0, 1)}, objective="max.score", n_trials=2, pruner="median", project=project)
+    assert [t["state"] for t in first.trials] == ["pruned", "pruned"]
+    assert project.runs.get(first.parent).state == "completed"
+    again = pruned.tune({"x": Float(0, 1)}, objective="max.score", n_trials=2, pruner="median", project=project)
+    assert children(project, again) == [] and len(again.trials) == 2
+
+
+def test_some_failed_trials_are_no_error_and_a_rerun_makes_up_only_completed_ones(project, fn):
+    flaky = fn("flaky")
+    study = optuna.create_study(study_name="flaky", storage=_storage(project), direction="maximize")
+    for x in (0.9, 0.2):
+        study.enqueue_trial({"x": x})
+    result = flaky.tune({"x": Float(0, 1)}, objective="max.score", n_trials=2, project=project)
+    assert sorted(t["state"] for t in result.trials) == ["complete", "fail"]
+    study.enqueue_trial({"x": 0.1})
+    again = flaky.tune({"x": Float(0, 1)}, objective="max.score", n_trials=2, project=project)
+    assert [r.params["x"] for r in children(project, again)] == [0.1]  # one completed counted: one more
 
 
 def test_failing_and_timed_out_trials_fail_and_the_search_goes_on(project, fn):
@@ -370,16 +408,49 @@ def test_failing_and_timed_out_trials_fail_and_the_search_goes_on(project, fn):
 
 
 def test_max_failures_stops_the_search_and_fails_the_parent(project, fn):
-    broken = fn("always_fails")
-    result = broken.tune({"x": Float(0, 1)}, objective="max.score", n_trials=20, max_failures=3, project=project)
+    broken = fn("always_fails", replicas=1)  # one at a time: none in flight when the third fails
+    with pytest.raises(SearchFailedError, match="max_failures=3") as info:
+        broken.tune({"x": Float(0, 1)}, objective="max.score", n_trials=20, max_failures=3, project=project)
+    result = info.value.result
     assert len(result.trials) == 3 and result.stopped == "max_failures"
     parent = project.runs.get(result.parent)
     assert parent.state == "failed" and "max_failures=3" in parent.error["message"]
     assert "broken handler" in parent.error["message"]
+    # With a completed trial the search returns, its parent failed for max_failures.
+    flaky = fn("flaky", replicas=1)
+    study = optuna.create_study(study_name="flaky", storage=_storage(project), direction="maximize")
+    for x in (0.1, 0.9):
+        study.enqueue_trial({"x": x})
+    result = flaky.tune({"x": Float(0, 1)}, objective="max.score", n_trials=4, max_failures=1, project=project)
+    assert result.stopped == "max_failures" and result.best_params == {"x": 0.1}
+    assert "max_failures=1" in project.runs.get(result.parent).error["message"]
+
+
+def test_parallelism_the_replicas_cannot_meet_is_a_warning_naming_both_numbers(project, tmp_path):
+    (tmp_path / "marks.py").write_text(
+        "import os, time\n"
+        "def mark(x: float, folder: str):\n"
+        "    path = os.path.join(folder, f'{os.getpid()}-{time.monotonic_ns()}')\n"
+        "    open(path + '.start', 'w').close()\n"
+        "    others = [n for n in os.listdir(folder) if n.endswith('.start') and not os.path.exists(os.path.join(folder, n[:-6] + '.end'))]\n"
+        "    open(path + '.end', 'w').write(str(len(others)))\n"
+        "    return {'score': x}\n"
+    )
+    folder = tmp_path / "marks"
+    folder.mkdir()
+    one = shoal.Function.from_file(tmp_path / "marks.py", "mark", replicas=(1, 1))
+    with pytest.warns(ShoalWarning) as caught:
+        one.tune({"x": Float(0, 1), "folder": str(folder)}, objective="max.score", n_trials=3, parallelism=2, project=project)
+    [warning] = [w for w in caught if issubclass(w.category, ShoalWarning)]
+    text = str(warning.message)
+    assert "parallelism=2 cannot be met" in text and "replicas (1, 1)" in text and "at most 1 trial(s)" in text
+    assert warning.filename == __file__  # points at the caller's line
+    # the bound held: no run saw another one running
+    assert [p.read_text() for p in sorted(folder.glob("*.end"))] == ["1", "1", "1"]
 
 
 def test_stop_when_stops_asking_new_trials(project, fn):
-    quad = fn("quad")
+    quad = fn("quad", replicas=1)  # one at a time: no trial is in flight when the target is reached
     study = optuna.create_study(study_name="quad", storage=_storage(project), direction="maximize")
     for x in (0.0, 0.3, 0.6, 0.9):
         study.enqueue_trial({"x": x, "y": 2})
@@ -423,6 +494,21 @@ def test_same_study_with_another_space_or_objective_is_an_error(project, fn):
     assert len(load_study("quad", project=project).trials) == 1
     result = quad.tune({"x": Float(0, 2)}, objective="max.score", n_trials=1, study="quad-wide", project=project)
     assert result.study.study_name == "quad-wide"
+
+
+def test_the_mismatch_error_says_how_to_start_afresh_and_delete_study_does(project, fn):
+    quad = fn("quad")
+    quad.tune({"x": Float(0, 1)}, objective="max.score", n_trials=2, project=project)
+    with pytest.raises(TuningError) as info:
+        quad.tune({"x": Float(0, 2)}, objective="max.score", n_trials=1, project=project)
+    assert "give study= a new name" in str(info.value) and "shoal.tuning.delete_study('quad')" in str(info.value)
+    runs = len(project.runs.list(limit=None))
+    assert delete_study("quad", project=project) == 2
+    assert len(project.runs.list(limit=None)) == runs  # the runs stay recorded
+    with pytest.raises(shoal.NotFoundError, match="no study 'quad'"):
+        delete_study("quad", project=project)
+    result = quad.tune({"x": Float(0, 2)}, objective="max.score", n_trials=1, project=project)
+    assert len(result.trials) == 1
 
 
 def test_load_study(project, fn):
@@ -475,8 +561,9 @@ def test_plots_html_and_png(project, fn, tmp_path):
 def test_nan_objective_fails_the_trial(project, tmp_path):
     (tmp_path / "nan.py").write_text("def nan(x: float):\n    return {'score': float('nan')}\n")
     f = shoal.Function.from_file(tmp_path / "nan.py", "nan")
-    result = f.tune({"x": Float(0, 1)}, objective="max.score", n_trials=1, project=project)
-    assert result.trials[0]["state"] == "fail" and math.isnan(float("nan"))
+    with pytest.raises(SearchFailedError, match="1 trial of study 'nan' failed.*objective is not a number") as info:
+        f.tune({"x": Float(0, 1)}, objective="max.score", n_trials=1, project=project)
+    assert info.value.result.trials[0]["state"] == "fail"
 
 
 # -- the worker side of a trial (TrialScope), as a batch runs it ----------------------------------------

@@ -9,6 +9,7 @@ import optuna
 import pytest
 
 import shoal
+from shoal.errors import SearchFailedError
 from shoal.tuning import Float
 
 HANDLERS = '''
@@ -135,8 +136,11 @@ def test_short_trials_travel_in_batches_each_sampled_told_and_recorded(project, 
 
 
 def test_missing_objective_fails_on_the_worker(project, fn, engine):
-    result = fn("forgets").tune({"x": Float(0, 1)}, objective="max.accuracy", n_trials=2, backend=engine, project=project)
+    with pytest.raises(SearchFailedError, match="all 2 trials of study 'forgets' failed.*'accuracy'") as info:
+        fn("forgets").tune({"x": Float(0, 1)}, objective="max.accuracy", n_trials=2, backend=engine, project=project)
+    result = info.value.result
     assert [t["state"] for t in result.trials] == ["fail", "fail"]
+    assert project.runs.get(result.parent).state == "failed"
     for run in project.runs.list(parent=result.parent, limit=None):
         assert run.state == "failed" and "'accuracy'" in run.error["message"] and "keys logged: acc" in run.error["message"]
 

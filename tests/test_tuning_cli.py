@@ -23,10 +23,11 @@ def train(ctx, lr: float, depth: int, kind: str = "a", epochs: int = 1):
 SPACE = ["--space", "lr=loguniform(1e-4,1)", "--space", "depth=int(2,10)", "--space", "kind=[a,b,c]", "--space", "epochs=3"]
 
 
-def shoal_cli(folder, *args: str) -> subprocess.CompletedProcess:
+def shoal_cli(folder, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")}
     return subprocess.run(
-        [sys.executable, "-m", "shoal.cli.main", *args], cwd=folder, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "shoal.cli.main", *args], cwd=folder, env=env, capture_output=True, text=True,
+        timeout=120, input=stdin,
     )
 
 
@@ -89,7 +90,60 @@ def test_bad_input_exits_2_with_one_line_and_records_nothing(folder, args, fragm
     assert not (folder / ".shoal" / "studies.journal").exists()
 
 
-def test_failed_search_exits_1(folder):
+def test_a_search_where_every_trial_failed_exits_1_saying_so_and_a_rerun_runs_again(folder):
     (folder / "bad.py").write_text("def bad(x: float):\n    return {'other': x}\n")
-    done = shoal_cli(folder, "tune", "bad.py:bad", "--space", "x=uniform(0,1)", "--trials", "2")
-    assert done.returncode == 1 and "no trial completed" in done.stdout
+    for _ in range(2):  # failed trials use up no budget: the rerun runs its 2 trials again
+        done = shoal_cli(folder, "tune", "bad.py:bad", "--space", "x=uniform(0,1)", "--trials", "2")
+        assert done.returncode == 1, (done.stdout, done.stderr)
+        assert "error: all 2 trials of study 'bad' failed, none completed" in done.stderr
+        assert "the objective key 'accuracy' never logged; keys logged: other" in done.stderr
+        assert "Traceback" not in done.stderr
+    project = shoal.Project(folder)
+    parents = [r for r in project.runs.list(limit=None) if r.parent is None]
+    assert [r.state for r in parents] == ["failed", "failed"]
+    assert all(len(project.runs.list(parent=r.uid, limit=None)) == 2 for r in parents)
+    project.close()
+    as_json = shoal_cli(folder, "tune", "bad.py:bad", "--space", "x=uniform(0,1)", "--trials", "1", "--json")
+    assert as_json.returncode == 1 and as_json.stdout == "" and "error: 1 trial of study 'bad' failed" in as_json.stderr
+
+
+def test_a_changed_space_names_cli_flags_and_studies_delete_starts_afresh(folder):
+    first = shoal_cli(folder, "tune", "train.py:train", *SPACE, "--trials", "2", "--json")
+    assert first.returncode == 0, first.stderr
+    changed = ["--space", "lr=loguniform(1e-3,1)", "--space", "depth=int(2,10)", "--space", "epochs=3"]
+    clash = shoal_cli(folder, "tune", "train.py:train", *changed, "--trials", "2")
+    assert clash.returncode == 2 and "different search space" in clash.stderr
+    assert "give --study NAME a new name" in clash.stderr and "shoal studies delete train" in clash.stderr
+    assert "study=" not in clash.stderr and "optuna.delete_study" not in clash.stderr
+    for answer in ("", "n\n"):  # no answer (end of input), or no: nothing deleted
+        unasked = shoal_cli(folder, "studies", "delete", "train", stdin=answer)
+        assert unasked.returncode == 1 and "delete study 'train' and its 2 trial(s)" in unasked.stdout
+        assert "nothing deleted (pass --yes to delete without asking)" in unasked.stderr
+    assert len(load_study("train", project=shoal.Project(folder)).trials) == 2
+    deleted = shoal_cli(folder, "studies", "delete", "train", stdin="y\n")
+    assert deleted.returncode == 0 and "deleted study train (2 trial(s))" in deleted.stdout
+    first = shoal_cli(folder, "tune", "train.py:train", *SPACE, "--trials", "1", "--json")
+    assert first.returncode == 0, first.stderr
+    deleted = shoal_cli(folder, "studies", "delete", "train", "--yes")
+    assert deleted.returncode == 0 and "deleted study train (1 trial(s))" in deleted.stdout
+    again = shoal_cli(folder, "studies", "delete", "train", "--yes")
+    assert again.returncode == 1 and "no study 'train'" in again.stderr
+    rerun = shoal_cli(folder, "tune", "train.py:train", *changed, "--trials", "2", "--json")
+    assert rerun.returncode == 0 and len(json.loads(rerun.stdout)["trials"]) == 2
+
+
+def test_hints_name_flags_on_the_command_line(folder):
+    unbounded = shoal_cli(folder, "tune", "train.py:train", *SPACE)  # tpe needs a bound
+    assert unbounded.returncode == 2
+    assert "give --trials N (or --timeout SECONDS) to bound the search, e.g. --trials 50" in unbounded.stderr
+    assert "n_trials" not in unbounded.stderr
+
+
+def test_a_parallelism_the_replicas_cannot_meet_is_a_warning_line(folder):
+    (folder / "one.py").write_text(
+        "import shoal\n\n@shoal.function(replicas=1)\ndef one(x: float):\n    return {'accuracy': x}\n"
+    )
+    done = shoal_cli(folder, "tune", "one.py:one", "--space", "x=uniform(0,1)", "--trials", "2", "--parallelism", "2")
+    assert done.returncode == 0, done.stderr
+    assert "warning: --parallelism 2 cannot be met: function 'one' has replicas (1, 1), so at most 1 trial(s)" in done.stderr
+    assert "(--parallelism 1)" in done.stderr and "UserWarning" not in done.stderr

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from shoal.errors import SearchFailedError
+
 from .driver import Progress, tune
 from .result import TuneResult
 from .space import Categorical, Float, Int
 
-__all__ = ["Categorical", "Float", "Int", "Progress", "TuneResult", "load_study", "tune"]
+__all__ = [
+    "Categorical", "Float", "Int", "Progress", "SearchFailedError", "TuneResult", "delete_study", "load_study", "tune",
+]
 
 
 def load_study(name: str, project: Any = None, storage: Any = None) -> Any:
@@ -23,7 +27,28 @@ def load_study(name: str, project: Any = None, storage: Any = None) -> Any:
     inspection or for Optuna's own tools (optuna-dashboard)."""
     import optuna
 
-    from shoal.errors import NotFoundError
+    ref = _ref(project, storage)
+    try:
+        return optuna.load_study(study_name=name, storage=ref.open())
+    except KeyError:
+        raise _no_study(name, ref) from None
+
+
+def delete_study(name: str, project: Any = None, storage: Any = None) -> int:
+    """Delete a study and its trials from the study storage (to start it afresh, e.g. with another
+    space); returns how many trials it had. The runs of its trials stay recorded."""
+    import optuna
+
+    ref = _ref(project, storage)
+    try:
+        trials = len(optuna.load_study(study_name=name, storage=ref.open()).get_trials(deepcopy=False))
+        optuna.delete_study(study_name=name, storage=ref.open())
+    except KeyError:  # no such study (or deleted meanwhile by someone else)
+        raise _no_study(name, ref) from None
+    return trials
+
+
+def _ref(project: Any, storage: Any) -> Any:
     from shoal.project import Project, current_project
 
     from . import storage as storages
@@ -34,11 +59,13 @@ def load_study(name: str, project: Any = None, storage: Any = None) -> Any:
         from shoal.project import project as open_project
 
         project = open_project(project)
-    ref = storages.resolve(storage, project)
-    try:
-        return optuna.load_study(study_name=name, storage=ref.open())
-    except KeyError:
-        names = sorted(s.study_name for s in optuna.get_all_study_summaries(ref.open(), include_best_trial=False))
-        raise NotFoundError(
-            f"no study {name!r} in {ref.describe()}; studies there: {', '.join(names) or 'none'}"
-        ) from None
+    return storages.resolve(storage, project)
+
+
+def _no_study(name: str, ref: Any) -> Exception:
+    import optuna
+
+    from shoal.errors import NotFoundError
+
+    names = sorted(s.study_name for s in optuna.get_all_study_summaries(ref.open(), include_best_trial=False))
+    return NotFoundError(f"no study {name!r} in {ref.describe()}; studies there: {', '.join(names) or 'none'}")

@@ -33,10 +33,11 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 from shoal import batch_size as batching
-from shoal.errors import ObjectiveMissingError, ParamError, TuningError
+from shoal.store.drivers import is_swept
+from shoal.errors import ObjectiveMissingError, ParamError, SearchFailedError, ShoalWarning, TuningError
 
 from . import storage as storages
-from . import strategies
+from . import strategies, wording
 from .objective import Objective, StopWhen
 from .result import TuneResult
 from .space import Space
@@ -108,9 +109,10 @@ def tune(
 ) -> TuneResult:
     """Run an Optuna study whose trials are runs of ``fn``; returns a ``TuneResult``.
 
-    ``n_trials`` counts the study's finished trials in total (a resumed study runs only what is
-    missing). Everything is checked (space, objective, strategy, pruner, storage, the handler's
-    parameters) before anything runs or is recorded.
+    ``n_trials`` counts the study's completed and pruned trials in total (a resumed study runs
+    only what is missing; failed trials of earlier searches use up no budget). Everything is
+    checked (space, objective, strategy, pruner, storage, the handler's parameters) before
+    anything runs or is recorded. A search in which every trial failed raises SearchFailedError.
     """
     from shoal.function import Function
 
@@ -158,11 +160,14 @@ class Search:
         self.plan = strategies.sampler(strategy, space, seed=seed, multi=objective.multi)
         self.pruner = strategies.pruner(pruner)
         if objective.multi and pruner is not None and not isinstance(self.pruner, _nop()):
-            raise TuningError("pruning works with one objective only; drop pruner= for a multi-objective search")
+            raise TuningError(f"pruning works with one objective only; drop {wording.option('pruner')} for a multi-objective search")
         if n_trials is None:
             n_trials = self.plan.size
         if n_trials is None and timeout is None:
-            raise TuningError("give n_trials (or a timeout) to bound the search, e.g. n_trials=50")
+            raise TuningError(
+                f"give {wording.option('n_trials')} (or {wording.option('timeout')}) to bound the search, "
+                f"e.g. {wording.option('n_trials', 50)}"
+            )
         self.n_trials = n_trials
         self.timeout = timeout
         self.parallelism = parallelism
@@ -208,7 +213,12 @@ class Search:
         self.study.set_user_attr(self.driver_key, {**_owner(), "active": True})
         for params in self.plan.queue:  # list strategy: fixed assignments, once each
             self.study.enqueue_trial(params, skip_if_exists=True)
-        parallelism = self.parallelism or max(1, driver.backend.slots)
+        slots = max(1, driver.backend.slots)
+        if self.parallelism is not None and self.parallelism > slots:
+            fitted = driver.backend is not backend  # resolved by name: adapted to the replicas
+            message = _parallelism_capped(self.parallelism, slots, self.fn, driver.backend, fitted)
+            warnings.warn(message, ShoalWarning, stacklevel=4)
+        parallelism = self.parallelism or slots
         return _Loop(self, staged, parallelism, progress).run()
 
     def _open_study(self) -> Any:
@@ -235,7 +245,7 @@ class Search:
         if ATTR_PROJECT in attrs and attrs[ATTR_PROJECT] != self.project.name:
             raise TuningError(
                 f"study {self.study_name!r} in {self.ref.describe()} belongs to project {attrs[ATTR_PROJECT]!r}; "
-                "give study= another name"
+                f"give {wording.option('study')} another name"
             )
         for key, value in ((ATTR_SPACE, signature), (ATTR_OBJECTIVE, self.objective.selectors()), (ATTR_PROJECT, self.project.name)):
             if key not in attrs:
@@ -245,8 +255,8 @@ class Search:
     def _mismatch(self, what: str, stored: Any, given: Any) -> TuningError:
         return TuningError(
             f"study {self.study_name!r} in {self.ref.describe()} was run with a different {what} "
-            f"(stored: {stored}; given: {given}); give study= a new name, or delete the old study "
-            f"(optuna.delete_study(study_name={self.study_name!r}, storage=...))"
+            f"(stored: {stored}; given: {given}); give {wording.option('study')} a new name, or delete the "
+            f"old study and its trials ({wording.delete_study(self.study_name)})"
         )
 
     def _fail_stale(self) -> None:
@@ -335,7 +345,9 @@ class Search:
         if not uid:
             return False
         try:
-            if self.project.store.get_run(uid).state != "pending":
+            record = self.project.store.get_run(uid)
+            # Pending, or ended as never started by the store's sweep of lost drivers (is_swept).
+            if not (record.state == "pending" or (is_swept(record) and record.started_at is None)):
                 return False
             if not self.storage.set_trial_state_values(trial._trial_id, state=TrialState.WAITING):
                 return False
@@ -352,7 +364,9 @@ class Search:
         from optuna.trial import TrialState
 
         trials = {t.number: t for t in self.study.get_trials(deepcopy=False)}
-        for run in self.project.store.list_runs(parent=parent, state=("pending", "running")):
+        for run in self.project.store.list_runs(parent=parent, state=("pending", "running", "failed")):
+            if run.state == "failed" and not is_swept(run):  # swept: left open, ended by the store
+                continue
             trial = trials.get(run.iteration)
             told = (
                 trial is not None
@@ -387,12 +401,32 @@ class Search:
         if not uid:
             return
         try:
-            if self.project.store.get_run(uid).state not in ("pending", "running"):
+            record = self.project.store.get_run(uid)
+            if record.state not in ("pending", "running") and not is_swept(record):
                 return
         except Exception as exc:  # noqa: BLE001 - a record we cannot read must not stop the search
             log.warning("could not mark run %s failed: %s", uid[:12], exc)
             return
         self._finish_record(uid, _failed(kind, message))
+
+
+def _parallelism_capped(asked: int, slots: int, fn: "Function", backend: Any, fitted: bool) -> str:
+    """Why ``parallelism`` cannot be met, naming both numbers and what to change. ``fitted``: the
+    backend was adapted to the function's replicas (resolved by name, not passed as an object)."""
+    bounds = fn.replicas if fitted else None
+    if bounds is not None:
+        why = f"function {fn.name!r} has replicas ({bounds.min}, {bounds.max})"
+        fix = f"set replicas=(0, {asked}) (or leave replicas unset to use every slot)"
+    elif fitted and not backend.remote:
+        why = f"the {backend.name} backend has {slots} slot(s) here (one per core)"
+        fix = f"set replicas=(0, {asked}) on the function to run more than one per core"
+    else:
+        why = f"the {backend.name} backend has {slots} slot(s)"
+        fix = "give it more workers"
+    return (
+        f"{wording.option('parallelism', asked)} cannot be met: {why}, so at most {slots} trial(s) run at once; "
+        f"{fix}, or lower it ({wording.option('parallelism', slots)})"
+    )
 
 
 def _shown(signature: Mapping[str, Any]) -> str:
@@ -509,15 +543,14 @@ class _Loop:
         self.stopped: str | None = None
         self.owner = _owner()
         trials = self.study.get_trials(deepcopy=False)
-        requeued = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
-        done = sum(
-            1 for t in trials
-            if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (t.state == TrialState.FAIL and t.number not in requeued)
-        )
+        # Failed trials use up no budget of a later search: a rerun after fixing the handler runs
+        # n_trials again instead of nothing (this search's own failures do count, below).
+        done = sum(1 for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED))
         others = sum(1 for t in trials if t.state == TrialState.RUNNING)
         self.budget = None if search.n_trials is None else max(0, search.n_trials - done - others)
         self.asked = 0
         self.failures = 0
+        self.first_failure: tuple[int, str] | None = None  # (trial number, message)
         self.deadline = None if search.timeout is None else time.monotonic() + search.timeout
         self.progress = Progress(search.study_name, search.n_trials, done=done)
         self._update_best()
@@ -557,8 +590,22 @@ class _Loop:
             raise
         if self.stopped is None:
             self.stopped = "n_trials" if not self.study._stop_flag else "grid"
+        result = TuneResult(self.study, self.s.project, parent=self.parent["uid"], stopped=self.stopped)
+        if self.progress.failed and not (self.progress.completed or self.progress.pruned):
+            error = SearchFailedError(self._all_failed_message(), result)
+            self._write_parent("failed", {"type": type(error).__name__, "message": str(error), "traceback": ""})
+            raise error
         self._finish_parent()
-        return TuneResult(self.study, self.s.project, parent=self.parent["uid"], stopped=self.stopped)
+        return result
+
+    def _all_failed_message(self) -> str:
+        number, message = self.first_failure or (None, getattr(self, "last_error", ""))
+        stop = f" (stopped by max_failures={self.s.max_failures})" if self.stopped == "max_failures" else ""
+        failed = self.progress.failed
+        return (
+            f"{'all ' if failed > 1 else ''}{failed} trial{'s' if failed > 1 else ''} of study {self.s.study_name!r} "
+            f"failed, none completed{stop}; first failure (trial {number}): {message} (parent run {self.parent['uid']})"
+        )
 
     def _drop_queued(self) -> None:
         """The search stops early: runs queued in the engine that have not started are cancelled
@@ -699,7 +746,7 @@ class _Loop:
             else:
                 frozen = self._told(trial, values=values if self.s.objective.multi else values[0])
                 if frozen is not None and frozen.state == TrialState.FAIL:  # NaN objective
-                    self._count_failure(f"objective is not a number: {values}")
+                    self._count_failure(f"objective is not a number: {values}", trial.number)
                 else:
                     self.progress.completed += 1
                     if self.s.stop_when is not None and self.s.stop_when.reached(run.results):
@@ -709,7 +756,7 @@ class _Loop:
             message = f"{error.get('type', run.state)}: {error.get('message', '')}".strip()
             self.storage.set_trial_user_attr(trial._trial_id, "shoal_error", message)
             self._told(trial, state=TrialState.FAIL)
-            self._count_failure(message)
+            self._count_failure(message, trial.number)
         self.progress.done += 1
         self.progress.running = min(len(self.inflight), self.parallelism)
         self._update_best()
@@ -735,11 +782,13 @@ class _Loop:
         self._told(trial, state=TrialState.FAIL)
         if run_uid is not None:
             self.s._fail_record(run_uid, "TuningError", message)
-        self._count_failure(message)
+        self._count_failure(message, trial.number)
         if run_uid is None:  # never launched: count it here (_tell counts launched ones)
             self.progress.done += 1
 
-    def _count_failure(self, message: str) -> None:
+    def _count_failure(self, message: str, number: int | None = None) -> None:
+        if self.first_failure is None:
+            self.first_failure = (number, message)
         self.failures += 1
         self.progress.failed += 1
         self.last_error = message

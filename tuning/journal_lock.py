@@ -6,6 +6,10 @@ machine, for a write that takes 0.3 ms. Here every process first takes an ``floc
 so shoal's processes wait in the kernel's queue and wake as soon as the lock is free (and a killed
 holder releases it with its death). Optuna's symlink lock is still taken inside, so other Optuna
 processes on the same journal (optuna-dashboard, a plain ``study.optimize``) stay excluded as before.
+
+The lock pickles as its journal path and grace period (a storage shoal opened can be handed to
+another process, as Optuna's own storages can); what belongs to one process (its threads'
+acquisitions) is made anew on unpickling.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import os
 import threading
 
 from optuna.storages.journal import JournalFileSymlinkLock
+from optuna.storages.journal._file import BaseJournalFileLock
 
 try:
     import fcntl
@@ -23,14 +28,20 @@ except ImportError:  # pragma: no cover - not on Windows: the symlink lock alone
 QUEUE_SUFFIX = ".queue"
 
 
-class QueuedJournalLock:
+class QueuedJournalLock(BaseJournalFileLock):
     """Optuna's symlink lock, entered only by the holder of an flock on ``<journal>.queue``
-    (the lock object ``JournalFileBackend(path, lock_obj=...)`` takes)."""
+    (the lock object ``JournalFileBackend(path, lock_obj=...)`` takes). ``grace_period``: as
+    Optuna's lock, seconds after which a symlink left by a dead process is broken."""
 
-    def __init__(self, journal_path: str) -> None:
-        self._symlink = JournalFileSymlinkLock(journal_path)
+    def __init__(self, journal_path: str, grace_period: int | None = 30) -> None:
+        self._journal_path = journal_path
+        self._grace_period = grace_period
+        self._symlink = JournalFileSymlinkLock(journal_path, grace_period)
         self._queue_path = journal_path + QUEUE_SUFFIX
         self._held = threading.local()  # the queue file descriptor of this thread's acquisition
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self._journal_path, self._grace_period))
 
     def acquire(self) -> bool:
         fd = self._queue()

@@ -23,6 +23,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from shoal.errors import TuningError
 
+from . import wording
+
 if TYPE_CHECKING:  # pragma: no cover
     from shoal.project import Project
 
@@ -138,10 +140,33 @@ def resolve(storage: Any, project: "Project") -> StorageRef:
 
     if isinstance(storage, optuna.storages.RDBStorage):
         return StorageRef("rdb", storage.url)
+    journal_file = _shoal_journal_file(storage)
+    if journal_file is not None:  # one shoal opened: the same file, named (and checked) as a path
+        return StorageRef("journal-file", journal_file)
     if isinstance(storage, optuna.storages.BaseStorage):
-        payload = pickle.dumps(storage)
+        try:
+            payload = pickle.dumps(storage)
+        except Exception as exc:  # noqa: BLE001 - whatever its state refuses: one line, how to fix
+            raise TuningError(
+                f"the storage object {type(storage).__name__} cannot be pickled for the workers ({exc}); "
+                f"give {wording.option('storage')} a URL or a path instead; {EXAMPLES}"
+            ) from None
         return StorageRef("object", f"object:{hashlib.sha256(payload).hexdigest()[:16]}", payload)
     raise TuningError(f"storage must be a URL, a path or an Optuna storage, got {type(storage).__name__}; {EXAMPLES}")
+
+
+def _shoal_journal_file(storage: Any) -> str | None:
+    """The journal file of a JournalStorage locked the way shoal locks its own (``QueuedJournalLock``),
+    else None: a journal under another lock (e.g. Optuna's open lock for NFS) keeps that lock."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from .journal_lock import QueuedJournalLock
+
+    backend = getattr(storage, "_backend", None) if isinstance(storage, JournalStorage) else None
+    if isinstance(backend, JournalFileBackend) and isinstance(getattr(backend, "_lock", None), QueuedJournalLock):
+        return backend._file_path
+    return None
 
 
 def _from_url(url: str, project: "Project") -> StorageRef:
@@ -189,7 +214,7 @@ def refuse_remote(ref: StorageRef, backend: Any) -> None:
     if ref.local_file and getattr(backend, "remote", False):
         raise TuningError(
             f"the study storage {ref.describe()} is a file on this machine, but the {backend.name} backend's "
-            "workers may run elsewhere and could not reach it; give storage= a server "
+            f"workers may run elsewhere and could not reach it; give {wording.option('storage')} a server "
             "(postgresql+psycopg://..., redis://...) or a journal file on a volume every worker mounts "
             "(journal:///mnt/shared/studies.journal?shared=true)"
         )

@@ -61,7 +61,10 @@ def render(fn, engine: str, *, namespace: str | None = None, project: Any = None
         from .dask import dask_autoscaler, dask_cluster
 
         objects = [dask_cluster(fn, namespace=namespace, project=name, spot=spot)]
-        if fn.replicas.min < fn.replicas.max:
+        from shoal.spec import kubernetes_replicas
+
+        bounds = kubernetes_replicas(fn.replicas)
+        if bounds.min < bounds.max:
             objects.append(dask_autoscaler(fn, namespace=namespace, project=name))
         return objects
     if engine == "ray":

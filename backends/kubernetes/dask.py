@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from shoal.errors import KubernetesError
+from shoal.spec import kubernetes_replicas
 
 from ..dask import DaskBackend
 from . import naming
@@ -66,7 +67,7 @@ def dask_cluster(
         "metadata": naming.metadata(fn, name, "cluster", namespace, project),
         "spec": {
             "idleTimeout": idle_timeout,
-            "worker": {"replicas": fn.replicas.min, **worker},
+            "worker": {"replicas": kubernetes_replicas(fn.replicas).min, **worker},
             "scheduler": {**scheduler, "service": service},
         },
     }
@@ -76,11 +77,12 @@ def dask_cluster(
 def dask_autoscaler(fn, *, name: str | None = None, namespace: str | None = None, project: str | None = None) -> dict[str, Any]:
     """The DaskAutoscaler of ``fn``'s cluster (validated): minimum/maximum = its replicas."""
     name = name or naming.object_name(fn.name, fn.hash)
+    bounds = kubernetes_replicas(fn.replicas)
     autoscaler = {
         "apiVersion": API_VERSION,
         "kind": "DaskAutoscaler",
         "metadata": naming.metadata(fn, name, "autoscaler", namespace, project, annotate=False),
-        "spec": {"cluster": name, "minimum": fn.replicas.min, "maximum": fn.replicas.max},
+        "spec": {"cluster": name, "minimum": bounds.min, "maximum": bounds.max},
     }
     return validate(autoscaler)
 
@@ -93,6 +95,7 @@ class DaskKubernetes(DaskBackend):
     """
 
     name = "dask-k8s"
+    pod_secrets = True  # env secret references reach the pods as secretKeyRef
 
     def __init__(
         self,
@@ -153,7 +156,8 @@ class DaskKubernetes(DaskBackend):
         first = self._client is None
         super().start()
         if first and self._bounds is None:
-            self.adapt(self.fn.replicas.min, self.fn.replicas.max)
+            bounds = kubernetes_replicas(self.fn.replicas)
+            self.adapt(bounds.min, bounds.max)
         return self
 
     def adapt(self, minimum: int, maximum: int) -> None:

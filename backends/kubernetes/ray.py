@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from shoal.errors import BackendError, KubernetesError
+from shoal.spec import kubernetes_replicas
 
 from ..ray import RayBackend
 from . import naming
@@ -62,7 +63,8 @@ def ray_cluster(
     name = name or naming.object_name(fn.name, fn.hash)
     head = pod_template(fn, "head", project=project, spot=spot, container_name="ray-head", ports=HEAD_PORTS)
     worker = pod_template(fn, "worker", project=project, spot=spot, container_name="ray-worker")
-    autoscaling = fn.replicas.min < fn.replicas.max
+    bounds = kubernetes_replicas(fn.replicas)
+    autoscaling = bounds.min < bounds.max
     metadata = naming.metadata(fn, name, "cluster", namespace, project)
     spec: dict[str, Any] = {
         "rayVersion": ray_version(),
@@ -75,9 +77,9 @@ def ray_cluster(
         "workerGroupSpecs": [
             {
                 "groupName": WORKER_GROUP,
-                "replicas": fn.replicas.min,
-                "minReplicas": fn.replicas.min,
-                "maxReplicas": fn.replicas.max,
+                "replicas": bounds.min,
+                "minReplicas": bounds.min,
+                "maxReplicas": bounds.max,
                 "rayStartParams": {},
                 "template": worker,
             }
@@ -102,6 +104,7 @@ class RayKubernetes(RayBackend):
     """
 
     name = "ray-k8s"
+    pod_secrets = True  # env secret references reach the pods as secretKeyRef
 
     def __init__(
         self,

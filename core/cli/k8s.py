@@ -59,11 +59,12 @@ def record_pending_run(fn, project, params: dict) -> str:
 
     backend = backends.get("local")
     try:
-        driver = Driver(fn, project, backend)
+        driver = Driver(fn, project, backend, resolve_secrets=False)  # the Job's pod gets them from Kubernetes
         bound = driver.check(params, None, from_text=True)
         project.functions.ensure_saved(fn)
         record = driver.new_record(bound, {})
         record["backend"] = "k8s-job"
+        record["driver"] = None  # nobody drives it until the Job's `shoal worker run` claims it
         project.store.create_runs([record])
     finally:
         backend.close()

@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import shlex
+import shutil
 import sys
 from typing import Any, Iterator, List, Optional
 
@@ -26,7 +28,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 functions_app = typer.Typer(help="Stored function versions.", no_args_is_help=True)
-runs_app = typer.Typer(help="Recorded runs.", no_args_is_help=True)
+from .runs import runs_app  # noqa: E402 - list, show, logs, cancel, delete
 cluster_app = typer.Typer(help="Workers and scaling events of the execution engines.", no_args_is_help=True)
 app.add_typer(functions_app, name="functions")
 app.add_typer(runs_app, name="runs")
@@ -36,11 +38,33 @@ from .worker import worker_app  # noqa: E402
 
 app.add_typer(k8s_app, name="k8s")
 app.add_typer(worker_app, name="worker")
+from .secrets import secrets_app  # noqa: E402
+
+app.add_typer(secrets_app, name="secrets")
 from . import tune as _tune  # noqa: E402 - typer only; Optuna is imported when a command runs
 
 _tune.register(app)
 
-_state: dict[str, Any] = {"debug": False}
+_state: dict[str, Any] = {"debug": False, "cwd": None}
+
+
+def _flags_without_type() -> None:
+    """Show flags as flags in ``--help``: typer's rich help prints a value type beside every option,
+    ``<bool>`` beside flags that take no value (its plain help leaves it out)."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "shoal_flags", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag or self.count else shown(self, ctx)
+
+    display_type_rich.shoal_flags = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+_flags_without_type()
 
 
 @app.callback()
@@ -52,9 +76,10 @@ def _options(
         envvar="SHOAL_PROJECT_DIR",
         help="Run as if started in this project folder (like git -C): shoal.yaml, files and inputs are found there.",
     ),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    debug: bool = typer.Option(False, "--debug", help="Show whole tracebacks, shoal's own frames included."),
 ) -> None:
-    _state["debug"] = debug
+    _state["debug"] = render.full_tracebacks = debug
+    _state["cwd"] = os.getcwd()  # where the user is, for commands we print (before -C moves us)
     if project:
         _enter(project)
 
@@ -164,8 +189,35 @@ def init(
         typer.echo(f"created {item}")
     typer.echo(f"project {project.name}: database {masked(project.database)}, artifacts {project.artifacts_url}")
     if "train" in project.function_specs:
-        where = "" if project.root == pathlib.Path.cwd().resolve() else f"cd {path} && "
-        typer.echo(f"next: {where}shoal run train --param lr=0.05")
+        typer.echo(f"next: {_next_command(project.root)} run train --param lr=0.05")
+
+
+def _next_command(root: pathlib.Path) -> str:
+    """``shoal [-C FOLDER]`` as the user can type it in the folder they are in: the program as they
+    invoked it (``.venv/bin/shoal`` when that is not the ``shoal`` on PATH, ``python -m ...``), and
+    ``-C`` rather than ``cd`` so that a relative program path still works."""
+    here = _state["cwd"] or os.getcwd()
+    program = _program()
+    folder = os.path.relpath(root, here)
+    if folder == ".":
+        return program
+    if folder.startswith(".."):
+        folder = str(root)
+    return f"{program} -C {shlex.quote(folder)}"
+
+
+def _program() -> str:
+    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else "shoal"
+    if os.path.basename(argv0) in ("main.py", "__main__.py") or argv0 in ("-m", "-c"):
+        python = os.path.basename(sys.executable)
+        on_path = shutil.which(python)
+        same = on_path is not None and os.path.realpath(on_path) == os.path.realpath(sys.executable)
+        return f"{python if same else shlex.quote(sys.executable)} -m shoal.cli.main"
+    name = os.path.basename(argv0)
+    on_path = shutil.which(name)
+    if on_path is not None and os.path.realpath(on_path) == os.path.realpath(argv0):
+        return name
+    return shlex.quote(argv0)
 
 
 # -- shoal functions ------------------------------------------------------------------------------
@@ -207,40 +259,6 @@ def functions_diff(a: str, b: str) -> None:
     """Differences between two versions (spec and code), as a unified diff."""
     text = _project().functions.diff(a, b)
     typer.echo(text if text else "no differences")
-
-
-# -- shoal runs ---------------------------------------------------------------------------------
-@runs_app.command("list")
-def runs_list(
-    function: Optional[str] = typer.Option(None, "--function", "-f"),
-    state: Optional[str] = typer.Option(None, "--state", "-s", help="pending, running, completed, failed, cancelled"),
-    parent: Optional[str] = typer.Option(None, "--parent"),
-    limit: int = typer.Option(20, "--limit", "-n", min=0, help="At most this many runs (0: all)."),
-    as_json: bool = typer.Option(False, "--json"),
-) -> None:
-    """Recorded runs, newest first."""
-    runs = _project().runs.list(function=function, state=state, parent=parent, limit=limit or None)
-    if as_json:
-        render.print_json([r.to_dict() for r in runs])
-    else:
-        render.runs_table(runs)
-
-
-@runs_app.command("show")
-def runs_show(uid: str, as_json: bool = typer.Option(False, "--json")) -> None:
-    """One run: parameters, results, artifacts, error."""
-    found = _project().runs.get(uid)
-    if as_json:
-        render.print_json(found.to_dict())
-    else:
-        render.run_summary(found, detail=True)
-
-
-@runs_app.command("logs")
-def runs_logs(uid: str) -> None:
-    """The captured stdout/stderr of a run."""
-    logs = _project().runs.logs(uid)
-    typer.echo(logs, nl=bool(logs) and not logs.endswith("\n"))
 
 
 # -- shoal cluster ------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from typing import Any
 
@@ -17,8 +18,23 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
-console = Console(highlight=False)
-errors = Console(stderr=True, highlight=False)
+#: Width without a terminal: rich would cut everything to 80 columns (values ending in "…") when
+#: output goes to a pipe, a file or CI logs; there, tables and lines print whole instead.
+UNBOUNDED = 100_000
+
+
+def _console(stderr: bool = False) -> Console:
+    """A console as wide as the terminal, or unbounded without one (``COLUMNS`` still decides when set)."""
+    made = Console(stderr=stderr, highlight=False)
+    if not made.is_terminal and not os.environ.get("COLUMNS"):
+        made.width = UNBOUNDED
+    return made
+
+
+console = _console()
+errors = _console(stderr=True)
+#: ``shoal --debug``: show recorded tracebacks whole, shoal's own frames included.
+full_tracebacks = False
 
 STATE_STYLE = {"completed": "green", "failed": "red", "cancelled": "yellow", "running": "cyan", "pending": "dim"}
 
@@ -67,8 +83,17 @@ def _text(value: Any, style: str = "") -> Text:
 
 
 def _short(value: Any, width: int = 60) -> Text:
+    """A value for a table cell; shortened to ``width`` on a terminal only (elsewhere printed whole)."""
     text = value if isinstance(value, str) else json.dumps(_finite(value), default=str)
-    return _text(text if len(text) <= width else text[: width - 1] + "…")
+    cut = console.is_terminal and len(text) > width
+    return _text(text[: width - 1] + "…" if cut else text)
+
+
+def traceback_text(error: dict | None) -> str:
+    """A recorded error's traceback as users see it: from their code on, or whole with ``--debug``."""
+    if not error:
+        return ""
+    return (full_tracebacks and error.get("traceback_full")) or error.get("traceback") or ""
 
 
 def _when(value) -> str:
@@ -122,8 +147,8 @@ def run_summary(run, detail: bool = False) -> None:
         message = f"{run.error.get('type')}: {run.error.get('message')}"
         table.add_row("error", _text(message, "red"))
     console.print(table)
-    if detail and run.error and run.error.get("traceback"):
-        console.print(_text(run.error["traceback"].rstrip()))
+    if detail and traceback_text(run.error):
+        console.print(_text(traceback_text(run.error).rstrip()))
 
 
 def runs_table(runs) -> None:

@@ -1,11 +1,13 @@
-"""``shoal tune`` (a search with a live progress bar) and ``shoal studies list | show NAME``.
+"""``shoal tune`` (a search with a live progress bar) and ``shoal studies list | show | delete NAME``.
 
 Optuna and the tuning package are imported when a command runs, so ``shoal --help`` stays fast.
 """
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+import contextlib
+import warnings
+from typing import Any, Iterator, List, Optional
 
 import typer
 
@@ -50,11 +52,12 @@ def tune(
 ) -> None:
     """Run a hyperparameter search: every trial is a recorded run (exit 1 if no trial completed)."""
     from shoal.tuning.space import parse_assignment
+    from shoal.tuning.wording import command_line
 
     from .main import _load_target, _project, _stdout_reserved
 
     parsed = dict(parse_assignment(item) for item in space)  # bad specs fail before anything loads
-    with _stdout_reserved(as_json):
+    with _stdout_reserved(as_json), command_line(), _warnings_as_lines():
         fn = _load_target(target)
         project = _project()
         _quiet_optuna()
@@ -82,6 +85,27 @@ def tune(
     completed = any(t["state"] == "complete" for t in data["trials"])
     if not completed or result.stopped == "max_failures":
         raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """shoal's own warnings (e.g. a parallelism the replicas cannot meet) as ``warning: ...`` lines
+    on stderr, not Python's file:line form; other warnings are shown as usual."""
+    shown = warnings.showwarning
+
+    from shoal.errors import ShoalWarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' signature
+        if issubclass(category, ShoalWarning):
+            render.errors.print(f"[bold yellow]warning:[/] {render.one_line(str(message))}", soft_wrap=True, markup=True, highlight=False)
+            return
+        shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
 
 
 class _ProgressBar:
@@ -234,3 +258,32 @@ def studies_show(
             duration = "-" if trial["duration"] is None else f"{trial['duration']:.2f}s"
             table.add_row(str(trial["number"]), str(trial["values"]), str(trial["params"]), duration, (trial["run"] or "-")[:12])
         render.console.print(table)
+
+
+@studies_app.command("delete")
+def studies_delete(
+    name: str = typer.Argument(..., help="Study name."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Study storage URL (default: the project's)."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Delete without asking."),
+) -> None:
+    """Delete a study and its trials, e.g. to rerun `shoal tune` with another space (runs stay recorded)."""
+    from shoal.tuning import delete_study, load_study
+
+    from .main import _project
+
+    ref, _ = _storage(storage)
+    project = _project()
+    trials = len(load_study(name, project=project, storage=storage).get_trials(deepcopy=False))  # NotFoundError
+    if not yes and not _confirmed(f"delete study {name!r} and its {trials} trial(s) from {ref.describe()}?"):
+        typer.echo("nothing deleted (pass --yes to delete without asking)", err=True)
+        raise typer.Exit(1)
+    deleted = delete_study(name, project=project, storage=storage)
+    render.console.print(f"deleted study {name} ({deleted} trial(s)) from {ref.describe()}")
+
+
+def _confirmed(question: str) -> bool:
+    """Ask (stdin may be a pipe: ``echo y | shoal studies delete NAME``); no answer is a no."""
+    try:
+        return typer.confirm(question, default=False)
+    except typer.Abort:  # end of input
+        return False

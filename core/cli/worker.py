@@ -24,13 +24,14 @@ def run_recorded(uid: str, project) -> "shoal.Run":  # noqa: F821 - string annot
     record = project.store.get_run(uid)
     if record.state != "pending":
         raise ShoalError(f"run {record.uid} is {record.state}, not pending; a run is executed once")
+    project.store.claim_runs([record.uid])  # this process drives it now: if it dies, the run is ended
     fn = project.functions.get(f"{record.function}@{record.function_hash}")
     if fn.hash != record.function_hash:
         raise ShoalError(f"run {record.uid}: the stored function {fn.hash[:12]} is not the recorded {record.function_hash[:12]}")
     inputs = {key: reference(url, key) for key, url in (record.inputs or {}).items()}
     backend = backends.get("local")
     try:
-        driver = Driver(fn, project, backend)
+        driver = Driver(fn, project, backend, resolve_secrets=False)  # the pod has them (secretKeyRef)
         params = driver.check(record.params, inputs)
         fields = {
             "uid": record.uid, "function": record.function, "function_hash": record.function_hash,

@@ -70,6 +70,7 @@ class RunRecord:
     ended_at: datetime | None
     updated_at: datetime
     artifacts: tuple[ArtifactRecord, ...] = ()
+    driver: str | None = None  # the id of the process that drives it (see ``shoal.store.drivers``)
 
 
 @dataclass(frozen=True, slots=True)

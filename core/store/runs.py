@@ -7,6 +7,7 @@ path. The :class:`~shoal.store.Store` owns transactions; these functions only re
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -19,6 +20,7 @@ from ..errors import AmbiguousError, NotFoundError, StoreError
 from .records import ArtifactRecord, RunRecord
 from .refs import check_prefix
 from .schema import ARTIFACT_FIELDS, RUN_FIELDS, artifacts, runs
+from .drivers import OPEN_STATES
 from .upsert import upsert
 
 REQUIRED_RUN_FIELDS = ("uid", "function", "function_hash")
@@ -42,8 +44,11 @@ def _check_uid(uid: Any) -> str:
     return uid
 
 
-def new_run_rows(project: str, items: Sequence[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
-    """Complete run dicts with defaults ({} maps, "" logs, 0 attempts, now) into insertable rows."""
+def new_run_rows(
+    project: str, items: Sequence[dict[str, Any]], now: datetime, driver: str | None = None
+) -> list[dict[str, Any]]:
+    """Complete run dicts with defaults ({} maps, "" logs, 0 attempts, now, ``driver``) into
+    insertable rows (an explicit ``"driver": None`` records a run nobody drives yet)."""
     rows = []
     for item in items:
         _unknown(item, RUN_FIELDS, "run")
@@ -64,6 +69,7 @@ def new_run_rows(project: str, items: Sequence[dict[str, Any]], now: datetime) -
             "started_at": None,
             "ended_at": None,
             "updated_at": now,
+            "driver": driver,
             **{field: {} for field in JSON_MAPS},
         }
         # None means "use the default" except where None is a real value.
@@ -101,7 +107,9 @@ def update_runs(
 ) -> int:
     """Apply each ``(uid, fields)``; runs with the same set of fields share one executemany.
 
-    Returns how many rows were updated, or -1 where the driver cannot count an executemany."""
+    An update to an open state (pending, running: a start) never reopens a run that has ended, so a
+    late start cannot undo a cancel. Returns how many rows were updated, or -1 where the driver
+    cannot count an executemany."""
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
     for uid, fields in items:
         _check_uid(uid)
@@ -110,18 +118,29 @@ def update_runs(
         for field in JSON_MAPS:
             if field in values and values[field] is None:
                 values[field] = {}
-        groups[tuple(sorted(values))].append({"_uid": uid, **{f"v_{k}": v for k, v in values.items()}})
+        groups[tuple(sorted(values))].append({"_uid": uid, "_project": project, **{f"v_{k}": v for k, v in values.items()}})
     updated = 0
     countable = connection.dialect.supports_sane_multi_rowcount
     for names, params in groups.items():
-        statement = (
-            runs.update()
-            .where(runs.c.project == project, runs.c.uid == sa.bindparam("_uid"))
-            .values({name: sa.bindparam(f"v_{name}", type_=runs.c[name].type) for name in names})
-        )
-        result = connection.execute(statement, params)
+        result = connection.execute(_update_statement(names), params)
         updated += result.rowcount if countable or len(params) == 1 else 0
     return updated if countable else -1
+
+
+@functools.lru_cache(maxsize=256)
+def _update_statement(names: tuple[str, ...]) -> sa.Update:
+    """The UPDATE that sets ``names`` of one run, built once per set of fields: building the
+    expression costs more than running it on the hot path (one per finished run)."""
+    where = [runs.c.project == sa.bindparam("_project"), runs.c.uid == sa.bindparam("_uid")]
+    if "state" in names:  # a start (an open state) never reopens an ended run
+        new = sa.bindparam("v_state", type_=runs.c.state.type)
+        still_open = sa.or_(*(runs.c.state == s for s in OPEN_STATES))
+        where.append(sa.or_(still_open, sa.and_(*(new != s for s in OPEN_STATES))))
+    return (
+        runs.update()
+        .where(*where)
+        .values({name: sa.bindparam(f"v_{name}", type_=runs.c[name].type) for name in names})
+    )
 
 
 def artifact_rows(project: str, uid: str, items: Sequence[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
@@ -185,8 +204,26 @@ def get(connection: Connection, project: str, uid_or_prefix: str) -> RunRecord:
     return _records(connection, [row])[0]
 
 
-def _filters(project: str, function: str | None, state: str | Sequence[str] | None, parent: str | None) -> list[Any]:
+def get_many(connection: Connection, project: str, uids: Sequence[str]) -> list[RunRecord]:
+    """The runs with these exact uids (missing ones are left out), in no particular order."""
+    found: list[RunRecord] = []
+    ordered = sorted(set(uids))
+    for start in range(0, len(ordered), CHUNK):
+        statement = sa.select(runs).where(runs.c.project == project, runs.c.uid.in_(ordered[start : start + CHUNK]))
+        found.extend(_records(connection, connection.execute(statement).all()))
+    return found
+
+
+def _filters(
+    project: str,
+    function: str | None,
+    state: str | Sequence[str] | None,
+    parent: str | None,
+    created_before: datetime | None = None,
+) -> list[Any]:
     where: list[Any] = [runs.c.project == project]
+    if created_before is not None:
+        where.append(runs.c.created_at < created_before)
     if function is not None:
         where.append(runs.c.function == function)
     if isinstance(state, str):
@@ -205,11 +242,12 @@ def query(
     state: str | Sequence[str] | None = None,
     parent: str | None = None,
     limit: int | None = None,
+    created_before: datetime | None = None,
 ) -> list[RunRecord]:
     """Matching runs, newest first; equal creation times are ordered by uid (descending)."""
     statement = (
         sa.select(runs)
-        .where(*_filters(project, function, state, parent))
+        .where(*_filters(project, function, state, parent, created_before))
         .order_by(runs.c.created_at.desc(), runs.c.uid.desc())
     )
     if limit is not None:
@@ -248,3 +286,62 @@ def _records(connection: Connection, rows: Sequence[Any]) -> list[RunRecord]:
         )
         for row in rows
     ]
+
+
+def descendants(connection: Connection, project: str, uids: Iterable[str]) -> list[str]:
+    """The uids of the children of ``uids``, their children and so on (a map's runs, a search's trials)."""
+    found: list[str] = []
+    seen = set(uids)
+    level = sorted(seen)
+    while level:
+        children = []
+        for start in range(0, len(level), CHUNK):
+            statement = sa.select(runs.c.uid).where(runs.c.project == project, runs.c.parent.in_(level[start : start + CHUNK]))
+            children.extend(uid for uid in connection.execute(statement).scalars() if uid not in seen)
+        seen.update(children)
+        found.extend(children)
+        level = sorted(set(children))
+    return found
+
+
+def cancel(connection: Connection, project: str, uids: Sequence[str], why: str, now: datetime) -> list[str]:
+    """Mark the open runs among ``uids`` cancelled (ended now, saying ``why``); returns their uids."""
+    cancelled = []
+    ordered = sorted(set(uids))
+    for state, when in (("pending", "before it started"), ("running", "while it ran")):
+        error = {"type": "CancelledError", "message": f"cancelled {when}: {why}", "traceback": ""}
+        for start in range(0, len(ordered), CHUNK):
+            where = (runs.c.project == project, runs.c.uid.in_(ordered[start : start + CHUNK]), runs.c.state == state)
+            chunk = list(connection.execute(sa.select(runs.c.uid).where(*where)).scalars())
+            if chunk:
+                connection.execute(
+                    runs.update().where(*where).values(state="cancelled", error=error, ended_at=now, updated_at=now)
+                )
+                cancelled.extend(chunk)
+    return cancelled
+
+
+def delete(
+    connection: Connection, project: str, uids: Sequence[str], keep_open_of: Iterable[str] = ()
+) -> tuple[list[str], list[ArtifactRecord]]:
+    """Delete runs and their artifact records, except open runs driven by ``keep_open_of`` (live
+    drivers, checked again here in the deleting transaction). Returns the deleted uids and the
+    artifact records they had, so their files can be removed."""
+    keep = set(keep_open_of)
+    deleted: list[str] = []
+    removed: list[ArtifactRecord] = []
+    ordered = sorted(set(uids))
+    for start in range(0, len(ordered), CHUNK):
+        chunk = ordered[start : start + CHUNK]
+        rows = connection.execute(
+            sa.select(runs.c.uid, runs.c.state, runs.c.driver).where(runs.c.project == project, runs.c.uid.in_(chunk))
+        ).all()
+        doomed = [r.uid for r in rows if not (r.state in OPEN_STATES and r.driver in keep)]
+        if not doomed:
+            continue
+        statement = sa.select(artifacts).where(artifacts.c.project == project, artifacts.c.run_uid.in_(doomed))
+        removed.extend(ArtifactRecord(**{f: getattr(a, f) for f in ARTIFACT_FIELDS}) for a in connection.execute(statement))
+        connection.execute(artifacts.delete().where(artifacts.c.project == project, artifacts.c.run_uid.in_(doomed)))
+        connection.execute(runs.delete().where(runs.c.project == project, runs.c.uid.in_(doomed)))
+        deleted.extend(doomed)
+    return deleted, removed

@@ -99,11 +99,30 @@ runs = sa.Table(
     sa.Column("updated_at", UTCDateTime(), nullable=False),
     # Added by 0002 (ALTER TABLE appends it last); the server default fills rows of older databases.
     sa.Column("labels", sa.JSON(), nullable=False, server_default=sa.text("'{}'")),
+    # Added by 0004: the process that drives the run (``drivers.id``); NULL for a run nobody drives
+    # yet (recorded for a Kubernetes Job, which claims it when it starts).
+    sa.Column("driver", sa.String(32), nullable=True),
     sa.PrimaryKeyConstraint("uid", name="pk_runs"),
     sa.Index("ix_runs_parent", "parent"),
     sa.Index("ix_runs_project_created", "project", "created_at"),
     sa.Index("ix_runs_project_function_created", "project", "function", "created_at"),
     sa.Index("ix_runs_project_state", "project", "state"),
+    sa.Index("ix_runs_driver_state", "driver", "state"),
+)
+
+drivers = sa.Table(
+    "drivers",
+    metadata,
+    _project(),
+    sa.Column("id", sa.String(32), nullable=False),
+    sa.Column("host", sa.String(255), nullable=False),  # the host name, for people
+    sa.Column("machine", sa.String(255), nullable=False),  # host name and PID namespace: PIDs compare within it
+    sa.Column("pid", sa.Integer(), nullable=False),
+    sa.Column("process_start", sa.Float(), nullable=True),  # epoch seconds; tells a reused PID apart
+    sa.Column("heartbeat_at", UTCDateTime(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.PrimaryKeyConstraint("project", "id", name="pk_drivers"),
+    sa.Index("ix_drivers_project_heartbeat", "project", "heartbeat_at"),
 )
 
 artifacts = sa.Table(

@@ -8,24 +8,30 @@ finished run, and the engine's connection pool makes one ``Store`` safe to share
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import exc
 from sqlalchemy.engine import Connection, Engine
 
 from ..errors import ShoalError, SpecError, StoreError
+from . import drivers as driver_sql
 from . import functions as fn_sql
 from . import runs as run_sql
 from . import scaling as scaling_sql
 from .engine import SQLITE_BEGIN, first_line, is_memory, mask, open_engine
+from .heartbeat import Heartbeat
 from .migrate import upgrade
-from .records import FunctionRecord, RunRecord, ScalingEventRecord
+from .records import ArtifactRecord, FunctionRecord, RunRecord, ScalingEventRecord
 from .refs import LATEST, check_hash, check_name, check_tag, parse_function_ref
 from .schema import utcnow
 
 FinishItem = tuple[str, dict[str, Any], Sequence[dict[str, Any]]]
+log = logging.getLogger("shoal.store")
 
 
 class Store:
@@ -48,6 +54,8 @@ class Store:
         )
         self._reader = self._engine.execution_options(**{SQLITE_BEGIN: "DEFERRED"})
         self._closed = False
+        self._registered = float("-inf")  # when this process last wrote its driver row (monotonic)
+        self.heartbeat = Heartbeat(self._beat)
         try:
             upgrade(self._engine)
         except BaseException:
@@ -64,6 +72,7 @@ class Store:
     def close(self) -> None:
         """Release every pooled connection; the store cannot be used afterwards."""
         if not self._closed:
+            self.heartbeat.stop()
             self._closed = True
             self._engine.dispose()
 
@@ -143,11 +152,23 @@ class Store:
         """Insert new runs in one transaction; omitted fields get defaults ({} maps, "" logs, 0, now).
 
         Required keys: ``uid``, ``function``, ``function_hash``; ``state`` defaults to ``pending``.
+        The runs are driven by this process (its driver row is written in the same transaction when
+        due) unless a run gives ``"driver": None`` (nobody drives it yet, e.g. a Kubernetes Job's).
         """
-        rows = run_sql.new_run_rows(self.project, runs, utcnow())
-        if rows:
-            with self._transaction(write=True) as connection:
-                run_sql.insert_runs(connection, rows)
+        me = driver_sql.current()
+        rows = run_sql.new_run_rows(self.project, runs, utcnow(), driver=me.id)
+        if not rows:
+            return
+        owned = any(row["driver"] == me.id for row in rows)
+        register = owned and time.monotonic() - self._registered > driver_sql.HEARTBEAT_INTERVAL
+        with self._transaction(write=True) as connection:
+            if register:
+                driver_sql.register(connection, self.project, me)
+            run_sql.insert_runs(connection, rows)
+        if register:
+            self._registered = time.monotonic()
+        if owned:
+            self.heartbeat.kick()
 
     def update_run(self, uid: str, **fields: Any) -> None:
         """Set some fields of one run (``updated_at`` is set to now unless given)."""
@@ -188,10 +209,11 @@ class Store:
         state: str | Sequence[str] | None = None,
         parent: str | None = None,
         limit: int | None = None,
+        created_before: datetime | None = None,
     ) -> list[RunRecord]:
         """Runs matching every given filter, newest first (ties ordered by uid), with artifacts."""
         with self._transaction(write=False) as connection:
-            return run_sql.query(connection, self.project, function, state, parent, limit)
+            return run_sql.query(connection, self.project, function, state, parent, limit, created_before)
 
     def count_runs(
         self,
@@ -203,6 +225,91 @@ class Store:
         with self._transaction(write=False) as connection:
             return run_sql.count(connection, self.project, function, state, parent)
 
+    def get_runs(self, uids: Sequence[str]) -> list[RunRecord]:
+        """The runs with these exact uids, with artifacts (unknown uids are left out)."""
+        with self._transaction(write=False) as connection:
+            return run_sql.get_many(connection, self.project, uids)
+
+    def descendants(self, uids: Iterable[str]) -> list[str]:
+        """Uids of the children of ``uids``, recursively (a map's runs, a search's trials)."""
+        with self._transaction(write=False) as connection:
+            return run_sql.descendants(connection, self.project, uids)
+
+    def cancel_runs(self, uids: Sequence[str], why: str) -> list[str]:
+        """Record the open runs among ``uids`` as cancelled, saying ``why``; returns those uids.
+
+        Their driver, if alive, learns it at its next heartbeat and stops them."""
+        with self._transaction(write=True) as connection:
+            return run_sql.cancel(connection, self.project, uids, why, utcnow())
+
+    def delete_runs(
+        self, uids: Sequence[str], keep_open_of: Iterable[str] = ()
+    ) -> tuple[list[str], list[ArtifactRecord]]:
+        """Delete runs with their artifact records in one transaction, except open runs driven by
+        ``keep_open_of``; returns the deleted uids and their artifact records (the files are the
+        caller's to remove)."""
+        with self._transaction(write=True) as connection:
+            return run_sql.delete(connection, self.project, uids, keep_open_of)
+
+    # -- drivers (see shoal.store.drivers) ---------------------------------------------------------
+
+    def claim_runs(self, uids: Sequence[str]) -> None:
+        """Make this process the driver of ``uids`` (a worker taking over a run recorded for it)."""
+        me = driver_sql.current()
+        with self._transaction(write=True) as connection:
+            driver_sql.register(connection, self.project, me)
+            updated = run_sql.update_runs(connection, self.project, [(uid, {"driver": me.id}) for uid in uids], utcnow())
+            if updated != len(set(uids)):
+                run_sql.require_runs(connection, self.project, uids)
+        self._registered = time.monotonic()
+        self.heartbeat.kick()
+
+    def drivers(self, ids: Iterable[str]) -> tuple[dict[str, driver_sql.DriverRow], datetime]:
+        """The registered drivers among ``ids``, and the time their heartbeats compare with."""
+        with self._transaction(write=False) as connection:
+            return driver_sql.rows(connection, self.project, list(ids)), driver_sql.db_now(connection)
+
+    def live_drivers(self, ids: Iterable[str]) -> dict[str, driver_sql.DriverRow]:
+        """Those of ``ids`` that are registered drivers and not lost (this process included)."""
+        found, now = self.drivers(ids)
+        me = driver_sql.current()
+        return {key: row for key, row in found.items() if driver_sql.is_alive(row, me, now)}
+
+    def end_lost_runs(self, prune: bool = False) -> list[tuple[str, str]]:
+        """End the pending and running runs of lost drivers as failed (``DriverLost``); returns
+        (uid, state it had). ``prune`` also deletes long-stale driver rows that own no open run."""
+        me = driver_sql.current()
+        with self._transaction(write=False) as connection:
+            owners = driver_sql.open_owners(connection, self.project)
+            now = driver_sql.db_now(connection)
+            prune = prune and driver_sql.any_prunable(connection, self.project, me, now)
+        lost = {key: why for key, row in owners.items() if (why := driver_sql.lost_reason(row, me, now))}
+        ended: list[tuple[str, str]] = []
+        if lost:
+            with self._transaction(write=True) as connection:
+                for key, why in lost.items():
+                    ended.extend(driver_sql.end_runs(connection, self.project, key, why))
+        if ended:
+            log.warning(
+                "ended %d run(s) of project %s as failed (DriverLost): %s",
+                len(ended), self.project, "; ".join(lost.values()),
+            )
+        if prune:
+            with self._transaction(write=True) as connection:
+                driver_sql.prune(connection, self.project, me, now)
+        return ended
+
+    def _beat(self) -> tuple[bool, list[str]]:
+        """One heartbeat: (this process still has open runs, its runs recorded cancelled)."""
+        me = driver_sql.current()
+        with self._transaction(write=True) as connection:
+            has_open = driver_sql.beat(connection, self.project, me)
+        self._registered = time.monotonic()
+        cancelled: list[str] = []
+        if self.heartbeat.on_cancelled is not None:  # even with nothing open: it may have just been cancelled
+            with self._transaction(write=False) as connection:
+                cancelled = driver_sql.cancelled_runs(connection, self.project, me)
+        return has_open, cancelled
 
     # -- scaling events --------------------------------------------------------------------------
 

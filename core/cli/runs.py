@@ -1,0 +1,167 @@
+"""``shoal runs list | show | logs | cancel | delete``: recorded runs from the command line.
+
+Listing (and opening the project) ends the runs of drivers that died as failed (``DriverLost``).
+Bad input (an unknown uid, state or date) exits 2 with a message naming the argument or flag.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from shoal.errors import AmbiguousError, NotFoundError, ParamError
+
+from . import render
+
+runs_app = typer.Typer(help="Recorded runs: list, show, logs, cancel, delete.", no_args_is_help=True)
+STATE_HELP = "pending, running, completed, failed or cancelled"
+
+
+def _project():
+    from .main import _project as opened
+
+    return opened()
+
+
+def _states(values: List[str]) -> List[str]:
+    from shoal.runs import STATES
+
+    for value in values:
+        if value not in STATES:
+            raise ParamError(f"--state: unknown run state {value!r}; use one of {', '.join(STATES)}")
+    return values
+
+
+def _uid_error(exc: Exception) -> ParamError:
+    """An unknown or ambiguous UID argument is bad input (exit 2), named as such."""
+    return ParamError(f"UID: {exc}")
+
+
+@runs_app.command("list")
+def runs_list(
+    function: Optional[str] = typer.Option(None, "--function", "-f"),
+    state: Optional[str] = typer.Option(None, "--state", "-s", help=STATE_HELP),
+    parent: Optional[str] = typer.Option(None, "--parent"),
+    limit: int = typer.Option(20, "--limit", "-n", min=0, help="At most this many runs (0: all)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Recorded runs, newest first."""
+    if state is not None:
+        _states([state])
+    runs = _project().runs.list(function=function, state=state, parent=parent, limit=limit or None)
+    if as_json:
+        render.print_json([r.to_dict() for r in runs])
+    else:
+        render.runs_table(runs)
+
+
+@runs_app.command("show")
+def runs_show(uid: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """One run: parameters, results, artifacts, error."""
+    found = _project().runs.get(uid)
+    if as_json:
+        render.print_json(found.to_dict())
+    else:
+        render.run_summary(found, detail=True)
+
+
+@runs_app.command("logs")
+def runs_logs(uid: str) -> None:
+    """The captured stdout/stderr of a run, then its error and traceback if it has one."""
+    run = _project().runs.get(uid)
+    if run.logs:
+        typer.echo(run.logs, nl=not run.logs.endswith("\n"))
+    else:
+        typer.echo(f"run {run.uid} ({run.state}) has no log lines", err=True)
+    if run.error:
+        typer.echo(f"error: {run.error.get('type')}: {run.error.get('message')}")
+        trace = render.traceback_text(run.error).rstrip("\n")
+        if trace:
+            typer.echo(trace)
+
+
+@runs_app.command("cancel")
+def runs_cancel(
+    uids: List[str] = typer.Argument(..., metavar="UID", help="Runs to cancel (uids or unique prefixes)."),
+    as_json: bool = typer.Option(False, "--json", help="Print what happened to each run as JSON."),
+) -> None:
+    """Cancel pending or running runs and their open children.
+
+    Each run is recorded cancelled at once; its driver, if alive, stops it within about 10 s.
+    """
+    try:
+        outcomes = _project().runs.cancel(*uids)
+    except (NotFoundError, AmbiguousError) as exc:
+        raise _uid_error(exc) from None
+    if as_json:
+        render.print_json([vars(outcome) for outcome in outcomes])
+        return
+    for outcome in outcomes:
+        detail = f" ({outcome.detail})" if outcome.detail else ""
+        verb = {"cancelled": "cancelled", "stopping": "stopping", "ended": "not cancelled"}[outcome.outcome]
+        typer.echo(f"{outcome.uid}  {outcome.state} -> {verb}{detail}")
+
+
+@runs_app.command("delete")
+def runs_delete(
+    uids: Optional[List[str]] = typer.Argument(None, metavar="UID", help="Runs to delete (uids or unique prefixes)."),
+    state: List[str] = typer.Option([], "--state", "-s", help=f"Delete runs in this state ({STATE_HELP}); repeatable."),
+    before: Optional[str] = typer.Option(None, "--before", help="Delete runs created before this date: YYYY-MM-DD[THH:MM[:SS]][+HH:MM], local time by default."),
+    function: Optional[str] = typer.Option(None, "--function", "-f", help="Only runs of this function (with --state/--before)."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+) -> None:
+    """Delete runs (with their child runs) and their artifacts' files from the artifact store.
+
+    Give UIDs, or --state and/or --before. Runs still open under a live driver are skipped: cancel them first.
+    """
+    from shoal.lifecycle import parse_before
+
+    uids = uids or []
+    _states(state)
+    if uids and (state or before or function):
+        raise ParamError("give UIDs or --state/--before/--function, not both")
+    if not uids and not state and before is None:
+        raise ParamError("name the runs to delete: UID..., or --state STATE and/or --before DATE")
+    if before is not None:
+        try:
+            moment = parse_before(before)
+        except ParamError:
+            raise ParamError(
+                f"--before {before!r} is not a date; write e.g. --before 2026-12-01 or --before 2026-12-01T08:30"
+            ) from None
+    else:
+        moment = None
+    try:
+        plan = _project().runs.plan_delete(uids or None, state=state or None, before=moment, function=function)
+    except (NotFoundError, AmbiguousError) as exc:
+        raise _uid_error(exc) from None
+    for record, why in plan.skipped:
+        typer.echo(f"skipping {record.uid}: {why}", err=True)
+    if not plan.runs:
+        typer.echo("no runs to delete")
+        return
+    states = ", ".join(f"{count} {name}" for name, count in sorted(plan.states().items()))
+    children = f", {plan.children} of them child runs" if plan.children else ""
+    question = f"delete {len(plan.runs)} run(s) ({states}{children}) and {plan.artifact_count} artifact(s)?"
+    if not yes and not _confirmed(question):
+        typer.echo("nothing deleted (pass --yes to delete without asking)", err=True)
+        raise typer.Exit(1)
+    result = plan.execute()
+    typer.echo(f"deleted {len(result.deleted)} run(s) and {result.artifacts_removed} artifact file(s)")
+    if result.left_in_place:
+        typer.echo(f"left {len(result.left_in_place)} artifact(s) stored outside the artifact store in place", err=True)
+    for problem in result.problems:
+        render.error(problem)
+    if result.problems:
+        raise typer.Exit(1)
+
+
+def _confirmed(question: str) -> bool:
+    """Ask on the terminal; no answer (end of input) is a no."""
+    import click
+
+    try:
+        return typer.confirm(question, default=False)
+    except click.exceptions.Abort:
+        return False
