@@ -286,7 +286,7 @@ def start_embedded(
     token = uuid.uuid4().hex
     root = tempfile.mkdtemp(prefix="shoal-dask-")
     env = _environment(dask.config.serialize(_quiet(config, level)), token)
-    watchdog = start_watchdog(token)
+    watchdog = start_watchdog(token, root)
     worker = {"cls": WorkerProcess, "options": {"options": worker_options, "env": env, "worker_class": worker_class}}
     try:
         return EmbeddedCluster(

@@ -2,15 +2,16 @@
 
 Every process of the cluster (scheduler, Nanny, worker, whatever a handler starts) carries
 ``SHOAL_DASK_CLUSTER=<token>`` in its environment. The driver starts this file as a program of its
-own (``python -I dask_watchdog.py TOKEN``, in a session of its own) with a pipe on its stdin; the
-pipe reaches end-of-file when the driver closes it or dies, SIGKILL and SIGTERM included, and the
-watchdog then kills every process that carries the token. Only the standard library and psutil (a
+own (``python -I dask_watchdog.py TOKEN FOLDER``, in a session of its own) with a pipe on its
+stdin; the pipe reaches end-of-file when the driver closes it or dies, SIGKILL and SIGTERM included,
+and the watchdog then kills every process that carries the token and removes the cluster's folder. Only the standard library and psutil (a
 dependency of distributed): it must start fast and import nothing of the user's.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -65,10 +66,10 @@ def kill_marked(token: str) -> list[int]:
 
 
 # -- the driver's side -------------------------------------------------------------------------------
-def start_watchdog(token: str) -> subprocess.Popen:
+def start_watchdog(token: str, folder: str) -> subprocess.Popen:
     """This file as a program watching for the end of its stdin: when this process closes it or dies."""
     return subprocess.Popen(
-        [sys.executable, "-I", os.path.abspath(__file__), token],
+        [sys.executable, "-I", os.path.abspath(__file__), token, folder],
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -87,7 +88,7 @@ def release_watchdog(watchdog: subprocess.Popen) -> None:
 
 
 def main(argv: list[str]) -> int:
-    token = argv[1]
+    token, folder = argv[1], argv[2]
     for sig in (signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     try:
@@ -96,6 +97,7 @@ def main(argv: list[str]) -> int:
     except OSError:
         pass
     kill_marked(token)
+    shutil.rmtree(folder, ignore_errors=True)
     return 0
 
 

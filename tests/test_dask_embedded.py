@@ -43,6 +43,7 @@ _report = {
     "nannies": sorted(_client.run(_os.getppid).values()),
     "marked": _backend.cluster.pids(),
     "watchdog": [_backend.cluster.watchdog_pid],
+    "folder": _backend.cluster.root,
     "mains": sorted({str(m) for m in _client.run(_main_file).values()} | {str(_client.run_on_scheduler(_main_file))}),
 }
 import psutil as _psutil
@@ -148,6 +149,7 @@ def test_killed_driver_leaves_no_cluster_process(tmp_path, sig):
         driver.wait(30)
         # Bounded wait for the event (every process gone); the watchdog acts within a second or two.
         wait_for(lambda: not any(alive(pid) for pid in cluster_pids(report)), timeout=30, what="cluster processes gone")
+        wait_for(lambda: not os.path.exists(report["folder"]), timeout=30, what="the cluster's folder removed")
     finally:
         kill_by_pid([driver.pid, *cluster_pids(report)] if report else [driver.pid])
         driver.stderr.close()

@@ -539,6 +539,7 @@ class _Loop:
         self.tasks: dict[int, int] = {}  # engine task -> its trials in flight
         self.launched = 0
         self.inflight: dict[str, _InFlight] = {}
+        self.dropped: set[str] = set()  # runs the early stop cancelled while pending (see _drop_queued)
         self.finished: queue.SimpleQueue = queue.SimpleQueue()
         self.stopped: str | None = None
         self.owner = _owner()
@@ -609,9 +610,12 @@ class _Loop:
 
     def _drop_queued(self) -> None:
         """The search stops early: runs queued in the engine that have not started are cancelled
-        (their trials go back to waiting, see _tell); running ones finish."""
+        (their trials go back to waiting, see _tell); running ones finish. A run that starts on
+        its worker just as it is cancelled is cut short by the search, not failed by its trial: its
+        trial goes back to waiting too."""
         for item in list(self.inflight.values()):
             if item.handle.state == "pending":
+                self.dropped.add(item.handle.uid)
                 item.handle.cancel()
 
     def _release(self, trial: Any) -> None:
@@ -730,7 +734,7 @@ class _Loop:
         trial = item.trial
         if run.state == "completed" and run.started_at is not None and run.ended_at is not None:
             self.durations.append((run.ended_at - run.started_at).total_seconds())
-        if run.state == "cancelled" and run.started_at is None:  # queued, then dropped: it never ran
+        if run.state == "cancelled" and (run.started_at is None or run.uid in self.dropped):  # queued, then dropped
             self._release(trial)
             self.progress.running = min(len(self.inflight), self.parallelism)
             self._report()
