@@ -313,7 +313,11 @@ def test_pruning_through_ctx_report(project, fn):
     )
     for x in (0.9, 0.8, 0.7, 0.1, 0.05):
         study.enqueue_trial({"x": x})
-    result = curve.tune({"x": Float(0, 1)}, objective="max.score", pruner="median", n_trials=5, project=project)
+    # One trial at a time: the later trials must report after 0.9 and 0.8 completed (the pruner's
+    # startup trials), which parallel trials do not guarantee.
+    result = curve.tune(
+        {"x": Float(0, 1)}, objective="max.score", pruner="median", n_trials=5, parallelism=1, project=project
+    )
     states = {t["params"]["x"]: t["state"] for t in result.trials}
     assert states[0.9] == states[0.8] == "complete"
     assert states[0.7] == states[0.1] == states[0.05] == "pruned"  # below the median of the first two
