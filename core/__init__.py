@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .artifacts import Artifact
 from .context import Context
+from .data_item import DataItem
 from .errors import (
     AmbiguousError,
     ArtifactError,
@@ -24,11 +25,12 @@ from .errors import (
     SpecError,
     StoreError,
     TuningError,
+    UnsupportedError,
     WorkerLostError,
 )
 from .function import Function, function
 from .project import Project, project
-from .runs import Run, RunHandle, RunState
+from .runs import Run, RunHandle, RunState, gather
 
 __version__ = "0.1.0"
 
@@ -68,6 +70,7 @@ __all__ = [
     "BackendError",
     "CodeError",
     "Context",
+    "DataItem",
     "Function",
     "NotFoundError",
     "ParamError",
@@ -83,8 +86,10 @@ __all__ = [
     "SpecError",
     "StoreError",
     "TuningError",
+    "UnsupportedError",
     "WorkerLostError",
     "function",
+    "gather",
     "project",
     "tune",
 ]

@@ -74,6 +74,23 @@ def _load_frame(handle: IO[bytes], artifact: "Artifact") -> Any:
     return pd.read_parquet(io.BytesIO(handle.read()))
 
 
+def _dump_csv(value: Any, handle: IO[bytes]) -> dict:
+    """A DataFrame as CSV (asked for with ``kind="csv"``, e.g. ``log_dataset(..., format="csv")``);
+    a default index is left out, any other is written as leading columns and read back as the index."""
+    import pandas as pd
+
+    levels = 0 if isinstance(value.index, pd.RangeIndex) and value.index.name is None else value.index.nlevels
+    handle.write(value.to_csv(index=bool(levels)).encode("utf-8"))
+    return {"shape": list(value.shape), "columns": [str(c) for c in value.columns][:100], "index_levels": levels}
+
+
+def _load_csv(handle: IO[bytes], artifact: "Artifact") -> Any:
+    import pandas as pd
+
+    levels = int(artifact.meta.get("index_levels") or 0)
+    return pd.read_csv(io.BytesIO(handle.read()), index_col=list(range(levels)) if levels else None)
+
+
 def _dump_bytes(value: Any, handle: IO[bytes]) -> dict:
     handle.write(bytes(value))
     return {}
@@ -169,6 +186,7 @@ for _packager in reversed(
     [
         Packager("numpy", ".npy", _is_plain_array, _dump_numpy, _load_numpy),
         Packager("pandas", ".parquet", lambda v: _type_is(v, "pandas", ("DataFrame",)), _dump_frame, _load_frame),
+        Packager("csv", ".csv", lambda v: False, _dump_csv, _load_csv),  # only when asked for by kind
         Packager(
             "bytes", ".bin", lambda v: isinstance(v, (bytes, bytearray, memoryview)), _dump_bytes,
             lambda h, a: h.read(),
@@ -312,14 +330,18 @@ class ArtifactStore:
     def __setstate__(self, state):
         self.__init__(state["url"])
 
-    def put(self, relpath: str, value: Any, *, key: str, kind: str | None = None) -> Artifact:
-        """Write ``value`` to ``relpath`` (suffix added by its packager) atomically; return its record."""
+    def put(
+        self, relpath: str, value: Any, *, key: str, kind: str | None = None, suffix: str | None = None
+    ) -> Artifact:
+        """Write ``value`` to ``relpath`` (plus ``suffix``, default its packager's) atomically;
+        return its record."""
         if not isinstance(key, str) or not KEY_PATTERN.match(key):
             raise ArtifactError(f"invalid artifact key {key!r}: use letters, digits, '_', '-' or '.'")
         packager = packager_for(value, kind)
-        suffix = packager.suffix
-        if packager.name == "file":
-            suffix = pathlib.Path(os.fspath(value)).suffix
+        if suffix is None:
+            suffix = packager.suffix
+            if packager.name == "file":
+                suffix = pathlib.Path(os.fspath(value)).suffix
         target = f"{self.root}/{relpath}{suffix}"
         meta, size, sha = self._write_atomically(target, packager, value)
         return Artifact(key, self.fs.unstrip_protocol(target), packager.name, _format(suffix, packager), size, sha, meta)

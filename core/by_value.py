@@ -14,7 +14,9 @@ import os
 import sys
 import threading
 import types
-from typing import Any, Callable
+import typing
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 log = logging.getLogger("shoal.code")
 
@@ -66,7 +68,8 @@ def pickle_live(live: Any, origin: str | None) -> str | None:
     ids = _pickling.__dict__.setdefault("ids", set())
     ids.add(id(live))
     try:
-        return base64.b64encode(cloudpickle.dumps(live)).decode()
+        with _annotations_resolved(live):
+            return base64.b64encode(cloudpickle.dumps(live)).decode()
     except Exception as exc:  # noqa: BLE001 - cloudpickle raises many kinds
         log.warning(
             "cannot ship %s by value (%s: %s); workers run its file %s instead, top-level code included: "
@@ -76,6 +79,27 @@ def pickle_live(live: Any, origin: str | None) -> str | None:
         return None
     finally:
         ids.discard(id(live))
+
+
+@contextmanager
+def _annotations_resolved(live: Any) -> Iterator[None]:
+    """While ``live`` is pickled, its string annotations (a file with ``from __future__ import
+    annotations``) are the types they name: cloudpickle ships only the globals a function's body
+    uses, so on a worker the strings could not be resolved and its parameters would not be converted."""
+    annotations = getattr(live, "__annotations__", None) if isinstance(live, types.FunctionType) else None
+    if not annotations or not any(isinstance(a, str) for a in annotations.values()):
+        yield
+        return
+    try:
+        resolved = typing.get_type_hints(live, include_extras=True)
+    except Exception:  # noqa: BLE001 - a name that does not resolve here: ship the strings as they are
+        yield
+        return
+    live.__annotations__ = {**annotations, **{k: v for k, v in resolved.items() if k in annotations}}
+    try:
+        yield
+    finally:
+        live.__annotations__ = annotations
 
 
 def pickling_by_value(live: Any) -> bool:

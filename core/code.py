@@ -348,7 +348,10 @@ def _module_for(code: Code) -> types.ModuleType:
         loading = _loading.__dict__.setdefault("files", [])
         loading.append(filename)
         try:
-            exec(compile(tree, filename, "exec"), module.__dict__)  # noqa: S102 - running user code is the job
+            # dont_inherit: the file's own __future__ imports only, not this module's (its
+            # ``annotations`` import would turn the handler's type hints into strings)
+            program = compile(tree, filename, "exec", dont_inherit=True)
+            exec(program, module.__dict__)  # noqa: S102 - running user code is the job
         except LoadStopped as stop:
             _stopped(module, filename, stop)
         except BaseException as exc:

@@ -47,6 +47,12 @@ class ArtifactError(ShoalError):
     """An artifact cannot be written, read or packaged."""
 
 
+class UnsupportedError(ShoalError, AttributeError):
+    """A name another system's handlers use (an MLRun context method, a data item's write) that has
+    no meaning in shoal; the message names the shoal way to do it. An AttributeError too, so
+    ``hasattr`` and ``getattr(obj, name, default)`` see the name as absent."""
+
+
 class ProjectError(ShoalError):
     """The project configuration (shoal.yaml) is invalid."""
 

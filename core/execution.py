@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 from .artifacts import Artifact, ArtifactStore
 from .code import Code, load_handler
 from .context import Context
+from .data_item import DataItem, wants_data_item
 from .errors import RunCancelledError, RunTimeoutError, ShoalError
 from . import logcapture
 from .logcapture import DEFAULT_LIMIT, capture_output
@@ -50,6 +51,7 @@ class RunTask:
     timeout: float | None = None
     attempt: int = 1
     iteration: int | None = None
+    labels: dict[str, str] = field(default_factory=dict)  # the run's labels, as the handler sees them
     env: dict[str, str] = field(default_factory=dict)
     # Resolved secret values by variable name (see ``shoal.secrets``): shipped with the task, never
     # recorded; masked in its repr and in the run's logs and error.
@@ -117,7 +119,8 @@ class RunBatch:
 
 @dataclass
 class RunOutcome:
-    """What one attempt produced. ``state`` is completed, failed or cancelled."""
+    """What one attempt produced. ``state`` is completed, pruned (the handler raised
+    ``optuna.TrialPruned``: a normal end, never retried), failed or cancelled."""
 
     uid: str
     state: str
@@ -130,8 +133,12 @@ class RunOutcome:
     logs: str = ""
     error: dict[str, str] | None = None
     worker: str = ""
-    pruned: bool = False
     params: dict[str, Any] | None = None  # the parameters, when chosen on the worker (tuning trials)
+    labels: dict[str, str] | None = None  # labels the handler set (ctx.set_label), added to the run's
+
+    @property
+    def pruned(self) -> bool:
+        return self.state == "pruned"
 
 
 def _shoal_folders() -> tuple[str, ...]:
@@ -374,8 +381,12 @@ def execute(
         artifact_store=store,
         artifact_prefix=task.artifact_prefix,
         attempt=task.attempt,
+        project=task.project,
+        iteration=task.iteration,
+        labels=task.labels,
+        secrets=task.secrets,
     )
-    state, error, pruned = "completed", None, False
+    state, error = "completed", None
     secret_values = tuple(task.secrets.values())
     with capture_output(task.log_limit, task.echo, secret_values) as log:
         try:
@@ -395,9 +406,8 @@ def execute(
             state, error = "cancelled", error_record(exc, "run was cancelled while running")
             error["type"] = "CancelledError"  # as for a run cancelled before it started
         except BaseException as exc:  # noqa: BLE001 - everything the user's code raises is recorded
-            if _is_pruned(exc):
-                state, pruned = "completed", True
-                ctx.results.setdefault("pruned", True)
+            if _is_pruned(exc):  # the state says it: no marker in the results
+                state = "pruned"
             else:
                 message = str(exc) if isinstance(exc, ShoalError) else None
                 state, error = "failed", error_record(exc, message)
@@ -417,8 +427,8 @@ def execute(
         logs=log.getvalue(),
         error=error,
         worker=worker,
-        pruned=pruned,
         params=dict(ctx.params) if ctx._params_chosen else None,
+        labels=dict(ctx.labels_set) or None,
     )
 
 
@@ -506,15 +516,53 @@ def _null() -> Iterator[None]:
 
 def _call(func: Callable, ctx: Context, params: dict[str, Any], inputs: dict[str, Artifact]) -> Any:
     sig = signature_of(func)
+    if sig.trial_param is not None:  # an Optuna objective: its values are its trial's, not arguments
+        trial = _trial_for(func, ctx, {k: v for k, v in params.items() if k not in sig.names})
+        params = {k: v for k, v in params.items() if k in sig.names}
     kwargs = handler_params(func, params)
     for key, artifact in inputs.items():
         if key in sig.names or sig.accepts_any:
             hint = sig.hints.get(key)
-            kwargs[key] = artifact if hint is Artifact else artifact.load()
-    value = func(ctx, **kwargs) if sig.context_param is not None else func(**kwargs)
+            if hint is Artifact:
+                kwargs[key] = artifact
+            else:
+                kwargs[key] = DataItem(artifact) if wants_data_item(hint) else artifact.load()
+    if sig.trial_param is not None:
+        value = func(trial, **kwargs)
+    else:
+        value = func(ctx, **kwargs) if sig.context_param is not None else func(**kwargs)
     if inspect.iscoroutine(value):  # an ``async def`` handler: run it to the end on this thread
         value = asyncio.run(value)
-    return value
+    return _objective_value(value) if sig.trial_param is not None else value
+
+
+def _trial_for(func: Callable, ctx: Context, values: dict[str, Any]) -> Any:
+    """The trial an Optuna objective gets: the tuning trial, else an ``optuna.trial.FixedTrial`` of
+    the run's parameters (how Optuna users re-run an objective with chosen values)."""
+    if ctx.trial is not None:
+        return ctx.trial
+    if not values:
+        from .errors import ParamError
+
+        name = getattr(func, "__name__", "the handler")
+        raise ParamError(
+            f"{name} is an Optuna objective (its first parameter takes a trial) and this run has no trial: "
+            f"search with shoal.tune({name}, n_trials=...) (or fn.tune(...)), or re-run it with fixed values "
+            f"through params=, e.g. fn.run(params={{'x': 3.0}}) (its trial is then an optuna.trial.FixedTrial)"
+        )
+    import optuna
+
+    return optuna.trial.FixedTrial(values)
+
+
+def _objective_value(value: Any) -> Any:
+    """What an Optuna objective returned, as results: one value as ``value``, a tuple or list
+    (several objectives) as ``values``; a mapping is results as for any handler."""
+    if value is None or isinstance(value, Mapping):
+        return value
+    if isinstance(value, (list, tuple)):
+        return {"values": list(value)}
+    return {"value": value}
 
 
 def _auto_log(ctx: Context, value: Any) -> None:

@@ -388,43 +388,68 @@ class Function:
     # -- execution ----------------------------------------------------------------------------
     def run(
         self,
-        params: Mapping[str, Any] | None = None,
+        params: Mapping[str, Any] | Any = None,
         inputs: Mapping[str, Any] | None = None,
         *,
         backend: Any = None,
         project: "Project | None" = None,
         watch: bool = True,
     ) -> "Run":
-        """Run once and wait; returns the recorded Run (state completed, failed or cancelled)."""
+        """Run once and wait; returns the recorded Run (state completed, failed or cancelled).
+
+        ``params`` is a mapping of name -> value, or one value of any other type for the parameter
+        ``f(value)`` would fill, as Ray's ``f.remote(x)`` (see ``map``); None means no parameters.
+        """
         from .runner import run_function
 
         return run_function(self, params, inputs, backend=backend, project=project, watch=watch)
 
     def submit(
         self,
-        params: Mapping[str, Any] | None = None,
+        params: Mapping[str, Any] | Any = None,
         inputs: Mapping[str, Any] | None = None,
         *,
         backend: Any = None,
         project: "Project | None" = None,
         watch: bool = False,
     ) -> "RunHandle":
-        """Start a run and return at once with a handle (``.result()``, ``.wait()``, ``.cancel()``)."""
+        """Start a run and return at once with a handle (``.result()``, ``.wait()``, ``.cancel()``);
+        ``params`` as for ``run``: ``fn.submit(x)`` is Dask's ``client.submit(f, x)``."""
         from .runner import submit_function
 
         return submit_function(self, params, inputs, backend=backend, project=project, watch=watch)
 
     def map(
         self,
-        params_list: Iterable[Mapping[str, Any]],
+        items: Iterable[Any],
+        *iterables: Iterable[Any],
         inputs: Mapping[str, Any] | None = None,
-        *,
         backend: Any = None,
         project: "Project | None" = None,
         watch: bool = False,
         batch_size: int | str = "auto",
     ) -> "list[Run]":
-        """One child run per params mapping under one parent run; results come back in input order.
+        """One child run per item under one parent run; results come back in input order.
+
+        Each item is one of:
+
+        - a mapping: always a parameter set, ``{"x": 1, "lr": 0.1}``, whose keys must name
+          parameters. So a handler whose one parameter takes a dict gets each dict wrapped,
+          ``fn.map([{"record": d} for d in dicts])``; an unwrapped dict whose keys are not all
+          parameter names is an error that says so (one whose keys are is a parameter set);
+        - any other value (a number, a list, a NumPy row of ``df.values``, None...): the value of the
+          parameter ``f(x)`` would fill, as Dask's ``client.map(f, xs)`` and Ray's
+          ``[f.remote(x) for x in xs]`` do: the handler's first positional parameter after its
+          context, skipping names given by ``inputs=``; that is its single parameter, or its first
+          required one.
+
+        ``fn.map(xs, ys)`` zips, as ``client.map(f, xs, ys)``: run i gets ``f(xs[i], ys[i])``, the
+        values in order onto the positional parameters (every element is a value, mappings too);
+        the iterables must have equal lengths. ``inputs`` is keyword-only.
+
+        NumPy arrays (up to ``shoal.numpy_params.MAX_ARRAY_ELEMENTS`` elements) and NumPy/pandas
+        scalars are recorded as JSON and reach the handler as they were given; bigger data goes
+        through ``inputs=``.
 
         ``batch_size``: runs per engine task on Dask and Ray. ``"auto"`` (default) batches runs
         shorter than a few tens of milliseconds, as joblib does; 1 sends each run as its own task.
@@ -432,12 +457,20 @@ class Function:
         from .runner import map_function
 
         return map_function(
-            self, params_list, inputs, backend=backend, project=project, watch=watch, batch_size=batch_size
+            self,
+            items,
+            inputs,
+            backend=backend,
+            project=project,
+            watch=watch,
+            batch_size=batch_size,
+            iterables=iterables,
         )
 
     def tune(self, space: Mapping[str, Any] | None = None, **options: Any) -> Any:
         """Run an Optuna search whose trials are runs of this function (``shoal.tuning.tune``):
-        ``fn.tune({"lr": Float(1e-4, 1, log=True)}, objective="max.accuracy", n_trials=50)``."""
+        ``fn.tune({"lr": Float(1e-4, 1, log=True)}, objective="max.accuracy", n_trials=50)``, or for
+        an Optuna objective (``def objective(trial)``) ``fn.tune(n_trials=50, direction="maximize")``."""
         from shoal.tuning import tune
 
         return tune(self, space, **options)

@@ -16,7 +16,7 @@ import threading
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from .artifacts import Artifact
+from .artifacts import KEY_PATTERN, Artifact
 from .inputs import store_input
 from .context import to_json_value
 from .errors import CodeError, ParamError, ShoalError, WorkerLostError
@@ -24,7 +24,8 @@ from . import batch_size as batching
 from . import secrets
 from .execution import RunOutcome, RunTask, error_record, never_started
 from .logcapture import tail
-from .params import bind, function_label
+from .numpy_params import json_form, refuse_table_items
+from .params import bind, function_label, values_as_params
 from .recorder import unrecordable
 from .runs import Run, RunHandle
 from .spec import gpus_per_run
@@ -53,6 +54,8 @@ def recordable(params: Mapping[str, Any]) -> dict[str, Any]:
     out = {}
     for key, value in params.items():
         ok, converted = to_json_value(value)
+        if not ok:  # a NumPy array or pandas scalar: its JSON form (``shoal.numpy_params``)
+            ok, converted = json_form(value)
         out[key] = converted if ok else value
     return out
 
@@ -138,8 +141,12 @@ class Driver:
             raise ParamError(f"inputs must be a mapping of name -> value or path, got {type(inputs).__name__}")
         names = tuple(inputs or {})
         for key in names:
-            if not isinstance(key, str) or not key.isidentifier():
-                raise ParamError(f"input names must be identifiers, got {key!r}")
+            # An identifier can be a parameter; an artifact key such as MLRun's "data.csv" is read
+            # through the context (context.get_input)
+            if not isinstance(key, str) or not (key.isidentifier() or KEY_PATTERN.match(key)):
+                raise ParamError(
+                    f"input names must be identifiers or artifact keys (letters, digits, '_', '-', '.'), got {key!r}"
+                )
         clash = sorted(set(names) & set(params or {}))
         if clash:
             raise ParamError(f"{clash[0]!r} is given both as a parameter and as an input; use one")
@@ -153,6 +160,21 @@ class Driver:
             input_names=names,
             from_text=from_text,
             handler=function_label(self.fn.name, self.fn.handler),
+        )
+
+    def plain_params(self, values: tuple[Any, ...], inputs: Mapping[str, Any] | None, call: str) -> dict[str, Any]:
+        """Plain values (``fn.map(xs)``, ``fn.run(x)``) as the parameter set they stand for: where
+        ``f(x)`` would put them (``shoal.params.values_as_params``)."""
+        label = function_label(self.fn.name, self.fn.handler)
+        handler = self._handler()
+        if handler is None:
+            raise ParamError(
+                f"{call} got a plain value, but the signature of {label} cannot be read here (its code needs a "
+                "package this process lacks); pass parameters as a mapping of name -> value"
+            )
+        names = tuple(inputs) if isinstance(inputs, Mapping) else ()
+        return values_as_params(
+            handler, values, input_names=names, defaults=self.spec.defaults, handler=label, call=call
         )
 
     def stage_inputs(self, inputs: Mapping[str, Any] | None) -> dict[str, Artifact]:
@@ -261,7 +283,7 @@ class Driver:
                 outcome = future.result(0) if future.done() else None
             except Exception:  # noqa: BLE001 - a probe that failed in the engine says nothing of durations
                 continue
-            if outcome is not None and outcome.state == "completed" and outcome.started_at is not None:
+            if outcome is not None and outcome.state in ("completed", "pruned") and outcome.started_at is not None:
                 durations.append(outcome.ended_at - outcome.started_at)
         live = []
         for flight in rest:
@@ -312,6 +334,7 @@ class Driver:
             inputs={key: artifact.to_record() for key, artifact in inputs.items()},
             timeout=spec.timeout,
             iteration=record.get("iteration"),
+            labels=dict(record.get("labels") or {}),
             env=self._env,
             secrets=self._secrets,
             gpus=self._gpus,
@@ -379,6 +402,8 @@ class Driver:
         }
         if outcome.params is not None:  # chosen on the worker (a tuning trial's sampled values)
             fields["params"] = recordable(outcome.params)
+        if outcome.labels:  # set by the handler (ctx.set_label): added to the run's labels
+            fields["labels"] = {**flight.record["labels"], **outcome.labels}
         record = {**flight.record, **fields}
         artifacts = {a["key"]: Artifact.from_record(a) for a in outcome.artifacts}
         run = Run(
@@ -477,9 +502,24 @@ def submit_function(
     watch: bool = False,
     from_text: bool = False,
     labels: Mapping[str, str] | None = None,
+    call: str = "fn.submit",
 ) -> RunHandle:
+    """``params``: a mapping of name -> value, or one value of another type for the parameter
+    ``f(value)`` would fill (Ray's ``f.remote(x)``)."""
     driver = _driver(fn, backend, project)
-    bound, staged = driver.prepare(params, inputs, from_text=from_text)
+    plain = params is not None and not isinstance(params, Mapping)
+    if plain:
+        params = driver.plain_params((params,), inputs, call)
+    try:
+        bound, staged = driver.prepare(params, inputs, from_text=from_text)
+    except ParamError as exc:
+        if not plain:
+            raise
+        (name,) = params
+        raise ParamError(
+            f"{exc} ({call} gave its value, not a mapping, to the parameter {name!r}; pass a mapping of "
+            "name -> value to set others)"
+        ) from None
     driver.save_function()
     record = driver.new_record(bound, staged, labels=labels)
     driver.project.store.create_runs([record])
@@ -497,7 +537,7 @@ def run_function(
     from_text: bool = False,
 ) -> Run:
     handle = submit_function(
-        fn, params, inputs, backend=backend, project=project, watch=watch, from_text=from_text
+        fn, params, inputs, backend=backend, project=project, watch=watch, from_text=from_text, call="fn.run"
     )
     return _wait_all([handle])[0]
 
@@ -526,22 +566,28 @@ def map_function(
     project: "Project | None" = None,
     watch: bool = False,
     batch_size: int | str = "auto",
+    iterables: tuple[Iterable[Any], ...] = (),
 ) -> list[Run]:
-    """One parent run and one child run per params mapping; children come back in input order."""
-    if isinstance(params_list, Mapping) or isinstance(params_list, (str, bytes)):
-        raise ParamError("map takes a list of parameter mappings, e.g. [{'x': 1}, {'x': 2}]")
+    """One parent run and one child run per item; children come back in input order.
+
+    An item that is a mapping is a parameter set; any other is a value for the parameter ``f(x)``
+    would fill. With ``iterables`` (``fn.map(xs, ys)``) the i-th elements of all of them are the
+    values of run i, in order onto the positional parameters, mappings included.
+    """
     batch_size = batching.checked_batch_size(batch_size)
-    items = list(params_list)
+    rows = _map_rows(params_list, iterables)
     driver = _driver(fn, backend, project)
     checked = []
-    for index, params in enumerate(items):
+    for index, (values, params) in enumerate(rows):
         try:
+            if values is not None:
+                params = driver.plain_params(values, inputs, "fn.map")
             checked.append(driver.check(params, inputs))
         except ParamError as exc:
             raise ParamError(f"params[{index}]: {exc}") from None
     staged = driver.stage_inputs(inputs)  # once for all children
     driver.save_function()
-    parent = driver.new_record({"map": len(items)}, staged)
+    parent = driver.new_record({"map": len(rows)}, staged)
     parent["state"] = "running"
     parent["started_at"] = datetime.now(timezone.utc)
     children = [driver.new_record(p, staged, parent=parent["uid"], iteration=i) for i, p in enumerate(checked)]
@@ -556,17 +602,44 @@ def map_function(
     return runs
 
 
+def _map_rows(
+    params_list: Iterable[Any], iterables: tuple[Iterable[Any], ...]
+) -> list[tuple[tuple[Any, ...] | None, Mapping[str, Any] | None]]:
+    """Each run of a map as (plain values, None) or (None, parameter set)."""
+    columns = (params_list, *iterables)
+    for position, column in enumerate(columns):
+        refuse_table_items(column)
+        if isinstance(column, (Mapping, str, bytes)) or not isinstance(column, Iterable):
+            where = "map" if position == 0 else f"map's iterable {position + 1}"
+            keyword = position > 0 and isinstance(column, Mapping)
+            raise ParamError(
+                f"{where} takes an iterable of values or parameter sets, e.g. [1, 2] or [{{'x': 1}}, {{'x': 2}}], "
+                f"got {type(column).__name__}" + ("; inputs are keyword-only: fn.map(xs, inputs={...})" if keyword else "")
+            )
+    if not iterables:
+        return [(None, item) if isinstance(item, Mapping) else ((item,), None) for item in params_list]
+    lists = [list(column) for column in columns]
+    lengths = sorted({len(column) for column in lists})
+    if len(lengths) > 1:
+        raise ParamError(
+            f"map's iterables have different lengths ({', '.join(str(len(c)) for c in lists)}); "
+            "give one value per run in each"
+        )
+    return [(tuple(values), None) for values in zip(*lists)]
+
+
 def _finish_parent(driver: Driver, parent: dict, runs: list, interrupted: bool = False) -> None:
     counts = {"completed": 0, "failed": 0, "cancelled": 0}
     for run in runs:
         state = run.state if run is not None else "cancelled"
         counts[state] = counts.get(state, 0) + 1
+    ended_well = counts["completed"] + counts.get("pruned", 0)  # pruned is a normal end, not a failure
     # Every run that did not complete was cancelled (Ctrl-C, or ``shoal runs cancel`` of the map): cancelled.
-    cancelled = interrupted or (counts["cancelled"] > 0 and counts["completed"] + counts["cancelled"] == len(runs))
-    state = "cancelled" if cancelled else ("completed" if counts["completed"] == len(runs) else "failed")
+    cancelled = interrupted or (counts["cancelled"] > 0 and ended_well + counts["cancelled"] == len(runs))
+    state = "cancelled" if cancelled else ("completed" if ended_well == len(runs) else "failed")
     error = None
     if state == "failed":
-        failed = [r for r in runs if r is not None and r.state != "completed"]
+        failed = [r for r in runs if r is not None and not r.ok]
         first = failed[0].error or {}
         error = {
             "type": "MapError",

@@ -7,25 +7,36 @@ import weakref
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from .artifacts import Artifact
 from .errors import RunFailedError, RunTimeoutError
 
 
 class RunState(str, Enum):
+    """Where a run is. ``pruned``: a tuning trial stopped early by its search's pruner (the handler
+    raised ``optuna.TrialPruned``, or ``ctx.report`` decided so); as in Optuna, a normal end, not a
+    failure: it is never retried and ``raise_for_state`` lets it pass."""
+
     PENDING = "pending"
     RUNNING = "running"
     COMPLETED = "completed"
+    PRUNED = "pruned"
     FAILED = "failed"
     CANCELLED = "cancelled"
 
     @property
     def finished(self) -> bool:
-        return self in (RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED)
+        return self.value in FINAL_STATES
+
+    @property
+    def ok(self) -> bool:
+        """Ended normally: completed, or pruned by its search."""
+        return self.value in OK_STATES
 
 
-FINAL_STATES = ("completed", "failed", "cancelled")
+FINAL_STATES = ("completed", "pruned", "failed", "cancelled")
+OK_STATES = ("completed", "pruned")  # ended normally: no error to raise
 STATES = tuple(s.value for s in RunState)
 
 
@@ -62,7 +73,8 @@ class Run:
 
     @property
     def ok(self) -> bool:
-        return self.state == RunState.COMPLETED
+        """Ended normally: ``completed``, or ``pruned`` (a trial its search stopped early)."""
+        return self.state in OK_STATES
 
     def output(self, key: str) -> Any:
         """A result by key, or the loaded artifact of that key."""
@@ -73,8 +85,9 @@ class Run:
         raise KeyError(f"run {self.uid[:12]} has no result or artifact {key!r}")
 
     def raise_for_state(self) -> "Run":
-        """Raise RunFailedError unless the run completed."""
-        if self.state != RunState.COMPLETED:
+        """Raise RunFailedError unless the run ended normally: ``completed``, or ``pruned`` (pruning
+        is a normal outcome of a tuning trial, as in Optuna; check ``state`` to tell them apart)."""
+        if self.state not in OK_STATES:
             error = self.error or {}
             detail = f": {error.get('type')}: {error.get('message')}" if error else ""
             raise RunFailedError(f"run {self.uid[:12]} of {self.function} {self.state}{detail}", run=self)
@@ -162,7 +175,8 @@ class RunHandle:
         return self._done.wait(timeout)
 
     def result(self, timeout: float | None = None) -> Run:
-        """The recorded Run once finished (whatever its state; see ``Run.raise_for_state``)."""
+        """The recorded Run once finished, whatever its state: a failed, cancelled or pruned run is
+        returned, not raised (``Run.raise_for_state`` raises for failed and cancelled only)."""
         if not self._done.wait(timeout):
             raise RunTimeoutError(f"run {self.uid[:12]} of {self.function} still {self._state} after {timeout} s")
         assert self._run is not None
@@ -216,3 +230,27 @@ def cancel_live(uids: list[str]) -> None:
         handle = live_handle(uid)
         if handle is not None and not handle.cancel_requested:
             handle.cancel()
+
+
+def gather(runs: "Iterable[Run | RunHandle]", errors: str = "raise") -> list[Any]:
+    """What each run's handler returned, in order, as Dask's ``client.gather(futures)`` and Ray's
+    ``ray.get(refs)`` give their tasks' values (handles are waited for first).
+
+    A returned mapping was recorded as the run's results and comes back as that mapping; any other
+    returned value as it was recorded (the result ``return``); a handler that returned nothing gives
+    its logged results. ``errors="raise"`` (Dask's default) raises ``RunFailedError`` for the first
+    run that failed or was cancelled; ``errors="skip"`` leaves such runs out, as Dask does.
+    """
+    if errors not in ("raise", "skip"):
+        raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
+    values = []
+    for item in runs:
+        run = item.result() if isinstance(item, RunHandle) else item
+        if not isinstance(run, Run):
+            raise TypeError(f"gather takes shoal Runs or RunHandles, got {type(item).__name__}")
+        if not run.ok:
+            if errors == "skip":
+                continue
+            run.raise_for_state()
+        values.append(run.results["return"] if "return" in run.results else dict(run.results))
+    return values

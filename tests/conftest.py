@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import uuid
 
@@ -89,3 +90,26 @@ def ray_backend():
     backend.start()
     yield backend
     backend.close()
+
+
+#: The three backends every feature runs on (Ray only where it is installed).
+ENGINES = ["local", "dask"] + (["ray"] if importlib.util.find_spec("ray") else [])
+
+
+@pytest.fixture(params=ENGINES)
+def backend(request):
+    """The backend under test: a fresh local pool of 2 threads, or the session's Dask or Ray backend."""
+    if request.param == "local":
+        with shoal.backends.get("local", n_workers=2) as local:
+            yield local
+        return
+    yield request.getfixturevalue(f"{request.param}_backend")
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request):
+    """What a user passes as ``backend=``: the name "local" (the project's own pool), or the session's
+    Dask or Ray backend."""
+    if request.param == "local":
+        return "local"
+    return request.getfixturevalue(f"{request.param}_backend")

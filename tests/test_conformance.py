@@ -10,7 +10,6 @@ from the shipped code.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -28,8 +27,6 @@ import shoal.backends
 
 from handler_sources import handler_functions
 from helpers import wait_for
-
-ENGINES = ["local", "dask"] + (["ray"] if importlib.util.find_spec("shoal.backends.ray") else [])
 
 # A handler file whose text changes after the Function is made: workers must run the captured text.
 VERSIONED = '''
@@ -81,16 +78,6 @@ if __name__ == "__main__":
     }))
     project.close()
 '''
-
-
-@pytest.fixture(params=ENGINES)
-def backend(request):
-    """The backend under test: a fresh local pool of 2 threads, or the session's engine cluster."""
-    if request.param == "local":
-        with shoal.backends.get("local", n_workers=2) as local:
-            yield local
-        return
-    yield request.getfixturevalue(f"{request.param}_backend")  # dask_backend, ray_backend: conftest.py
 
 
 @pytest.fixture

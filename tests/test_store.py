@@ -491,7 +491,7 @@ def test_head_constant_matches_migration_scripts():
     scripts = ScriptDirectory.from_config(config)
     assert scripts.get_heads() == [migrate.HEAD]
     assert [s.revision for s in scripts.walk_revisions()] == [
-        "0004_run_drivers", "0003_scaling_events", "0002_artifacts", "0001_initial"
+        "0005_pruned_state", "0004_run_drivers", "0003_scaling_events", "0002_artifacts", "0001_initial"
     ]
 
 

@@ -38,7 +38,7 @@ from shoal.errors import ObjectiveMissingError, ParamError, SearchFailedError, S
 
 from . import storage as storages
 from . import strategies, wording
-from .objective import Objective, StopWhen
+from .objective import OPTUNA_RESULTS, RETURN_RESULTS, Objective, StopWhen
 from .result import TuneResult
 from .space import Space
 from .trial_scope import TrialScope
@@ -91,7 +91,9 @@ def tune(
     fn: "Function | Callable",
     space: Mapping[str, Any] | None = None,
     *,
-    objective: str | Sequence[str] = "max.accuracy",
+    objective: str | Sequence[str] | None = None,
+    direction: Any = None,
+    directions: Sequence[Any] | None = None,
     n_trials: int | None = None,
     timeout: float | None = None,
     strategy: Any = "tpe",
@@ -109,6 +111,14 @@ def tune(
 ) -> TuneResult:
     """Run an Optuna study whose trials are runs of ``fn``; returns a ``TuneResult``.
 
+    The objective: ``objective="max.KEY"`` (or a list, for several) names results the handler
+    logs; or ``direction=`` / ``directions=[...]``, as in ``optuna.create_study``, optimise the
+    value it returns. An Optuna objective (``def objective(trial)``) gets the trial; its returned
+    float (tuple, for ``directions``) is the objective, minimised unless ``direction="maximize"``.
+    Other handlers default to ``objective="max.accuracy"``. ``space`` is optional for handlers
+    that suggest their parameters through the trial (define-by-run). ``pruner`` defaults to
+    Optuna's (``MedianPruner``); ``pruner="none"`` turns pruning off.
+
     ``n_trials`` counts the study's completed and pruned trials in total (a resumed study runs
     only what is missing; failed trials of earlier searches use up no budget). Everything is
     checked (space, objective, strategy, pruner, storage, the handler's parameters) before
@@ -123,7 +133,7 @@ def tune(
     search = Search(
         fn,
         Space(space),
-        Objective.parse(objective),
+        _objective(fn, objective, direction, directions),
         n_trials=_int_option(n_trials, "n_trials", 1),
         timeout=_timeout(timeout),
         strategy=strategy,
@@ -135,6 +145,47 @@ def tune(
         study=study,
     )
     return search.run(backend=backend, storage=storage, project=project, inputs=inputs, progress=progress)
+
+
+def _objective(fn: "Function", objective: Any, direction: Any, directions: Any) -> Objective:
+    """The search's objective from ``objective=`` or ``direction``/``directions`` (never both)."""
+    if direction is not None and directions is not None:
+        raise TuningError(
+            f"give {wording.option('direction')} (one objective) or {wording.option('directions')} (several), not both"
+        )
+    if isinstance(directions, str):
+        raise TuningError(
+            f"directions must be a list, e.g. directions=['minimize', 'maximize']; for one objective give direction={directions!r}"
+        )
+    asked = [direction] if direction is not None else directions
+    if objective is not None:
+        if asked is not None:
+            raise TuningError(
+                f"objective={objective!r} already names the results and their direction; drop "
+                f"{wording.option('direction' if direction is not None else 'directions')} (or drop "
+                f"{wording.option('objective')} to optimise the value the handler returns)"
+            )
+        return Objective.parse(objective)
+    trial_form = _takes_trial(fn)
+    if asked is None:
+        if not trial_form:
+            return Objective.parse("max.accuracy")  # handlers that log named results
+        asked = ["minimize"]  # Optuna's default direction
+    return Objective.returned_value(list(asked), OPTUNA_RESULTS if trial_form else RETURN_RESULTS)
+
+
+def _takes_trial(fn: "Function") -> bool:
+    """Whether ``fn`` is an Optuna objective (its first parameter takes a trial)."""
+    from shoal.errors import CodeError
+    from shoal.params import signature_of
+
+    try:
+        handler = fn.callable
+    except CodeError as exc:
+        if isinstance(exc.__cause__, ImportError):  # a package only the workers have
+            return False
+        raise
+    return signature_of(handler).trial_param is not None
 
 
 def _timeout(value: Any) -> float | None:
@@ -158,7 +209,7 @@ class Search:
         self.space = space
         self.objective = objective
         self.plan = strategies.sampler(strategy, space, seed=seed, multi=objective.multi)
-        self.pruner = strategies.pruner(pruner)
+        self.pruner = strategies.pruner(pruner, multi=objective.multi)
         if objective.multi and pruner is not None and not isinstance(self.pruner, _nop()):
             raise TuningError(f"pruning works with one objective only; drop {wording.option('pruner')} for a multi-objective search")
         if n_trials is None:
@@ -324,10 +375,10 @@ class Search:
             run = self.project.runs.get(uid)
         except Exception:  # noqa: BLE001 - no record: the trial is failed instead
             return False
-        if run.state != "completed":
+        if run.state not in ("completed", "pruned"):
             return False
         try:
-            if run.results.get("pruned") is True:
+            if run.state == "pruned":
                 self.study.tell(trial.number, state=TrialState.PRUNED)
             else:
                 values = self.objective.values(run.results)
@@ -376,12 +427,10 @@ class Search:
             if not told:
                 self._finish_record(run.uid, _failed("DriverLost", "its tuning driver died before the run's outcome was recorded"))
                 continue
-            if trial.state == TrialState.PRUNED:
-                results: dict[str, Any] = {"pruned": True}
-            else:
-                results = dict(zip(self.objective.keys, trial.values))
+            pruned = trial.state == TrialState.PRUNED
+            results: dict[str, Any] = {} if pruned else self.objective.results(trial.values)
             self._finish_record(run.uid, {
-                "state": "completed",
+                "state": "pruned" if pruned else "completed",
                 "params": _json({**run.params, **trial.params}),
                 "results": _json(results),
                 "started_at": run.started_at or _utc(trial.datetime_start),
@@ -732,14 +781,14 @@ class _Loop:
             del self.tasks[item.task]
         run = handle.result(0)
         trial = item.trial
-        if run.state == "completed" and run.started_at is not None and run.ended_at is not None:
+        if run.state in ("completed", "pruned") and run.started_at is not None and run.ended_at is not None:
             self.durations.append((run.ended_at - run.started_at).total_seconds())
         if run.state == "cancelled" and (run.started_at is None or run.uid in self.dropped):  # queued, then dropped
             self._release(trial)
             self.progress.running = min(len(self.inflight), self.parallelism)
             self._report()
             return
-        if run.state == "completed" and run.results.get("pruned") is True:
+        if run.state == "pruned":
             self._told(trial, state=TrialState.PRUNED)
             self.progress.pruned += 1
         elif run.state == "completed":

@@ -1,4 +1,5 @@
-"""Objective selectors (``"max.accuracy"``, ``"min.loss"``) and stop targets (``"accuracy>=0.95"``).
+"""Objective selectors (``"max.accuracy"``, ``"min.loss"``) or the returned value (Optuna's
+``direction=``), and stop targets (``"accuracy>=0.95"``).
 
 Both are parsed before a search starts, so a typo is an error at once rather than a failed search.
 """
@@ -16,13 +17,23 @@ from shoal.errors import ObjectiveMissingError, TuningError
 _SELECTOR = re.compile(r"^(max|min)\.(.+)$")
 _DIRECTIONS = {"max": "maximize", "min": "minimize"}
 
+#: where the value an Optuna objective (``def objective(trial)``) returns is recorded: one value,
+#: or a tuple/list of them for several objectives (see ``shoal.execution``)
+OPTUNA_RESULTS = ("value", "values")
+#: where any other handler's returned value is recorded
+RETURN_RESULTS = ("return", "return")
+
 
 @dataclass(frozen=True)
 class Objective:
-    """One or more result keys, each maximised or minimised."""
+    """One or more result keys, each maximised or minimised; or, with ``returned``, the value the
+    handler returns (Optuna's form: ``direction=``/``directions=`` and a returned float or tuple)."""
 
     keys: tuple[str, ...]
     directions: tuple[str, ...]  # "maximize" / "minimize", as Optuna names them
+    #: the result keys the returned value is recorded under (one value, several values), or None
+    #: when ``keys`` name the objective
+    returned: tuple[str, str] | None = None
 
     @classmethod
     def parse(cls, objective: str | Sequence[str]) -> "Objective":
@@ -43,19 +54,38 @@ class Objective:
             directions.append(_DIRECTIONS[match.group(1)])
         return cls(tuple(keys), tuple(directions))
 
+    @classmethod
+    def returned_value(cls, directions: Sequence[Any], results: tuple[str, str] = OPTUNA_RESULTS) -> "Objective":
+        """The handler's returned value, optimised in ``directions`` (Optuna's names or
+        ``StudyDirection`` members), recorded under ``results``."""
+        named = tuple(direction_name(d) for d in directions)
+        if not named:
+            raise TuningError("directions is empty; give e.g. directions=['minimize', 'maximize']")
+        one, many = results
+        keys = (one,) if len(named) == 1 else tuple(f"{many}[{i}]" for i in range(len(named)))
+        return cls(keys, named, returned=results)
+
     @property
     def multi(self) -> bool:
-        return len(self.keys) > 1
+        return len(self.directions) > 1
 
     def selectors(self) -> list[str]:
         return [f"{'max' if d == 'maximize' else 'min'}.{k}" for k, d in zip(self.keys, self.directions)]
 
     def missing(self, results: Mapping[str, Any]) -> ObjectiveMissingError | None:
         """The error for a run that did not log every objective key, else None."""
+        logged = ", ".join(sorted(results)) or "none"
+        if self.returned is not None:
+            if any(key in results for key in self.returned):
+                return None
+            return ObjectiveMissingError(
+                f"the objective returned no value (results logged: {logged}); return the objective value "
+                f"({'a tuple of ' + str(len(self.directions)) + ' numbers' if self.multi else 'a number'}), "
+                f"or name a result with objective='max.KEY'"
+            )
         absent = [key for key in self.keys if key not in results]
         if not absent:
             return None
-        logged = ", ".join(sorted(results)) or "none"
         which = "key" if len(absent) == 1 else "keys"
         return ObjectiveMissingError(
             f"the objective {which} {', '.join(repr(k) for k in absent)} never logged; "
@@ -67,16 +97,45 @@ class Objective:
         error = self.missing(results)
         if error is not None:
             raise error
-        out = []
-        for key in self.keys:
-            value = results[key]
-            try:
-                if isinstance(value, bool):
-                    raise TypeError
-                out.append(float(value))  # "NaN"/"Infinity" as the store keeps them read back too
-            except (TypeError, ValueError):
-                raise TuningError(f"objective {key!r} is {value!r}, not a number") from None
-        return out
+        if self.returned is not None:
+            return self._returned_values(results)
+        return [_number(results[key], repr(key)) for key in self.keys]
+
+    def _returned_values(self, results: Mapping[str, Any]) -> list[float]:
+        one, many = self.returned
+        raw = results[many] if many in results else results[one]
+        given = list(raw) if isinstance(raw, (list, tuple)) else [raw]
+        if len(given) != len(self.directions):
+            shown = ", ".join(self.directions)
+            raise TuningError(
+                f"the objective returned {len(given)} value(s) ({raw!r}) but the study has {len(self.directions)} "
+                f"direction(s) ({shown}); return one number per direction, or change direction=/directions="
+            )
+        return [_number(value, "value" if not self.multi else f"value {i}") for i, value in enumerate(given)]
+
+    def results(self, values: Sequence[float]) -> dict[str, Any]:
+        """The results a run records for these objective values (restoring a run from its trial)."""
+        if self.returned is None:
+            return dict(zip(self.keys, values))
+        one, many = self.returned
+        return {many: list(values)} if self.multi else {one: values[0]}
+
+
+def direction_name(direction: Any) -> str:
+    """"minimize"/"maximize" from Optuna's names (any case) or a ``StudyDirection`` member."""
+    name = getattr(direction, "name", direction)
+    if isinstance(name, str) and name.lower() in ("minimize", "maximize"):
+        return name.lower()
+    raise TuningError(f"direction {direction!r} is neither 'minimize' nor 'maximize'")
+
+
+def _number(value: Any, what: str) -> float:
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return float(value)  # "NaN"/"Infinity" as the store keeps them read back too
+    except (TypeError, ValueError):
+        raise TuningError(f"objective {what} is {value!r}, not a number") from None
 
 
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}

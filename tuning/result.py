@@ -41,6 +41,10 @@ def trial_dict(trial: Any) -> dict[str, Any]:
 class TuneResult:
     """The outcome of ``shoal.tune``: best parameters/value/run, every trial, the Optuna study.
 
+    Optuna's ``Study`` names work here too: ``best_trial``, ``best_params``, ``best_value``,
+    ``best_trials``, ``trials_dataframe()``, ``direction(s)``. ``trials`` differs: plain dicts
+    with each trial's run uid (``study.trials`` has the ``FrozenTrial`` objects).
+
     ``stopped`` says why the search ended: n_trials, timeout, stop_when, max_failures or grid.
     """
 
@@ -78,6 +82,21 @@ class TuneResult:
             rows.append(row)
         return pd.DataFrame(rows)
 
+    def trials_dataframe(self, *args: Any, **kwargs: Any):
+        """Optuna's ``study.trials_dataframe(...)``, the same frame (its ``attrs``/``multi_index``
+        options too): one row per trial with ``value``/``values_i``, ``params_*``, ``user_attrs_*``."""
+        return self.study.trials_dataframe(*args, **kwargs)
+
+    @property
+    def direction(self) -> Any:
+        """Optuna's ``study.direction`` (a ``StudyDirection``; one objective only)."""
+        return self.study.direction
+
+    @property
+    def directions(self) -> list[Any]:
+        """Optuna's ``study.directions``."""
+        return self.study.directions
+
     def _completed(self) -> list[Any]:
         from optuna.trial import TrialState
 
@@ -85,6 +104,8 @@ class TuneResult:
 
     @property
     def best_trial(self) -> Any | None:
+        """Optuna's ``study.best_trial`` (a ``FrozenTrial``: ``params``, ``value``, ``user_attrs``,
+        ``intermediate_values``), or None before any trial completed."""
         if self.multi_objective:
             raise TuningError("a multi-objective study has no single best trial; use best_trials (the Pareto front)")
         return self.study.best_trial if self._completed() else None

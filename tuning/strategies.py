@@ -94,12 +94,14 @@ def sampler(strategy: Any, space: Space, *, seed: int | None, multi: bool) -> Pl
     return Plan(samplers.RandomSampler(seed=seed), name, queue=queue, size=len(queue))
 
 
-def pruner(value: Any) -> Any:
-    """The Optuna pruner for a name (None/"none": never prune) or the pruner object itself."""
+def pruner(value: Any, *, multi: bool = False) -> Any:
+    """The Optuna pruner for a name ("none": never prune) or the pruner object itself. None is
+    Optuna's default, as ``optuna.create_study`` has it: ``MedianPruner()`` (a multi-objective
+    study cannot prune, so nothing there)."""
     import optuna
 
     if value is None:
-        return optuna.pruners.NopPruner()
+        return optuna.pruners.NopPruner() if multi else optuna.pruners.MedianPruner()
     if isinstance(value, str):
         name = value.lower().replace("_", "-")
         if name == "median":

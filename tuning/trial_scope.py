@@ -92,10 +92,11 @@ class TrialScope:
         return self._scope(ctx)
 
     def _trial(self) -> Any:
-        """This trial, rebuilt from the storage (only handlers that use it, or sampling, pay for it)."""
-        import optuna
+        """This trial, rebuilt from the storage (only handlers that use it, or sampling, pay for it):
+        an ``optuna.trial.Trial`` whose reports the run records once bound to its context."""
+        from .recorded_trial import RecordedTrial
 
-        return optuna.trial.Trial(self._study(), self.trial_id)
+        return RecordedTrial(self._study(), self.trial_id)
 
     def _study(self) -> Any:
         """The study as this trial sees it: the process's storage, this trial's own sampler."""
@@ -115,25 +116,33 @@ class TrialScope:
     def _scope(self, ctx: Any) -> Iterator[None]:
         import optuna
 
-        def report(value: float, step: int | None) -> None:
-            if step is None:  # Context.report logged it as the next step of the "objective" metric
-                step = int(ctx.metrics["objective"][-1][0])
-            trial = ctx.trial
-            trial.report(value, step)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"trial {trial.number} pruned at step {step} (value {value:g})")
+        from .recorded_trial import METRIC, RecordedTrial
 
-        ctx._trial_factory = self._trial
+        def report(value: float, step: int) -> None:
+            # Context.report gives the step; the trial records the value in ctx's metrics
+            trial = ctx._trial if ctx._trial is not None else ctx.trial  # (the property costs a call)
+            trial.report(value, step)
+            if not isinstance(trial, RecordedTrial):  # a trial the handler put there itself
+                ctx.log_metric(METRIC, value, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"trial {trial.number} pruned at step {step} (value {float(value):g})")
+
+        ctx._trial_factory = lambda: self._trial().bind(ctx)
         ctx._reporter = report
         if self.distributions:
             trial, params = self._sampled()
-            ctx.trial = trial
+            ctx.trial = trial.bind(ctx)
             ctx.set_params(params)
         try:
             yield
         except optuna.TrialPruned:
+            _record_suggested(ctx)
             self._tell(ctx, state=optuna.trial.TrialState.PRUNED)
             raise
+        except BaseException:
+            _record_suggested(ctx)
+            raise
+        _record_suggested(ctx)
         error = self.objective.missing(ctx.results)
         if error is not None:
             raise error
@@ -160,3 +169,15 @@ class TrialScope:
             trial.study.tell(trial, **outcome)
         except Exception as exc:  # noqa: BLE001 - the run's result stands; the driver tells the trial
             log.warning("trial %d could not be told where it ran (%s); the driver tells it", trial.number, exc)
+
+
+def _record_suggested(ctx: Any) -> None:
+    """Parameters the handler suggested through its trial (define-by-run) go into its run's record,
+    beside those sampled from the space: every trial's run records what it ran with."""
+    trial = ctx._trial  # only a trial the handler (or sampling) built: never built here
+    suggested = getattr(trial, "params", None) if trial is not None else None
+    if suggested and any(ctx.params.get(name, _UNSET) != value for name, value in suggested.items()):
+        ctx.set_params(suggested)
+
+
+_UNSET = object()

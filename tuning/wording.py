@@ -21,6 +21,9 @@ FLAGS = {
     "timeout": "--timeout SECONDS",
     "parallelism": "--parallelism N",
     "pruner": "--pruner",
+    "objective": "--objective",
+    "direction": "--direction",
+    "directions": "--direction (repeated)",
     "max_failures": "--max-failures N",
 }
 

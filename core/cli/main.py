@@ -169,7 +169,7 @@ def run(
         render.print_json(result.to_dict())
     else:
         render.run_summary(result)
-    if result.state != "completed":
+    if not result.ok:  # completed or pruned: a normal end
         raise typer.Exit(1)
 
 

@@ -36,7 +36,9 @@ errors = _console(stderr=True)
 #: ``shoal --debug``: show recorded tracebacks whole, shoal's own frames included.
 full_tracebacks = False
 
-STATE_STYLE = {"completed": "green", "failed": "red", "cancelled": "yellow", "running": "cyan", "pending": "dim"}
+STATE_STYLE = {
+    "completed": "green", "pruned": "blue", "failed": "red", "cancelled": "yellow", "running": "cyan", "pending": "dim",
+}
 
 
 # -- errors and JSON --------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from shoal.errors import AmbiguousError, NotFoundError, ParamError
 from . import render
 
 runs_app = typer.Typer(help="Recorded runs: list, show, logs, cancel, delete.", no_args_is_help=True)
-STATE_HELP = "pending, running, completed, failed or cancelled"
+STATE_HELP = "pending, running, completed, pruned, failed or cancelled"
 
 
 def _project():

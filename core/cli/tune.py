@@ -34,13 +34,20 @@ def tune(
         [], "--space", "-s",
         help="NAME=SPEC (repeatable): loguniform(1e-4,1), uniform(0,1), float(0,1,step=0.1), int(2,10), \\[a,b,c], or a constant.",
     ),
-    objective: List[str] = typer.Option(["max.accuracy"], "--objective", "-o", help="max.KEY or min.KEY (repeat for several)."),
+    objective: List[str] = typer.Option(
+        [], "--objective", "-o",
+        help="max.KEY or min.KEY (repeat for several); default max.accuracy, or the returned value for an Optuna objective (first parameter trial).",
+    ),
+    direction: List[str] = typer.Option(
+        [], "--direction", "-d",
+        help="minimize or maximize: optimise the value the handler returns, as optuna.create_study (repeat for several objectives; an Optuna objective's default: minimize).",
+    ),
     trials: Optional[int] = typer.Option(None, "--trials", "-n", min=1, help="Total trials of the study (default: the grid size)."),
     backend: Optional[str] = typer.Option(None, "--backend", "-b", help="local, dask, ray, or an address (default: the function's or the project's backend)."),
     storage: Optional[str] = typer.Option(None, "--storage", help="Study storage URL (default: the project's)."),
     study: Optional[str] = typer.Option(None, "--study", help="Study name (default: the function name)."),
     strategy: str = typer.Option("tpe", "--strategy", help="tpe, random, grid, list, cmaes or nsga2."),
-    pruner: Optional[str] = typer.Option(None, "--pruner", help="median, hyperband or successive-halving."),
+    pruner: Optional[str] = typer.Option(None, "--pruner", help="median (from the 3rd trial), hyperband, successive-halving, or none (default: Optuna's own, MedianPruner())."),
     parallelism: Optional[int] = typer.Option(None, "--parallelism", "-j", min=1, help="Trials in flight (default: the backend's slots)."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Wall-clock budget in seconds."),
     stop_when: Optional[str] = typer.Option(None, "--stop-when", help="Stop asking new trials once e.g. accuracy>=0.95."),
@@ -64,7 +71,9 @@ def tune(
         from shoal.tuning import tune as run_search
 
         options: dict[str, Any] = dict(
-            objective=objective[0] if len(objective) == 1 else list(objective),
+            objective=(objective[0] if len(objective) == 1 else list(objective)) if objective else None,
+            direction=direction[0] if len(direction) == 1 else None,
+            directions=list(direction) if len(direction) > 1 else None,
             n_trials=trials, backend=backend, storage=storage, study=study, strategy=strategy, pruner=pruner,
             parallelism=parallelism, timeout=timeout, stop_when=stop_when, max_failures=max_failures, seed=seed,
             project=project,

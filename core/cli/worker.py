@@ -62,5 +62,5 @@ def worker_run(
     finally:
         project.close()
     typer.echo(f"run {run.uid} {run.state}")
-    if run.state != "completed":
+    if not run.ok:  # completed or pruned: a normal end
         raise typer.Exit(1)

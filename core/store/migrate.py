@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 from ..errors import StoreError
 from .engine import SQLITE_BEGIN, first_line, mask, sqlite_path
 
-HEAD = "0004_run_drivers"
+HEAD = "0005_pruned_state"
 """The newest revision in ``migrations/versions`` (a test keeps the two in step)."""
 
 VERSION_TABLE = "shoal_alembic_version"
