@@ -18,8 +18,7 @@ import os
 import threading
 
 from optuna.storages.journal import JournalFileSymlinkLock
-
-from ._optuna_compat import BaseJournalFileLock
+from optuna.storages.journal._file import BaseJournalFileLock
 
 try:
     import fcntl
