@@ -17,10 +17,12 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, ClassVar, Iterable, Iterator
 
-from shoal.errors import BackendError
+from shoal.errors import BackendError, ScalingError
 from shoal.execution import RunOutcome, RunTask
 
 if TYPE_CHECKING:  # pragma: no cover
+    from shoal.function import Function
+    from shoal.project import Project
     from shoal.spec import Replicas
 
 OnStart = Callable[[str, float], None]
@@ -119,7 +121,33 @@ class SettledFuture(BackendFuture):
 
 
 class Backend(ABC):
-    """Base class of execution backends; usable as a context manager."""
+    """Base class of execution backends; usable as a context manager.
+
+    Engines implement ``submit``, ``workers``, ``slots``, ``close`` and the scaling hooks
+    ``_scale``/``_adapt``; the public ``scale``/``adapt`` check their bounds here, once, for all.
+
+    Threads (what every engine guarantees, and what callers may rely on):
+
+    - ``start``, ``submit``, ``submit_many``, ``submit_batch``, ``scale``, ``adapt``, ``workers``,
+      ``slots`` and ``close`` may be called from any thread, including from a done-callback (the
+      runner resubmits a failed attempt from there). ``start`` is idempotent and ``submit`` starts
+      the engine implicitly; ``close`` is idempotent, and a closed backend is not restarted: later
+      submissions raise ``BackendError``.
+    - A future belongs to the caller of ``submit``: only it asks for the ``result``, cancels it
+      or adds callbacks. The backend keeps it only until it settles, and ``close`` settles every
+      one still outstanding (queued ones dropped, running ones stopped: both end cancelled), so
+      no future is left hanging.
+    - Done-callbacks run once, on the thread that settles the future: normally an engine thread
+      (the local pool's thread that ran the task, the Dask backend's collector thread, Ray's
+      completion thread); for a task dropped before it started, the thread that called
+      ``cancel`` or ``close``. A callback added to a future already done runs at once, in the
+      thread adding it. Callbacks must be short (one engine thread settles many futures) and
+      must not wait for another future; an exception they raise is logged, not propagated.
+    - ``on_start(uid, time)`` runs on an engine thread too (the local pool's thread, Dask's
+      event loop, the Ray start pipe's reader), at most once per attempt. Start reports and
+      outcomes travel apart, so it may come after the future settled, or never (a task dropped
+      before it started); callers rely on neither order.
+    """
 
     name: ClassVar[str]
     #: True when tasks run in the calling process (the live callable is used, nothing is pickled).
@@ -148,7 +176,7 @@ class Backend(ABC):
                 + (" or pass install_requirements=True to the backend" if self.can_install else "")
             )
 
-    def ensure_gpus(self, gpus: int, function: str) -> None:
+    def ensure_gpus(self, gpus: int, function: str) -> None:  # noqa: B027 - an optional hook, no-op by default
         """Refuse, before any run is recorded, a function whose runs need more GPUs than the engine
         can ever offer (its runs would wait forever). In-process runs use the caller's devices, so
         the default accepts any count."""
@@ -195,15 +223,51 @@ class Backend(ABC):
             try:
                 yield done.get(timeout=None if end is None else max(0.0, end - time.monotonic()))
             except queue.Empty:
-                raise TimeoutError(f"{len(pending) - count} of {len(pending)} futures not done within {timeout} s") from None
+                raise TimeoutError(
+                    f"{len(pending) - count} of {len(pending)} futures not done within {timeout} s"
+                ) from None
 
-    @abstractmethod
+    #: The fewest workers ``scale`` takes: 0 where the engine can hold none and grow again later
+    #: (Dask retires every worker), 1 where a pool of none could never run anything (local threads).
+    min_scale: ClassVar[int] = 0
+
     def scale(self, n: int) -> None:
-        """Fix the number of workers at ``n``."""
+        """Fix the number of workers at ``n`` (a whole number, at least ``min_scale``)."""
+        if not _whole(n) or n < self.min_scale:
+            raise ScalingError(
+                f"scale(n) needs a whole number n >= {self.min_scale} of workers for the {self.name} backend, "
+                f"got {n!r}; pass e.g. scale({max(1, self.min_scale)})"
+            )
+        self._scale(n)
+
+    def adapt(self, minimum: int, maximum: int) -> None:
+        """Let the engine keep between ``minimum`` and ``maximum`` workers (whole numbers,
+        0 <= minimum <= maximum, maximum >= 1; equal bounds fix the size)."""
+        if not (_whole(minimum) and _whole(maximum)) or minimum < 0 or maximum < max(minimum, 1):
+            raise ScalingError(
+                f"adapt(minimum, maximum) needs whole numbers with 0 <= minimum <= maximum and maximum >= 1, "
+                f"got ({minimum!r}, {maximum!r}); pass e.g. adapt(0, 4)"
+            )
+        self._adapt(minimum, maximum)
 
     @abstractmethod
-    def adapt(self, minimum: int, maximum: int) -> None:
-        """Let the engine's autoscaler keep between ``minimum`` and ``maximum`` workers."""
+    def _scale(self, n: int) -> None:
+        """The engine's way to fix the number of workers; ``n`` is already checked."""
+
+    @abstractmethod
+    def _adapt(self, minimum: int, maximum: int) -> None:
+        """The engine's autoscaling between bounds already checked."""
+
+    @classmethod
+    def for_function(cls, name: str, fn: "Function", project: "Project | None") -> "Backend":
+        """The backend ``fn.run(backend=name)`` uses: by default the process-wide one for ``name``
+        (``shoal.backends.shared``), adapted to the function's replicas. Engines whose workers are
+        made for one function (the Kubernetes launchers) override it."""
+        from shoal.backends import shared
+
+        backend = shared(name)
+        backend.fit_replicas(fn.replicas)
+        return backend
 
     def fit_replicas(self, replicas: "Replicas | None") -> None:
         """Adapt to a function's replicas; a function that sets none gets every slot there is
@@ -253,3 +317,7 @@ class Backend(ABC):
     def __exit__(self, *exc_info) -> None:
         self.close()
 
+
+def _whole(value: object) -> bool:
+    """An int that is not a bool (``True`` is not one worker)."""
+    return isinstance(value, int) and not isinstance(value, bool)

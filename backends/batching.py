@@ -16,7 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from shoal.errors import WorkerLostError
-from shoal.execution import RunBatch, RunOutcome, RunTask
+from shoal.execution import RunBatch, RunOutcome, RunTask, error_dict
 
 from .base import BackendFuture, OnStart, SettledFuture
 
@@ -69,11 +69,11 @@ class BatchedRuns:
         self._lock = threading.Lock()
         self._engine: BackendFuture | None = None
 
-    def submit(self, submit_task: Callable[[RunBatch, OnStart], BackendFuture]) -> list[BatchedRun]:
+    def submit(self, submit_task: Callable[[RunBatch, OnStart], BackendFuture]) -> list[BackendFuture]:
         """Hand the batch to the engine (``submit_task``: the backend's own one-task submission)."""
         self._engine = submit_task(self.batch, self._started)
         self._engine.add_done_callback(self._settle)
-        return self.runs
+        return list(self.runs)
 
     def _started(self, uid: str, started: float) -> None:
         run = self._by_uid.get(uid)
@@ -131,5 +131,5 @@ def _stopped(task: RunTask) -> RunOutcome:
         attempt=task.attempt,
         started_at=None,
         ended_at=time.time(),
-        error={"type": "CancelledError", "message": message, "traceback": ""},
+        error=error_dict("CancelledError", message),
     )

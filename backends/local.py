@@ -64,12 +64,15 @@ class LocalBackend(Backend):
 
     name = "local"
     in_process = True
+    min_scale = 1  # a pool of no thread would never run a task
 
     def __init__(self, n_workers: int | None = None, **options):
         if options:
             raise BackendError(f"unknown option {sorted(options)[0]!r} for the local backend; it takes n_workers")
         if n_workers is not None and (isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1):
-            raise BackendError(f"n_workers must be a whole number of at least 1 for the local backend, got {n_workers!r}")
+            raise BackendError(
+                f"n_workers must be a whole number of at least 1 for the local backend, got {n_workers!r}"
+            )
         self._max = n_workers or 1
         self._min = 0
         self._pools: dict[int, cf.ThreadPoolExecutor] = {}  # size -> pool
@@ -103,15 +106,11 @@ class LocalBackend(Backend):
             with self._lock:
                 self._running.pop(task.uid, None)
 
-    def scale(self, n: int) -> None:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise BackendError(f"the local backend needs a whole number of at least one thread, got {n!r}")
+    def _scale(self, n: int) -> None:
         self._resize(n, n, "scale")
 
-    def adapt(self, minimum: int, maximum: int) -> None:
+    def _adapt(self, minimum: int, maximum: int) -> None:
         """Threads are created on demand up to ``maximum`` (the executor's own elasticity)."""
-        if not (isinstance(minimum, int) and isinstance(maximum, int)) or minimum < 0 or maximum < max(minimum, 1):
-            raise BackendError(f"adapt needs 0 <= minimum <= maximum and maximum >= 1, got ({minimum!r}, {maximum!r})")
         self._resize(minimum, maximum, "adapt")
 
     def _resize(self, minimum: int, maximum: int, reason: str) -> None:

@@ -9,22 +9,21 @@ A script's top-level code never runs on a worker: handlers of the script the dri
 files the driver ran as function code (``Function.from_file``), also travel by value (``live`` /
 ``by_value``; the text is still what is hashed and stored). And a file run as function code starts
 no runs: ``refuse_runs_while_loading`` ends its load at such a call.
+
+Reading and checking a source file (the shoal comments, the top-level names) is in
+``shoal.source_files``.
 """
 
 from __future__ import annotations
 
-import ast
 import base64
 import hashlib
 import inspect
-import io
 import linecache
 import logging
 import os
-import re
 import sys
 import threading
-import tokenize
 import types
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Literal
@@ -33,13 +32,22 @@ from . import logcapture
 from .by_value import LOADED_PREFIX, defined_by_loaded_code, is_main_script, pickle_live, unpickled
 from .digest import bytecode_digest
 from .errors import CodeError
+from .source_files import apply_annotations, check_defined, parse, read_source, source_lines
+
+__all__ = [
+    "Code",
+    "LoadStopped",
+    "apply_annotations",
+    "bytecode_digest",
+    "capture",
+    "load_handler",
+    "load_object",
+    "refuse_runs_while_loading",
+    "source_from_file",
+    "source_lines",
+]
 
 log = logging.getLogger("shoal.code")
-
-IGNORE_MARK = "# shoal: ignore"
-START_MARK = "# shoal: start-code"
-END_MARK = "# shoal: end-code"
-IGNORE_COMMENT = re.compile(r"#\s*shoal:\s*ignore\b")  # also "#shoal:ignore" and "# shoal: ignore (why)"
 
 
 @dataclass(frozen=True)
@@ -117,121 +125,16 @@ class Code:
         )
 
 
-def source_lines(text: str) -> list[str]:
-    """Split like Python does (only \\n, \\r\\n, \\r): ``str.splitlines`` also splits on form feeds
-    and U+2028, which would shift line numbers or cut string literals."""
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    return lines[:-1] if lines and lines[-1] == "" else lines
-
-
-def _ignored_lines(lines: list[str]) -> set[int]:
-    """Indexes of lines with a ``# shoal: ignore`` comment (a real comment, not text in a string)."""
-    try:
-        tokens = list(tokenize.generate_tokens(io.StringIO("\n".join(lines) + "\n").readline))
-    except (tokenize.TokenError, SyntaxError):  # unfinished code: fall back to a plain text search
-        return {i for i, line in enumerate(lines) if IGNORE_COMMENT.search(line)}
-    return {t.start[0] - 1 for t in tokens if t.type == tokenize.COMMENT and IGNORE_COMMENT.match(t.string)}
-
-
-def apply_annotations(text: str) -> tuple[str, int]:
-    """Honour the shoal comments; return the kept text and the line number it starts at."""
-    lines = source_lines(text)
-    first = 1
-    starts = [i for i, line in enumerate(lines) if line.strip() == START_MARK]
-    if starts:
-        start = starts[0] + 1
-        ends = [i for i, line in enumerate(lines) if line.strip() == END_MARK and i >= start]
-        end = ends[0] if ends else len(lines)
-        lines = lines[start:end]
-        first = start + 1
-    ignored = _ignored_lines(lines)
-    kept = ["" if i in ignored else line for i, line in enumerate(lines)]  # blank, so line numbers hold
-    return "\n".join(kept) + "\n", first
-
-
 def source_from_file(path: str | os.PathLike, handler: str) -> Code:
     """Read ``path``, apply annotations and check that ``handler`` is defined at its top level."""
     path = os.path.abspath(os.fspath(path))
-    if not os.path.isfile(path):
-        raise CodeError(f"file not found: {path}; check the path (relative paths start at the working folder)")
-    try:
-        with tokenize.open(path) as handle:  # honours a BOM and a "# -*- coding: ... -*-" line, like Python
-            raw = handle.read()
-    except (OSError, UnicodeDecodeError, SyntaxError) as exc:
-        raise CodeError(f"cannot read {path}: {exc}; save it as UTF-8") from None
-    return _checked_source(raw, handler, path)
+    return _checked_source(read_source(path), handler, path)
 
 
 def _checked_source(raw: str, handler: str, origin: str) -> Code:
     text, first = apply_annotations(raw)
-    tree = _parse(text, origin, first)
-    top = handler.split(".")[0]
-    names = _defined_names(tree.body)
-    if top not in names:
-        defined = sorted(  # what could be a handler: not the imports and constants it also binds
-            node.name
-            for node in tree.body
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and not node.name.startswith("_")
-        )
-        hint = f"; it defines: {', '.join(defined)}" if defined else "; it defines no function or class"
-        raise CodeError(f"handler {handler!r} not found in {origin}{hint}")
+    check_defined(parse(text, origin, first), handler, origin)
     return Code(kind="source", text=text, origin=origin, first_line=first)
-
-
-def _parse(text: str, origin: str, first_line: int) -> ast.Module:
-    try:
-        tree = ast.parse(text, filename=origin)
-    except SyntaxError as exc:
-        line = (exc.lineno or 1) + first_line - 1
-        raise CodeError(f"syntax error in {origin} line {line}: {exc.msg}") from None
-    if first_line != 1:
-        ast.increment_lineno(tree, first_line - 1)
-    return tree
-
-
-def _defined_names(body: list[ast.stmt]) -> set[str]:
-    """Module-level names the code binds when a worker runs it as a module (not as ``__main__``):
-    also inside ``if``/``try``/``with``/loops, but not inside ``if __name__ == "__main__":``."""
-    names: set[str] = set()
-    for node in body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            names.add(node.name)
-        elif isinstance(node, ast.Assign):
-            for target in node.targets:
-                names |= _target_names(target)
-        elif isinstance(node, (ast.AnnAssign, ast.AugAssign, ast.For, ast.AsyncFor)):
-            names |= _target_names(node.target)
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            names.update((a.asname or a.name).split(".")[0] for a in node.names)
-        elif isinstance(node, (ast.With, ast.AsyncWith)):
-            for item in node.items:
-                names |= _target_names(item.optional_vars) if item.optional_vars else set()
-        if isinstance(node, ast.If) and _is_main_guard(node):
-            names |= _defined_names(node.orelse)
-        elif not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            for field in ("body", "orelse", "finalbody"):
-                names |= _defined_names(getattr(node, field, None) or [])
-            for handler in getattr(node, "handlers", None) or []:
-                names |= _defined_names(handler.body)
-    return names
-
-
-def _target_names(target: ast.expr) -> set[str]:
-    if isinstance(target, ast.Name):
-        return {target.id}
-    if isinstance(target, (ast.Tuple, ast.List)):
-        return set().union(*(_target_names(t) for t in target.elts))
-    if isinstance(target, ast.Starred):
-        return _target_names(target.value)
-    return set()  # attributes and subscripts bind no module name
-
-
-def _is_main_guard(node: ast.If) -> bool:
-    test = node.test
-    if not (isinstance(test, ast.Compare) and len(test.comparators) == 1):
-        return False
-    sides = {ast.unparse(test.left), ast.unparse(test.comparators[0])}
-    return sides == {"__name__", "'__main__'"}
 
 
 def capture(func: Callable) -> Code:
@@ -339,7 +242,7 @@ def _module_for(code: Code) -> types.ModuleType:
             return module
         name = f"{LOADED_PREFIX}{key[:16]}"
         filename = code.origin or f"<shoal:{key[:12]}>"
-        tree = _parse(code.text, filename, code.first_line)
+        tree = parse(code.text, filename, code.first_line)
         module = types.ModuleType(name)
         module.__file__ = filename
         _cache_lines(code, filename)
@@ -399,11 +302,11 @@ def _stopped(module: types.ModuleType, filename: str, stop: LoadStopped) -> None
         tb = tb.tb_next
     where = f"line {line}" if line else "a top-level call"
     text = linecache.getline(filename, line).strip() if line else ""
-    module.__shoal_stopped__ = f"{where} ({text})" if text else where
+    stopped = vars(module)["__shoal_stopped__"] = f"{where} ({text})" if text else where
     message = (
-        f"stopped loading {filename} at {module.__shoal_stopped__}: a file loaded as a function's code "
+        f"stopped loading {filename} at {stopped}: a file loaded as a function's code "
         "(by Function.from_file, `shoal run FILE:HANDLER` or a worker) starts no runs; what it defines "
-        "above that line is used. Put the script's runs under `if __name__ == \"__main__\":` to silence this."
+        'above that line is used. Put the script\'s runs under `if __name__ == "__main__":` to silence this.'
     )
     if logcapture.current() is not None:  # loading for a run (a worker): into that run's log
         print(f"shoal: {message}", file=sys.stderr)

@@ -69,6 +69,18 @@ class UnknownBackendError(BackendError, ValueError):
     exit_code = 2
 
 
+class ScalingError(BackendError, ValueError):
+    """Bounds given to ``Backend.scale``/``Backend.adapt`` that no engine could take: bad input."""
+
+    exit_code = 2
+
+
+class RegistryError(BackendError, ValueError):
+    """A backend name registered already, to another class, without ``clobber=True``."""
+
+    exit_code = 2
+
+
 class SecretError(ShoalError):
     """A secret reference of a function's env cannot be resolved, or the secrets file is unusable."""
 

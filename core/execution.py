@@ -3,33 +3,34 @@
 ``execute(task)`` is the one entry point every backend calls (in-process, in a Dask worker, in a Ray
 task). It never touches the database: it returns a ``RunOutcome`` that the driver records. It never
 raises for problems of the user's code: those become a failed outcome with the error and traceback.
+
+How a running handler is stopped lives in ``shoal.supervision``; how an error is recorded in
+``shoal.error_records`` (``error_record``, ``error_dict``, re-exported here with ``StopSignal``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import inspect
 import os
-import signal
 import socket
-import sys
 import threading
 import time
-import traceback
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from .artifacts import Artifact, ArtifactStore
 from .code import Code, load_handler
 from .context import Context
 from .data_item import DataItem, wants_data_item
+from .error_records import error_dict, error_record
 from .errors import RunCancelledError, RunTimeoutError, ShoalError
-from . import logcapture
 from .logcapture import DEFAULT_LIMIT, capture_output
 from .params import handler_params, signature_of
 from .secrets import mask_data
+from .supervision import StopSignal, call_stoppable
 
 if TYPE_CHECKING:  # pragma: no cover
     from .isolation import ChildPool
@@ -44,7 +45,8 @@ class RunTask:
     function: str
     function_hash: str
     handler: str
-    code: Code
+    # None only in transit: Ray ships large code once through its object store, the worker puts it back
+    code: Code | None
     params: dict[str, Any]
     artifact_url: str
     inputs: dict[str, dict] = field(default_factory=dict)
@@ -141,189 +143,10 @@ class RunOutcome:
         return self.state == "pruned"
 
 
-def _shoal_folders() -> tuple[str, ...]:
-    """The folders of shoal's own packages that are loaded (a frame can only come from those)."""
-    modules = (sys.modules.get(name) for name in ("shoal", "shoal.backends", "shoal.tuning"))
-    return tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep for m in modules if getattr(m, "__file__", None))
-
-
-def error_record(exc: BaseException, message: str | None = None) -> dict[str, str]:
-    """The recorded error: ``traceback`` starts at the user's code (shoal's own frames that called it
-    are dropped, as pytest drops its internals); ``traceback_full``, kept when they differ, has them
-    too (``shoal --debug`` shows it)."""
-    kind = type(exc)
-    name = kind.__qualname__ if kind.__module__ in ("builtins", "__main__") else f"{kind.__module__}.{kind.__qualname__}"
-    full = "".join(traceback.format_exception(kind, exc, exc.__traceback__))
-    record = {"type": name, "message": message if message is not None else str(exc), "traceback": full}
-    user, ours = exc.__traceback__, _shoal_folders()
-    while user is not None and user.tb_frame.f_code.co_filename.startswith(ours):
-        user = user.tb_next
-    if user is not None and user is not exc.__traceback__:  # else: nothing to drop, or no user frame
-        record["traceback"] = "".join(traceback.format_exception(kind, exc, user))
-        record["traceback_full"] = full
-    return record
-
-
-def async_raise(thread_id: int, exc_type: type[BaseException]) -> bool:
-    """Raise ``exc_type`` in another thread at its next bytecode (how local runs are stopped)."""
-    done = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc_type))
-    if done > 1:  # should not happen; undo
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), None)
-        return False
-    return done == 1
-
-
-STOP_GRACE = 1.0  # seconds a stopped handler gets to unwind before its thread is abandoned
-POLL = 0.02  # how often a waiting worker looks at its stop signal
-
-
-class StopSignal:
-    """A request to stop one running attempt, deliverable from any thread (how backends cancel).
-
-    While the handler runs in the worker's own thread, ``set()`` raises RunCancelledError in it at
-    its next bytecode; a supervised handler's waiter (see ``supervise``) polls ``is_set()``.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._requested = False
-        self._thread: int | None = None
-
-    def set(self) -> None:
-        with self._lock:
-            self._requested = True
-            if self._thread is not None:
-                async_raise(self._thread, RunCancelledError)
-                self._thread = None  # one exception is enough
-
-    def is_set(self) -> bool:
-        return self._requested
-
-    def call(self, body: Callable[[], Any]) -> Any:
-        """``body()`` in this thread, interruptible by ``set()`` only while it runs."""
-        with self._lock:
-            if self._requested:
-                raise RunCancelledError()
-            self._thread = threading.get_ident()
-        try:
-            return body()
-        finally:
-            with self._lock:  # a stop sent just before lands here, still inside the caller's try
-                self._thread = None
-
-
-def _alarm_usable() -> bool:
-    return threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
-
-
 @contextmanager
-def deadline(seconds: float | None) -> Iterator[None]:
-    """Raise RunTimeoutError inside the block after ``seconds`` (SIGALRM: main thread only).
-
-    A signal also interrupts blocking calls such as ``time.sleep``; other threads use ``supervise``.
-    """
-    if not seconds:
-        yield
-        return
-    if not _alarm_usable():
-        raise RuntimeError("deadline() needs the main thread; use supervise() elsewhere")
-
-    def on_alarm(signum, frame):
-        raise RunTimeoutError()
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-class _HandlerThread(threading.Thread):
-    """Runs the handler so that the worker thread can give up on it.
-
-    An asynchronous exception only lands between bytecodes, never inside ``time.sleep`` or a
-    blocking read; running the handler here lets the waiting worker end the run on time anyway.
-    """
-
-    def __init__(self, body: Callable[[], Any], name: str):
-        super().__init__(name=name, daemon=True)
-        self.body = body
-        self.capture = logcapture.current()
-        self.finished = threading.Event()
-        self.value: Any = None
-        self.error: BaseException | None = None
-        self._lock = threading.Lock()
-        self._active = True
-
-    def run(self) -> None:
-        try:
-            try:
-                with logcapture.attach(self.capture):
-                    self.value = self.body()
-            finally:
-                with self._lock:  # after this, stop() sends nothing more
-                    self._active = False
-        except BaseException as exc:  # noqa: BLE001 - handed to the waiting worker
-            self.error = exc
-        finally:
-            self.finished.set()
-
-    def stop(self, exc_type: type[BaseException]) -> None:
-        """Raise ``exc_type`` in the handler and give it STOP_GRACE seconds to unwind."""
-        with self._lock:
-            if self._active and self.ident is not None:
-                async_raise(self.ident, exc_type)
-        self.finished.wait(STOP_GRACE)
-
-    def result(self) -> Any:
-        if self.error is not None:
-            raise self.error
-        return self.value
-
-
-def supervise(
-    body: Callable[[], Any], *, timeout: float | None, stop: StopSignal | None = None, name: str = "shoal-run"
-) -> Any:
-    """``body()`` in a helper thread; RunTimeoutError after ``timeout`` s, RunCancelledError once
-    ``stop`` is set, both raised here even if the handler is blocked and cannot be stopped (its
-    thread is then abandoned)."""
-    call = _HandlerThread(body, name)
-    call.start()
-    end = None if not timeout else time.monotonic() + timeout
-    while True:
-        wait = POLL if stop is not None else None
-        if end is not None:
-            remaining = max(0.0, end - time.monotonic())
-            wait = remaining if wait is None else min(wait, remaining)
-        if call.finished.wait(wait):
-            return call.result()
-        if stop is not None and stop.is_set():
-            call.stop(RunCancelledError)
-            raise RunCancelledError()
-        if end is not None and time.monotonic() >= end:
-            call.stop(RunTimeoutError)
-            raise RunTimeoutError()
-
-
-def _invoke(body: Callable[[], Any], timeout: float | None, stop: StopSignal | None, name: str) -> Any:
-    """Call the handler where it can be stopped.
-
-    Without a timeout it runs in this thread (cheapest; a stop lands between bytecodes, so a handler
-    blocked in one long call stops when that call returns). A timeout in the main thread is a
-    SIGALRM; elsewhere the handler runs in a supervised helper thread so that the timeout holds
-    even when it is blocked.
-    """
-    if timeout and not _alarm_usable():
-        return supervise(body, timeout=timeout, stop=stop, name=name)
-    with deadline(timeout):
-        return stop.call(body) if stop is not None else body()
-
-
-@contextmanager
-def _environment(env: dict[str, str]) -> Iterator[None]:
-    """Set ``env`` in this process for the block. Only correct where no other run executes in this
+def swapped_environment(env: dict[str, str]) -> Iterator[None]:
+    """Set ``env`` in this process for the block and restore what was there before (unset
+    variables are unset again): the one place runs change ``os.environ``. Only correct where no other run executes in this
     process meanwhile: backends whose processes run several runs at once pass ``isolate=True`` to
     ``execute``, which then runs such a run in a process of its own (``shoal.isolation``)."""
     if not env:
@@ -352,7 +175,7 @@ def execute(
     on_enter: Callable[[], None] | None = None,
     *,
     isolate: bool = False,
-    children: "ChildPool | None" = None,
+    children: ChildPool | None = None,
 ) -> RunOutcome:
     """Run one attempt of ``task`` and return its outcome (never raises for user-code errors).
 
@@ -390,15 +213,18 @@ def execute(
     secret_values = tuple(task.secrets.values())
     with capture_output(task.log_limit, task.echo, secret_values) as log:
         try:
-            with (task.scope(ctx) if task.scope else _null()), _environment({**task.env, **task.secrets}):
+            with task.scope(ctx) if task.scope else _null(), swapped_environment({**task.env, **task.secrets}):
                 if on_enter is not None:
                     on_enter()
-                func = task.callable or load_handler(task.code, task.handler)
+                func = task.callable
+                if func is None:
+                    assert task.code is not None, "a worker puts shipped code back before running"
+                    func = load_handler(task.code, task.handler)
 
                 def body() -> None:
                     _auto_log(ctx, _call(func, ctx, ctx.params, inputs))
 
-                _invoke(body, task.timeout, stop, f"shoal-run-{task.uid[:8]}")
+                call_stoppable(body, task.timeout, stop, f"shoal-run-{task.uid[:8]}")
         except RunTimeoutError as exc:
             state, error = "failed", error_record(exc, f"run exceeded its timeout of {task.timeout:g} s")
             error["type"] = "TimeoutError"
@@ -457,7 +283,7 @@ def execute_registered(
 
 def never_started(task: RunTask) -> RunOutcome:
     """The outcome of an attempt that was cancelled before the user's code began."""
-    error = {"type": "CancelledError", "message": "run was cancelled before it started", "traceback": ""}
+    error = error_dict("CancelledError", "run was cancelled before it started")
     return RunOutcome(
         uid=task.uid, state="cancelled", attempt=task.attempt - 1, started_at=None, ended_at=time.time(), error=error
     )

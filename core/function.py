@@ -1,99 +1,28 @@
-"""``shoal.Function``: an immutable, versioned, runnable function (code + operational spec)."""
+"""``shoal.Function``: an immutable, versioned, runnable function (code + operational spec).
+
+Built on the driver (workers get its code and spec in a ``RunTask``). Its option checks live in
+``shoal.function_options``, its document form (``to_dict``/``from_yaml``...) in
+``shoal.function_documents``.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from .by_value import defined_by_loaded_code, main_script_object, pickling_by_value
 from .code import Code, capture, load_handler, load_object, source_from_file
 from .errors import CodeError, SpecError
+from .function_documents import function_from_dict, function_from_yaml, function_to_dict, function_to_yaml
+from .function_options import check_description, check_handler, check_labels, check_name, split_options
 from .hashing import function_hash
-from .spec import (
-    METADATA_FIELDS,
-    NAME_PATTERN,
-    PLACEMENT_SHORTHANDS,
-    RESOURCE_SHORTHANDS,
-    SPEC_FIELDS,
-    FunctionSpec,
-    build_spec,
-    canonical_spec,
-    shorthand_resources,
-    spec_to_dict,
-    unknown_field_error,
-)
+from .spec import FunctionSpec, build_spec, canonical_spec
 
 if TYPE_CHECKING:  # pragma: no cover
     from .project import Project
     from .runs import Run, RunHandle
-
-
-def _section(options: dict[str, Any], key: str, base: FunctionSpec | None) -> dict[str, Any]:
-    """The resources/placement section shorthands are merged into: the one passed explicitly
-    (which replaces the base's), else the base's, so ``with_spec(cpu=2)`` keeps the memory."""
-    if key in options:
-        return dict(options.pop(key) or {})
-    return spec_to_dict(base).get(key, {}) if base is not None else {}
-
-
-def _split_options(
-    options: dict[str, Any], base: FunctionSpec | None = None
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Turn user-facing keyword options into (spec fields, metadata), expanding shorthands.
-
-    Shorthands (``cpu=``, ``spot=``, ...) change one entry of ``base``'s resources or placement;
-    ``resources=`` / ``placement=`` replace the whole section.
-    """
-    options = dict(options)
-    metadata = {key: options.pop(key) for key in METADATA_FIELDS if key in options}
-    spec: dict[str, Any] = {}
-    shorthands = {key: options.pop(key) for key in RESOURCE_SHORTHANDS if key in options}
-    if any(value is not None for value in shorthands.values()):
-        resources = _section(options, "resources", base)
-        for section, amounts in shorthand_resources(**shorthands).items():
-            resources[section] = {**(resources.get(section) or {}), **amounts}
-        spec["resources"] = resources
-    placement_items = {key: options.pop(key) for key in PLACEMENT_SHORTHANDS if key in options}
-    placement_items = {k: v for k, v in placement_items.items() if v is not None}
-    if placement_items:
-        placement = _section(options, "placement", base)
-        placement.update(placement_items)
-        spec["placement"] = placement
-    spec.update(options)
-    return spec, metadata
-
-
-def _check_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
-        raise SpecError(
-            f"invalid function name {name!r}: use up to 128 letters, digits, '-', '_' or '.', starting with a "
-            "letter or digit (pass name=..., e.g. @shoal.function('train'))"
-        )
-    return name
-
-
-def _check_handler(handler: str) -> str:
-    if not isinstance(handler, str) or not handler.strip():
-        raise SpecError(f"invalid handler {handler!r}: give the name of the function in the code, e.g. 'train'")
-    return handler
-
-
-def _check_description(description: Any) -> str | None:
-    if description is not None and not isinstance(description, str):
-        raise SpecError(f"invalid field 'description': use a string, not {type(description).__name__}")
-    return description
-
-
-def _check_labels(labels: Any) -> dict[str, str]:
-    """Labels are string to string (they are filters in the store), so numbers become strings."""
-    if labels is None:
-        return {}
-    if not isinstance(labels, Mapping) or not all(isinstance(k, str) and k for k in labels):
-        raise SpecError("invalid field 'labels': use a mapping of strings, e.g. {'team': 'ml'}")
-    if any(isinstance(v, (Mapping, list, tuple, set)) or v is None for v in labels.values()):
-        raise SpecError("invalid field 'labels': values must be strings or numbers, e.g. {'team': 'ml'}")
-    return {k: str(v) for k, v in labels.items()}
 
 
 class Function:
@@ -104,6 +33,14 @@ class Function:
     """
 
     __slots__ = ("_name", "_handler", "_spec", "_code", "_callable", "_description", "_labels", "_hash")
+    _name: str
+    _handler: str
+    _spec: FunctionSpec
+    _code: Code | None  # captured from _callable on first use
+    _callable: Callable | None  # rebuilt from _code on first use
+    _description: str | None
+    _labels: dict[str, str]
+    _hash: str | None  # computed on first use
 
     def __init__(
         self,
@@ -119,13 +56,13 @@ class Function:
         if code is None and callable is None:
             raise SpecError("a Function needs code or a callable")
         set_ = object.__setattr__
-        set_(self, "_name", _check_name(name))
-        set_(self, "_handler", _check_handler(handler))
+        set_(self, "_name", check_name(name))
+        set_(self, "_handler", check_handler(handler))
         set_(self, "_spec", spec if spec is not None else FunctionSpec())
         set_(self, "_code", code)
         set_(self, "_callable", callable)
-        set_(self, "_description", _check_description(description))
-        set_(self, "_labels", _check_labels(labels))
+        set_(self, "_description", check_description(description))
+        set_(self, "_labels", check_labels(labels))
         set_(self, "_hash", None)
 
     def __setattr__(self, key: str, value: Any) -> None:
@@ -186,17 +123,21 @@ class Function:
     @property
     def code(self) -> Code:
         """The shipped code, captured from the callable's file on first use."""
-        if self._code is None:
-            object.__setattr__(self, "_code", capture(self._callable))
-        return self._code
+        code = self._code
+        if code is None:
+            assert self._callable is not None  # __init__ refuses neither code nor a callable
+            code = capture(self._callable)
+            object.__setattr__(self, "_code", code)
+        return code
 
     @property
     def hash(self) -> str:
         """SHA-256 (64 hex chars) over handler, code and behavioural spec; see ``shoal.hashing``."""
-        if self._hash is None:
+        value = self._hash
+        if value is None:
             value = function_hash(self._handler, self.code.fingerprint, canonical_spec(self._spec))
             object.__setattr__(self, "_hash", value)
-        return self._hash
+        return value
 
     @property
     def replicas(self):
@@ -210,9 +151,11 @@ class Function:
     @property
     def callable(self) -> Callable:
         """The plain Python function (rebuilt from the shipped code when not defined here)."""
-        if self._callable is None:
-            object.__setattr__(self, "_callable", load_handler(self.code, self._handler))
-        return self._callable
+        func = self._callable
+        if func is None:
+            func = load_handler(self.code, self._handler)
+            object.__setattr__(self, "_callable", func)
+        return func
 
     @property
     def __shoal_callable__(self) -> Callable:
@@ -248,7 +191,7 @@ class Function:
             raise SpecError(
                 f"@shoal.function needs a Python function (def or lambda), got {type(func).__name__}; wrap it in a def"
             )
-        spec_fields, metadata = _split_options(options)
+        spec_fields, metadata = split_options(options)
         spec = build_spec(spec_fields)
         return cls(name or func.__name__, func.__qualname__, spec, callable=func, **metadata)
 
@@ -260,7 +203,7 @@ class Function:
         ``options`` override.
         """
         code = source_from_file(path, handler)
-        found = main_script_object(code.origin, handler)
+        found = main_script_object(code.origin, handler) if code.origin else None  # files have an origin
         if found is not None:  # the script being run: take its handler, do not run the script again
             code = code.with_live(found.callable if isinstance(found, Function) else found)
         else:
@@ -274,7 +217,7 @@ class Function:
             if defined_by_loaded_code(live):  # loaded here: workers get it by value, never run the file
                 code = code.with_live(live)
         base = found.spec if isinstance(found, Function) else None
-        spec_fields, metadata = _split_options(options, base)
+        spec_fields, metadata = split_options(options, base)
         if isinstance(found, Function):
             spec = build_spec(spec_fields, base=base)
             metadata.setdefault("description", found.description)
@@ -286,7 +229,7 @@ class Function:
     def with_spec(self, **changes: Any) -> "Function":
         """A new Function with some spec fields (or name, description, labels) changed."""
         name = changes.pop("name", self._name)
-        spec_fields, metadata = _split_options(changes, self._spec)
+        spec_fields, metadata = split_options(changes, self._spec)
         spec = build_spec(spec_fields, base=self._spec)
         return Function(
             name,
@@ -300,90 +243,21 @@ class Function:
 
     def to_dict(self) -> dict[str, Any]:
         """A plain document (YAML/JSON-able) that ``from_dict`` turns back into an equal Function."""
-        data: dict[str, Any] = {
-            "kind": "function",
-            "name": self._name,
-            "handler": self._handler,
-            "hash": self.hash,
-            "spec": spec_to_dict(self._spec),
-            "code": self.code.to_dict(),
-        }
-        metadata = {}
-        if self._description:
-            metadata["description"] = self._description
-        if self._labels:
-            metadata["labels"] = dict(self._labels)
-        if metadata:
-            data["metadata"] = metadata
-        return data
+        return function_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, verify: bool = True) -> "Function":
         """The Function a ``to_dict`` document describes; with ``verify``, a recorded ``hash`` must match."""
-        if not isinstance(data, Mapping):
-            raise SpecError("a function document must be a mapping with name, handler, code and spec")
-        unknown = sorted(set(data) - {"kind", "name", "handler", "hash", "spec", "code", "metadata"})
-        if unknown:
-            raise SpecError(f"unknown function document field {unknown[0]!r}")
-        if data.get("kind", "function") != "function":
-            raise SpecError(f"document kind is {data['kind']!r}; a function document has kind: function")
-        for required in ("name", "handler", "code"):
-            if required not in data:
-                raise SpecError(f"function document is missing {required!r}")
-        for section in ("spec", "metadata"):
-            if not isinstance(data.get(section) or {}, Mapping):
-                raise SpecError(f"function document field {section!r} must be a mapping")
-        spec_data = dict(data.get("spec") or {})
-        bad = sorted(set(spec_data) - set(SPEC_FIELDS))
-        if bad:
-            raise unknown_field_error(bad[0], SPEC_FIELDS)
-        metadata = dict(data.get("metadata") or {})
-        bad = sorted(set(metadata) - set(METADATA_FIELDS))
-        if bad:
-            raise SpecError(f"unknown metadata field {bad[0]!r}; valid fields are: {', '.join(METADATA_FIELDS)}")
-        fn = cls(
-            data["name"],
-            data["handler"],
-            build_spec(spec_data),
-            code=Code.from_dict(data["code"]),
-            description=metadata.get("description"),
-            labels=metadata.get("labels"),
-        )
-        recorded = data.get("hash")
-        if recorded is not None and not isinstance(recorded, str):
-            raise SpecError("function document field 'hash' must be a string of 64 hex characters")
-        if verify and recorded and recorded != fn.hash:
-            raise SpecError(
-                f"function {fn.name!r} document says hash {recorded[:12]} but its content hashes to "
-                f"{fn.hash[:12]}; the document was edited or corrupted (drop 'hash' to accept the change)"
-            )
-        return fn
+        return function_from_dict(cls, data, verify=verify)
 
     def to_yaml(self, path: str | os.PathLike | None = None) -> str:
-        import yaml
-
-        text = yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
-        if path is not None:
-            with open(path, "w", encoding="utf-8") as handle:
-                handle.write(text)
-        return text
+        """The ``to_dict`` document as YAML text, also written to ``path`` when given."""
+        return function_to_yaml(self, path)
 
     @classmethod
     def from_yaml(cls, source: str | os.PathLike) -> "Function":
         """From a YAML file path or YAML text."""
-        import yaml
-
-        text = os.fspath(source)
-        if _looks_like_path(source):
-            if not os.path.isfile(text):
-                raise SpecError(f"function file not found: {os.path.abspath(text)}; check the path")
-            with open(text, encoding="utf-8") as handle:
-                text = handle.read()
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise SpecError(f"invalid YAML: {str(exc).splitlines()[0]}") from None
-        return cls.from_dict(data)
+        return function_from_yaml(cls, source)
 
     # -- execution ----------------------------------------------------------------------------
     def run(
@@ -476,15 +350,6 @@ class Function:
         return tune(self, space, **options)
 
 
-def _looks_like_path(source: str | os.PathLike) -> bool:
-    """A PathLike, or one line of text that names a file or ends like a YAML/JSON file name."""
-    if not isinstance(source, str):
-        return True
-    if "\n" in source:
-        return False
-    return os.path.isfile(source) or source.strip().lower().endswith((".yaml", ".yml", ".json"))
-
-
 def function(name: Callable | str | None = None, **options: Any) -> Any:
     """Decorator turning a plain Python function into a ``shoal.Function``.
 
@@ -502,6 +367,6 @@ def function(name: Callable | str | None = None, **options: Any) -> Any:
     if name is not None and not isinstance(name, str):
         raise SpecError("the first argument of @shoal.function is the function's name (a string)")
     # Fail at decoration time, not at the first run, for bad options.
-    spec_fields, _ = _split_options(dict(options))
+    spec_fields, _ = split_options(dict(options))
     build_spec(spec_fields)
     return decorate

@@ -16,8 +16,9 @@ import shutil
 import tempfile
 from typing import IO, Any
 
-from .artifacts import KIND_BY_SUFFIX, PACKAGERS, Artifact, ArtifactStore, Packager, _cache_dir, _dump_file
+from .artifacts import KIND_BY_SUFFIX, Artifact, ArtifactStore
 from .errors import ArtifactError
+from .packagers import PACKAGERS, Packager, _cache_dir, _dump_file
 
 
 def store_input(store: ArtifactStore, folder: str, value: Any, *, key: str) -> Artifact:

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable
+from typing import IO, Any, Callable
 
 KILL_GRACE = 5.0  # seconds past a run's timeout, or a stop request, before a silent child is killed
 POLL = 0.05  # how often the parent looks at its stop signal while it waits
@@ -65,8 +65,8 @@ class _Messages:
             size = int.from_bytes(self.buffer[:_FRAME], "big")
             if len(self.buffer) < _FRAME + size:
                 break
-            out.append(pickle.loads(self.buffer[_FRAME:_FRAME + size]))
-            self.buffer = self.buffer[_FRAME + size:]
+            out.append(pickle.loads(self.buffer[_FRAME : _FRAME + size]))
+            self.buffer = self.buffer[_FRAME + size :]
         return out
 
 
@@ -91,10 +91,16 @@ class _Child:
         self.messages = _Messages(read)
         self.send(("path", list(sys.path)))  # the driver's, so the tasks' references import as there
 
+    @property
+    def stdin(self) -> IO[bytes]:
+        stdin = self.process.stdin
+        assert stdin is not None  # opened as a pipe in __init__
+        return stdin
+
     def send(self, message: Any) -> bool:
         try:
-            self.process.stdin.write(_frame(message))
-            self.process.stdin.flush()
+            self.stdin.write(_frame(message))
+            self.stdin.flush()
             return True
         except (BrokenPipeError, OSError, ValueError):
             return False
@@ -103,7 +109,7 @@ class _Child:
         """The run's outcome, and whether this child may serve another run."""
         import cloudpickle
 
-        from .execution import RunOutcome
+        from .execution import RunOutcome, error_dict
 
         started: float | None = None
         stop_asked: float | None = None
@@ -133,9 +139,9 @@ class _Child:
             if overdue or late:  # it does not stop: end its process
                 self.kill()
                 if overdue:
-                    error = {"type": "CancelledError", "message": "run was cancelled while running", "traceback": ""}
+                    error = error_dict("CancelledError", "run was cancelled while running")
                 else:
-                    error = {"type": "TimeoutError", "message": f"run exceeded its timeout of {task.timeout:g} s", "traceback": ""}
+                    error = error_dict("TimeoutError", f"run exceeded its timeout of {task.timeout:g} s")
                 state = "cancelled" if overdue else "failed"
                 return RunOutcome(task.uid, state, task.attempt, started or now, time.time(), error=error), False
         return self._lost(task, started), False
@@ -145,7 +151,9 @@ class _Child:
         from .execution import RunOutcome, error_record
 
         code = self.process.wait()
-        exc = WorkerLostError(f"the run's own process (pid {self.process.pid}) exited with code {code} before it reported")
+        exc = WorkerLostError(
+            f"the run's own process (pid {self.process.pid}) exited with code {code} before it reported"
+        )
         error = {**error_record(exc, f"worker lost: {exc}"), "type": "WorkerLostError"}
         now = time.time()
         return RunOutcome(task.uid, "failed", task.attempt, started or now, now, error=error)
@@ -157,7 +165,7 @@ class _Child:
     def close(self) -> None:
         """End of input: an idle child exits at once."""
         try:
-            self.process.stdin.close()
+            self.stdin.close()
         except OSError:
             pass
         try:

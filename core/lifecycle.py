@@ -244,7 +244,7 @@ def _remove_files(project: "Project", uids: list[str], artifacts: list[Any]) -> 
         if not protocols & _protocols(other) or not path.startswith(f"{root}/"):
             outside.append(artifact.url)
             continue
-        folder = runs_folder + path[len(runs_folder):].split("/", 1)[0] if path.startswith(runs_folder) else None
+        folder = runs_folder + path[len(runs_folder) :].split("/", 1)[0] if path.startswith(runs_folder) else None
         key = folder if folder in targets else path
         targets[key] = targets.get(key, 0) + 1
     removed, problems = 0, []

@@ -105,7 +105,7 @@ class _Router(io.TextIOBase):
         return self.real.fileno()
 
     @property
-    def encoding(self):  # type: ignore[override]
+    def encoding(self):
         return getattr(self.real, "encoding", "utf-8")
 
     def __getattr__(self, name: str):
@@ -139,7 +139,9 @@ def _install() -> None:
 
 
 @contextmanager
-def capture_output(limit: int = DEFAULT_LIMIT, echo: bool = False, secrets: tuple[str, ...] = ()) -> Iterator[BoundedLog]:
+def capture_output(
+    limit: int = DEFAULT_LIMIT, echo: bool = False, secrets: tuple[str, ...] = ()
+) -> Iterator[BoundedLog]:
     """Capture this thread's stdout and stderr into a BoundedLog (echoing to the terminal if asked),
     with the run's secret values masked."""
     log = BoundedLog(limit, secrets)

@@ -2,22 +2,35 @@
 
 Configuration comes, in rising priority, from the defaults (``./.shoal/`` with SQLite and a local
 artifact folder), an optional ``shoal.yaml`` in the project folder, the environment
-(``SHOAL_DATABASE``, ``SHOAL_ARTIFACTS``), and the arguments of ``shoal.project()``.
+(``SHOAL_DATABASE``, ``SHOAL_ARTIFACTS``), and the arguments of ``shoal.project()``. Driver side;
+reading ``shoal.yaml`` lives in ``shoal.project_config``.
 """
 
 from __future__ import annotations
 
+import builtins
 import difflib
 import logging
 import os
 import pathlib
 import re
 import threading
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from .errors import CodeError, NotFoundError, ParamError, ProjectError, ShoalError, SpecError
-from .function import PLACEMENT_SHORTHANDS, RESOURCE_SHORTHANDS, Function
-from .spec import METADATA_FIELDS, SPEC_FIELDS
+from .function import Function
+from .project_config import CONFIG_FILE, config_entry, default_name, load_config, masked
+
+__all__ = [
+    "CONFIG_FILE",
+    "FunctionRegistry",
+    "Project",
+    "RunRegistry",
+    "current_project",
+    "load_config",
+    "masked",
+    "project",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from datetime import date, datetime
@@ -30,71 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .runs import Run
     from .store import FunctionRecord, Store
 
-CONFIG_FILE = "shoal.yaml"
-CONFIG_KEYS = ("name", "home", "database", "artifacts", "backend", "functions")
-TEXT_KEYS = ("name", "home", "database", "artifacts", "backend")
-FUNCTION_KEYS = ("file", "handler")
-ENTRY_KEYS = FUNCTION_KEYS + SPEC_FIELDS + RESOURCE_SHORTHANDS + PLACEMENT_SHORTHANDS + METADATA_FIELDS
 log = logging.getLogger("shoal.project")
-
-
-def masked(url: str) -> str:
-    """A database URL with its password replaced by ``***``, for messages and reprs."""
-    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
-
-
-def _default_name(path: pathlib.Path) -> str:
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", path.name).strip("-.") or "default"
-    return name
-
-
-def load_config(root: pathlib.Path) -> dict[str, Any]:
-    """Read and check ``shoal.yaml`` (empty dict when absent)."""
-    path = root / CONFIG_FILE
-    if not path.is_file():
-        return {}
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ProjectError(f"{path}: invalid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise ProjectError(f"{path}: expected a mapping with keys {', '.join(CONFIG_KEYS)}")
-    unknown = sorted(set(data) - set(CONFIG_KEYS), key=str)
-    if unknown:
-        raise ProjectError(f"{path}: unknown key {unknown[0]!r}; valid keys: {', '.join(CONFIG_KEYS)}")
-    for key in TEXT_KEYS:
-        value = data.get(key)
-        if value is not None and not isinstance(value, str):
-            raise ProjectError(f"{path}: {key!r} must be a string, got {value!r}; quote it, e.g. {key}: \"{value}\"")
-    functions = data.get("functions") or {}
-    if not isinstance(functions, dict):
-        raise ProjectError(f"{path}: 'functions' must map names to 'file.py:handler' or {{file:, handler:, ...}}")
-    odd = [key for key in functions if not isinstance(key, str)]
-    if odd:
-        raise ProjectError(f"{path}: function name {odd[0]!r} must be a string; quote it")
-    return data
-
-
-def _config_entry(entry: Any, where: str) -> tuple[str, str, dict[str, Any]]:
-    """Split one shoal.yaml function entry into (file, handler, spec options), checking its keys."""
-    if isinstance(entry, str):
-        entry = {"handler": entry}
-    if not isinstance(entry, Mapping):
-        raise ProjectError(f"{where} must be 'file.py:handler' or a mapping with file, handler and spec fields")
-    options = dict(entry)
-    if "name" in options:
-        raise ProjectError(f"{where}: remove 'name'; the key under 'functions' is the function's name")
-    unknown = sorted(set(options) - set(ENTRY_KEYS), key=str)
-    if unknown:
-        raise SpecError(f"{where}: unknown field {unknown[0]!r}; valid fields: {', '.join(ENTRY_KEYS)}")
-    handler, file = options.pop("handler", None), options.pop("file", None)
-    if isinstance(handler, str) and ":" in handler and file is None:
-        file, handler = handler.rsplit(":", 1)
-    if not isinstance(file, str) or not file or not isinstance(handler, str) or not handler:
-        raise ProjectError(f"{where} needs file and handler, e.g. handler: train.py:train")
-    return file, handler, options
 
 
 class FunctionRegistry:
@@ -139,7 +88,7 @@ class FunctionRegistry:
     def list(self) -> "list[FunctionRecord]":
         return self._project.store.list_functions()
 
-    def history(self, name: str) -> "list[FunctionRecord]":
+    def history(self, name: str) -> "builtins.list[FunctionRecord]":
         return self._project.store.function_history(name)
 
     def diff(self, a: str, b: str) -> str:
@@ -200,7 +149,7 @@ class RunRegistry:
     def logs(self, uid: str) -> str:
         return self.get(uid).logs
 
-    def cancel(self, *uids: "str | list[str]") -> "list[CancelOutcome]":
+    def cancel(self, *uids: "str | builtins.list[str]") -> "builtins.list[CancelOutcome]":
         """Cancel pending or running runs (uids or unique prefixes, or lists of them) and their
         open children.
 
@@ -214,9 +163,9 @@ class RunRegistry:
 
     def plan_delete(
         self,
-        uids: "str | list[str] | None" = None,
+        uids: "str | builtins.list[str] | None" = None,
         *,
-        state: "str | list[str] | None" = None,
+        state: "str | builtins.list[str] | None" = None,
         before: "str | date | datetime | None" = None,
         function: str | None = None,
     ) -> "DeletionPlan":
@@ -227,9 +176,9 @@ class RunRegistry:
 
     def delete(
         self,
-        uids: "str | list[str] | None" = None,
+        uids: "str | builtins.list[str] | None" = None,
         *,
-        state: "str | list[str] | None" = None,
+        state: "str | builtins.list[str] | None" = None,
         before: "str | date | datetime | None" = None,
         function: str | None = None,
     ) -> "DeletionResult":
@@ -257,7 +206,7 @@ class Project:
         self.root = pathlib.Path(path).resolve()
         config = load_config(self.root)
         self.config = config
-        self.name = name or config.get("name") or _default_name(self.root)
+        self.name = name or config.get("name") or default_name(self.root)
         if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$", str(self.name)):
             raise ProjectError(f"invalid project name {self.name!r}: use letters, digits, '-', '_' or '.'")
         self.home = self._path(home or config.get("home") or ".shoal")
@@ -286,7 +235,7 @@ class Project:
         if not value:
             return None
         if value.startswith("sqlite:///") and not value.startswith("sqlite:////"):
-            relative = value[len("sqlite:///"):]
+            relative = value[len("sqlite:///") :]
             if relative and relative != ":memory:":
                 return f"sqlite:///{self._path(relative)}"
         return value
@@ -351,7 +300,7 @@ class Project:
             listed = ", ".join(sorted(map(str, self.function_specs))) or "none"
             raise NotFoundError(f"function {name!r} is not in {CONFIG_FILE} (it lists: {listed})") from None
         where = f"{CONFIG_FILE}: functions.{name}"
-        file, handler, options = _config_entry(entry, where)
+        file, handler, options = config_entry(entry, where)
         try:
             return Function.from_file(self._path(file), handler, name=name, **options)
         except (SpecError, CodeError) as exc:
@@ -421,7 +370,15 @@ def project(
 ) -> Project:
     """Open (or create on first write) the project at ``path``; one instance per settings and process."""
     environment = (os.environ.get("SHOAL_DATABASE"), os.environ.get("SHOAL_ARTIFACTS"))
-    key = (str(pathlib.Path(path).resolve()), name, str(home) if home else None, database, artifacts, backend, environment)
+    key = (
+        str(pathlib.Path(path).resolve()),
+        name,
+        str(home) if home else None,
+        database,
+        artifacts,
+        backend,
+        environment,
+    )
     with _projects_lock:
         found = _projects.get(key)
         if found is None:

@@ -25,9 +25,11 @@ from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:  # pragma: no cover
     from shoal.backends.base import Backend, ScalingEvent
 
+    from .store.store import FinishItem, Store
+
 log = logging.getLogger("shoal.recorder")
 scaling_log = logging.getLogger("shoal.scaling")
-MAX_BATCH = 500
+MAX_WRITES_PER_TRANSACTION = 500  # starts and outcomes the writer thread commits together
 IDLE_EXIT = 10.0  # seconds without work after which the writer thread ends
 SCALING_PULL_INTERVAL = 1.0  # seconds between pulls of scaling events triggered by batches
 START_DELAY = 0.5  # seconds before a start is written: runs that end sooner are never written "running"
@@ -72,7 +74,7 @@ class _Watch:
 
 
 class Recorder:
-    def __init__(self, store):
+    def __init__(self, store: Store) -> None:
         self._store = store
         self._queue: queue.Queue[_Item] = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -128,7 +130,7 @@ class Recorder:
     def _write_starts(self, due_only: bool) -> None:
         """Write the starts that are due (or all of them) for runs that have not ended yet."""
         now = time.monotonic()
-        items = []
+        items: list[FinishItem] = []
         with self._lock:
             while self._starts:
                 uid, (when, fields) = next(iter(self._starts.items()))
@@ -235,7 +237,7 @@ class Recorder:
         arriving, what comes within LINGER too (group commit)."""
         batch = [first]
         deadline = time.monotonic() + LINGER
-        while len(batch) < MAX_BATCH:
+        while len(batch) < MAX_WRITES_PER_TRANSACTION:
             try:
                 batch.append(self._queue.get_nowait())
                 continue
@@ -271,7 +273,6 @@ class Recorder:
                 except Exception:  # noqa: BLE001 - a user callback must not stop the recorder
                     log.exception("run callback failed")
 
-
     def _write_one(self, item: _Item) -> Exception | None:
         """Write one item; if a final outcome cannot be written, record at least that the run ended
         (failed, saying why), so it is never left looking pending or running."""
@@ -295,19 +296,24 @@ def _count(value: int | None) -> str:
 def _log_event(label: str, event: "ScalingEvent") -> None:
     scaling_log.info(
         "%s scaled %s: %s -> %s workers (%s)",
-        label, event.direction, _count(event.workers_before), _count(event.workers_after), event.reason,
+        label,
+        event.direction,
+        _count(event.workers_before),
+        _count(event.workers_after),
+        event.reason,
     )
 
 
 def unrecordable(fields: dict[str, Any], problem: Exception) -> dict[str, Any]:
     """What is recorded instead of an outcome the store refused: a failed run saying why."""
+    from .execution import error_dict
+
     return {
         "state": "failed",
-        "error": {
-            "type": type(problem).__name__,
-            "message": f"the run ended {fields.get('state')} but its outcome could not be recorded: {problem}",
-            "traceback": "",
-        },
+        "error": error_dict(
+            type(problem).__name__,
+            f"the run ended {fields.get('state')} but its outcome could not be recorded: {problem}",
+        ),
         "results": {},
         "metrics": {},
         "logs": "",

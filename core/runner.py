@@ -1,4 +1,5 @@
-"""The driver side of running: check, record, submit, retry, collect.
+"""The driver side of running: the entry points of ``fn.run``/``fn.submit``/``fn.map`` and the
+``Driver`` that checks, records and launches (sending and collecting: ``shoal.dispatch``).
 
 The same path serves every backend: parameters are checked and the function version saved before
 anything runs; a pending record is written; the backend runs ``execute(task)`` somewhere and hands
@@ -8,30 +9,25 @@ recorded (by the Recorder) before the handle resolves.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import dataclasses
 import os
 import random
 import threading
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
+from . import batching, secrets
 from .artifacts import KEY_PATTERN, Artifact
+from .dispatch import Dispatcher, recordable
+from .errors import CodeError, ParamError
+from .execution import error_dict
 from .inputs import store_input
-from .context import to_json_value
-from .errors import CodeError, ParamError, ShoalError, WorkerLostError
-from . import batch_size as batching
-from . import secrets
-from .execution import RunOutcome, RunTask, error_record, never_started
-from .logcapture import tail
-from .numpy_params import json_form, refuse_table_items
+from .numpy_params import refuse_table_items
 from .params import bind, function_label, values_as_params
-from .recorder import unrecordable
 from .runs import Run, RunHandle
 from .spec import gpus_per_run
 
 if TYPE_CHECKING:  # pragma: no cover
-    from shoal.backends.base import Backend, BackendFuture
+    from shoal.backends.base import Backend
 
     from .function import Function
     from .project import Project
@@ -49,44 +45,23 @@ def new_uid() -> str:
         return f"{_uids.getrandbits(128):032x}"
 
 
-def recordable(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Parameters as the database gives them back (plain JSON: NumPy scalars as numbers, NaN as "NaN")."""
-    out = {}
-    for key, value in params.items():
-        ok, converted = to_json_value(value)
-        if not ok:  # a NumPy array or pandas scalar: its JSON form (``shoal.numpy_params``)
-            ok, converted = json_form(value)
-        out[key] = converted if ok else value
-    return out
-
-
-def utc(timestamp: float | None) -> datetime | None:
-    return None if timestamp is None else datetime.fromtimestamp(timestamp, tz=timezone.utc)
-
-
 def resolve_backend(fn: "Function", backend: Any, project: "Project") -> "Backend":
-    """A Backend object as given, or the shared embedded one for a name, adapted to the replicas
-    (a function that sets none gets every slot the engine has)."""
-    from shoal.backends import Backend, shared
+    """A Backend object as given; for a name, the backend its registered engine class gives this
+    function (``Backend.for_function``: by default the shared embedded one, adapted to the replicas;
+    a function that sets none gets every slot the engine has)."""
+    from shoal import backends
 
-    if isinstance(backend, Backend):
+    if isinstance(backend, backends.Backend):
         return backend
     name = backend or fn.spec.backend or project.default_backend or "local"
-    if name in ("dask-k8s", "ray-k8s"):  # a cluster made of this function's pods: one per version
-        from shoal.backends.kubernetes import shared_for
-
-        return shared_for(name, fn, project)
-    engine = shared(name)
-    engine.fit_replicas(fn.replicas)
-    return engine
+    return backends.for_function(name, fn, project)
 
 
-class Driver:
-    """Runs of one function on one backend within one project."""
+class Driver(Dispatcher):
+    """Runs of one function on one backend within one project: checks parameters, stages inputs,
+    makes the records; sending and recording outcomes is the ``Dispatcher``'s part."""
 
-    def __init__(
-        self, fn: "Function", project: "Project", backend: "Backend", *, resolve_secrets: bool | None = None
-    ):
+    def __init__(self, fn: "Function", project: "Project", backend: "Backend", *, resolve_secrets: bool | None = None):
         """``resolve_secrets``: look up the values of the env's secret references here (default:
         unless the backend's pods get them from Kubernetes); an unresolvable one is a SecretError
         before anything is recorded."""
@@ -209,281 +184,12 @@ class Driver:
             "created_at": datetime.now(timezone.utc),  # set here so the returned Run and the row agree
         }
 
-    # -- running ------------------------------------------------------------------------------
-    def launch(
-        self,
-        record: dict[str, Any],
-        inputs: dict[str, Artifact],
-        *,
-        watch: bool = False,
-        scope: Any = None,
-        params: dict[str, Any] | None = None,
-    ) -> RunHandle:
-        """Submit an already recorded run; returns its handle at once.
-
-        ``params`` are the checked values for the handler (default: the recorded ones).
-        """
-        flight = self._flight(record, inputs, watch=watch, scope=scope, params=params)
-        self._submit(flight)
-        return flight.handle
-
-    def launch_many(
-        self,
-        records: list[dict[str, Any]],
-        inputs: dict[str, Artifact],
-        params: list[dict[str, Any]],
-        *,
-        watch: bool = False,
-        batch_size: int | str = "auto",
-        scopes: list[Any] | None = None,
-    ) -> list[RunHandle]:
-        """Submit many recorded runs in one go; returns their handles at once.
-
-        Engines take them in one graph update, not N. With ``batch_size="auto"`` short runs travel
-        several per engine task (see ``shoal.batch_size``): one run per slot goes first, and the
-        rest follow from a dispatch thread once those show how long a run takes. ``scopes`` gives
-        each run its ``RunTask.scope`` (tuning: the run's TrialScope).
-        """
-        scopes = scopes or [None] * len(records)
-        flights = [
-            self._flight(r, inputs, watch=watch, params=p, scope=scope) for r, p, scope in zip(records, params, scopes)
-        ]
-        handles = [f.handle for f in flights]
-        if batch_size == 1 or not self.backend.batches:
-            self._submit_flights(flights)
-        elif batch_size != "auto":
-            self._submit_flights(flights, int(batch_size))
-        else:
-            self._submit_auto(flights)
-        return handles
-
-    def _submit_auto(self, flights: list["_Flight"]) -> None:
-        """One run per slot first (the probes), then the rest sized by their durations."""
-        slots = max(1, self.backend.slots)  # asks the engine: only where batching may apply
-        if not batching.worth_batching(len(flights), slots):
-            self._submit_flights(flights)
-            return
-        probes, rest = flights[:slots], flights[slots:]
-        self._submit_flights(probes)
-        threading.Thread(
-            target=self._dispatch_rest, args=(probes, rest, slots), name="shoal-map-dispatch", daemon=True
-        ).start()
-
-    def _dispatch_rest(self, probes: list["_Flight"], rest: list["_Flight"], slots: int) -> None:
-        """Wait briefly for the probe runs, then send the rest in batches sized by their durations."""
-        futures = [f.future for f in probes if f.future is not None]
-        try:
-            for _ in self.backend.as_completed(futures, timeout=batching.PROBE_WAIT):
-                pass
-        except TimeoutError:  # slow probes: their durations say the runs are not short
-            pass
-        durations = []
-        for future in futures:
-            try:
-                outcome = future.result(0) if future.done() else None
-            except Exception:  # noqa: BLE001 - a probe that failed in the engine says nothing of durations
-                continue
-            if outcome is not None and outcome.state in ("completed", "pruned") and outcome.started_at is not None:
-                durations.append(outcome.ended_at - outcome.started_at)
-        live = []
-        for flight in rest:
-            if flight.handle.cancel_requested:  # cancelled while the probes ran (Ctrl-C)
-                self._record(flight, never_started(flight.task))
-            else:
-                live.append(flight)
-        self._submit_flights(live, batching.batch_size(durations, len(live), slots))
-
-    def _submit_flights(self, flights: list["_Flight"], size: int = 1) -> None:
-        """Hand flights to the engine: all in one submission, or in batches of ``size`` runs."""
-        groups = batching.chunks(flights, size) if size > 1 else [flights]
-        for group in groups:
-            if not group:
-                continue
-            tasks, starts = [f.task for f in group], [self._on_start(f) for f in group]
-            try:
-                if size > 1:
-                    futures = self.backend.submit_batch(tasks, starts)
-                else:
-                    futures = self.backend.submit_many(tasks, starts)
-            except Exception as exc:  # noqa: BLE001 - the engine refused: record failures, never hang
-                for flight in group:
-                    self._record(flight, _failed_outcome(flight.task, exc))
-                continue
-            for flight, future in zip(group, futures):
-                self._attach(flight, future)
-
-    def _flight(
-        self,
-        record: dict[str, Any],
-        inputs: dict[str, Artifact],
-        *,
-        watch: bool = False,
-        scope: Any = None,
-        params: dict[str, Any] | None = None,
-    ) -> "_Flight":
-        spec = self.spec
-        task = RunTask(
-            uid=record["uid"],
-            project=self.project.name,
-            function=self.fn.name,
-            function_hash=self.fn.hash,
-            handler=self.fn.handler,
-            code=self.fn.code,
-            params=params if params is not None else record["params"],
-            artifact_url=self.project.artifacts_url,
-            inputs={key: artifact.to_record() for key, artifact in inputs.items()},
-            timeout=spec.timeout,
-            iteration=record.get("iteration"),
-            labels=dict(record.get("labels") or {}),
-            env=self._env,
-            secrets=self._secrets,
-            gpus=self._gpus,
-            echo=watch,
-            scope=scope,
-            callable=self._callable,
-        )
-        flight = _Flight(task=task, record=record)
-        self.recorder.expect()  # its outcome will come: the recorder batches while more are due
-        flight.handle = RunHandle(task.uid, self.fn.name, lambda handle: self._cancel(flight))
-        return flight
-
-    def _on_start(self, flight: "_Flight"):
-        def on_start(uid: str, started: float) -> None:
-            if flight.started_at is None:
-                flight.started_at = started
-            flight.handle._set_state("running")
-            self.recorder.started(uid, {"state": "running", "started_at": utc(flight.started_at)})
-
-        return on_start
-
-    def _submit(self, flight: "_Flight") -> None:
-        try:
-            future = self.backend.submit(flight.task, self._on_start(flight))
-        except Exception as exc:  # noqa: BLE001 - the engine refused: record a failure, never hang
-            self._record(flight, _failed_outcome(flight.task, exc))
-            return
-        self._attach(flight, future)
-
-    def _attach(self, flight: "_Flight", future: "BackendFuture") -> None:
-        flight.future = future
-        if flight.handle.cancel_requested:
-            future.cancel()
-        future.add_done_callback(lambda f: self._on_done(flight, f))
-
-    def _on_done(self, flight: "_Flight", future: "BackendFuture") -> None:
-        outcome = _outcome_of(flight.task, future)
-        retries = self.spec.retries
-        if (
-            outcome.state == "failed"
-            and flight.task.attempt <= retries
-            and not flight.handle.cancel_requested
-        ):
-            flight.earlier_logs.append(outcome.logs)
-            flight.task = dataclasses.replace(flight.task, attempt=flight.task.attempt + 1)
-            self._submit(flight)
-            return
-        self._record(flight, outcome)
-
-    def _record(self, flight: "_Flight", outcome: RunOutcome) -> None:
-        logs = outcome.logs
-        if flight.earlier_logs:
-            parts = [f"--- attempt {i + 1} ---\n{text}" for i, text in enumerate(flight.earlier_logs + [logs])]
-            logs = tail("\n".join(parts), flight.task.log_limit)
-        started = flight.started_at if flight.started_at is not None else outcome.started_at
-        fields = {
-            "state": outcome.state,
-            "results": outcome.results,
-            "metrics": outcome.metrics,
-            "logs": logs,
-            "error": outcome.error,
-            "attempts": outcome.attempt,
-            "started_at": utc(started),  # the first attempt's start: duration covers the retries
-            "ended_at": utc(outcome.ended_at),
-        }
-        if outcome.params is not None:  # chosen on the worker (a tuning trial's sampled values)
-            fields["params"] = recordable(outcome.params)
-        if outcome.labels:  # set by the handler (ctx.set_label): added to the run's labels
-            fields["labels"] = {**flight.record["labels"], **outcome.labels}
-        record = {**flight.record, **fields}
-        artifacts = {a["key"]: Artifact.from_record(a) for a in outcome.artifacts}
-        run = Run(
-            uid=record["uid"],
-            function=record["function"],
-            function_hash=record["function_hash"],
-            state=outcome.state,
-            params=record["params"],
-            inputs=record["inputs"],
-            results=outcome.results,
-            metrics=outcome.metrics,
-            artifacts=artifacts,
-            logs=logs,
-            error=outcome.error,
-            attempts=outcome.attempt,
-            parent=record.get("parent"),
-            iteration=record.get("iteration"),
-            backend=record["backend"],
-            labels=record["labels"],
-            created_at=flight.created_at,
-            started_at=fields["started_at"],
-            ended_at=fields["ended_at"],
-        )
-        def resolve(problem: Exception | None) -> None:
-            # If the outcome could not be stored, the handle reports what the recorder wrote instead.
-            flight.handle._finish(run if problem is None else dataclasses.replace(run, artifacts={}, **unrecordable(fields, problem)))
-
-        self.recorder.finished(run.uid, fields, outcome.artifacts, resolve)
-
-    def _cancel(self, flight: "_Flight") -> bool:
-        if flight.future is None:
-            return True  # cancel_requested is set; _submit cancels as soon as the future exists
-        return flight.future.cancel()
-
-
-@dataclasses.dataclass(eq=False)
-class _Flight:
-    """Driver-side state of one run across its attempts."""
-
-    task: RunTask
-    record: dict[str, Any]
-    handle: RunHandle = None  # type: ignore[assignment]
-    future: Any = None
-    earlier_logs: list[str] = dataclasses.field(default_factory=list)
-    started_at: float | None = None  # when the first attempt started
-
-    @property
-    def created_at(self) -> datetime:
-        return self.record["created_at"]
-
-
-def _outcome_of(task: RunTask, future: "BackendFuture") -> RunOutcome:
-    try:
-        return future.result()
-    except cf.CancelledError:
-        return RunOutcome(
-            uid=task.uid,
-            state="cancelled",
-            attempt=task.attempt - 1,  # this attempt never started
-            started_at=None,
-            ended_at=datetime.now(timezone.utc).timestamp(),
-            error={"type": "CancelledError", "message": "run was cancelled before it started", "traceback": ""},
-        )
-    except Exception as exc:  # noqa: BLE001 - engine failures become failed outcomes
-        return _failed_outcome(task, exc)
-
-
-def _failed_outcome(task: RunTask, exc: Exception) -> RunOutcome:
-    now = datetime.now(timezone.utc).timestamp()
-    message = str(exc)
-    if isinstance(exc, WorkerLostError):
-        message = f"worker lost: {exc}"
-    record = error_record(exc, message)
-    if isinstance(exc, ShoalError):
-        record["type"] = type(exc).__name__
-    return RunOutcome(uid=task.uid, state="failed", attempt=task.attempt, started_at=now, ended_at=now, error=record)
-
 
 # -- entry points used by Function.run / submit / map ------------------------------------------------
-def _driver(fn: "Function", backend: Any, project: "Project | None") -> Driver:
+def open_driver(fn: "Function", backend: Any = None, project: "Project | None" = None) -> Driver:
+    """The Driver of ``fn``'s runs on ``backend`` (a Backend, a name, or None for the function's or
+    project's default) in ``project`` (default: the current one): what ``fn.run``/``fn.map`` and
+    tuning start from."""
     from .code import refuse_runs_while_loading
     from .project import current_project
 
@@ -506,7 +212,7 @@ def submit_function(
 ) -> RunHandle:
     """``params``: a mapping of name -> value, or one value of another type for the parameter
     ``f(value)`` would fill (Ray's ``f.remote(x)``)."""
-    driver = _driver(fn, backend, project)
+    driver = open_driver(fn, backend, project)
     plain = params is not None and not isinstance(params, Mapping)
     if plain:
         params = driver.plain_params((params,), inputs, call)
@@ -515,6 +221,7 @@ def submit_function(
     except ParamError as exc:
         if not plain:
             raise
+        assert params is not None  # plain: the one-parameter mapping plain_params built
         (name,) = params
         raise ParamError(
             f"{exc} ({call} gave its value, not a mapping, to the parameter {name!r}; pass a mapping of "
@@ -576,7 +283,7 @@ def map_function(
     """
     batch_size = batching.checked_batch_size(batch_size)
     rows = _map_rows(params_list, iterables)
-    driver = _driver(fn, backend, project)
+    driver = open_driver(fn, backend, project)
     checked = []
     for index, (values, params) in enumerate(rows):
         try:
@@ -614,7 +321,8 @@ def _map_rows(
             keyword = position > 0 and isinstance(column, Mapping)
             raise ParamError(
                 f"{where} takes an iterable of values or parameter sets, e.g. [1, 2] or [{{'x': 1}}, {{'x': 2}}], "
-                f"got {type(column).__name__}" + ("; inputs are keyword-only: fn.map(xs, inputs={...})" if keyword else "")
+                f"got {type(column).__name__}"
+                + ("; inputs are keyword-only: fn.map(xs, inputs={...})" if keyword else "")
             )
     if not iterables:
         return [(None, item) if isinstance(item, Mapping) else ((item,), None) for item in params_list]
@@ -641,14 +349,12 @@ def _finish_parent(driver: Driver, parent: dict, runs: list, interrupted: bool =
     if state == "failed":
         failed = [r for r in runs if r is not None and not r.ok]
         first = failed[0].error or {}
-        error = {
-            "type": "MapError",
-            "message": f"{len(failed)} of {len(runs)} runs did not complete; first: iteration "
+        error = error_dict(
+            "MapError",
+            f"{len(failed)} of {len(runs)} runs did not complete; first: iteration "
             f"{failed[0].iteration}: {first.get('type')}: {first.get('message')}",
-            "traceback": "",
-        }
+        )
     fields = {"state": state, "results": counts, "error": error, "ended_at": datetime.now(timezone.utc)}
     done = threading.Event()
     driver.recorder.finished(parent["uid"], fields, [], lambda problem: done.set())
     done.wait()
-

@@ -49,7 +49,7 @@ def _open(root: pathlib.Path, name: str | None) -> Project:
         raise ProjectError(f"{root / CONFIG_FILE} already names the project {configured!r}; drop --name or edit it")
     home_existed = project.home.exists()
     try:
-        project.store
+        project.store  # noqa: B018 - opening the store creates the database
     except BaseException:
         if not home_existed:
             shutil.rmtree(project.home, ignore_errors=True)

@@ -36,6 +36,7 @@ MASK = "****"
 def env_var_name(secret: str, key: str) -> str:
     """``SHOAL_SECRET_<NAME>_<KEY>``: name and key upper-cased, any character other than a letter or
     a digit as ``_`` (secret ``wandb``, key ``api-key`` -> ``SHOAL_SECRET_WANDB_API_KEY``)."""
+
     def part(text: str) -> str:
         return re.sub(r"[^A-Z0-9]", "_", text.upper())
 

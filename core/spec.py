@@ -229,7 +229,9 @@ class FunctionSpec(_Model):
             try:
                 out.append(str(Requirement(item)))
             except InvalidRequirement as exc:
-                raise ValueError(f"{item!r} is not a pip requirement ({str(exc).splitlines()[0]}); use e.g. 'numpy>=1.26'") from None
+                raise ValueError(
+                    f"{item!r} is not a pip requirement ({str(exc).splitlines()[0]}); use e.g. 'numpy>=1.26'"
+                ) from None
         return tuple(out)
 
     @field_validator("env", mode="before")

@@ -1,73 +1,103 @@
-"""Dispatch cost of shoal on Dask and Ray against the raw engines, in one process and one warm
-cluster per engine.
+"""Dispatch cost of shoal on Dask and Ray against the raw engines, like for like, one warm cluster
+per engine.
 
-    python perf/dispatch.py [--runs 2000] [--cpu-tasks 40] [--cpu-seconds 0.5] [--engines dask,ray]
+    python perf/dispatch.py [--runs 2000] [--chunk 250] [--cpu-tasks 40] [--cpu-seconds 0.5]
+                            [--engines dask,ray] [--repeats 3] [--quick] [--out DIR]
 
-Engine ``dask-in-driver`` (not run by default) is shoal on a LocalCluster whose scheduler runs in
-the driver's interpreter, as the embedded cluster did before its processes became programs of
-their own: ``--engines dask,dask-in-driver`` measures what that move changed, on one machine state.
+Per engine (2 workers), N no-op runs, every shoal run recorded in the project database, measured in
+like-for-like pairs:
 
-Per engine: N no-op runs through ``fn.map`` (every run recorded in the project database) and the
-same N no-op calls through the raw engine (``client.map``/``gather``, ``ray.remote``/``ray.get``);
-then a batch of CPU-bound tasks through ``fn.map`` against its ideal time on 2 workers. Prints the
-wall-time ratio shoal/raw (target <= 1.25), the per-run overhead, and the parallel efficiency
-(target >= 0.9); writes ``perf/results/dispatch.json`` and ``dispatch.png``.
+- one task per run: ``fn.map(..., batch_size=1)`` against one raw engine task per item
+  (``client.map``/``gather``; ``ray.remote`` then ``ray.get``);
+- batched: ``fn.map(..., batch_size=K)`` against the raw engine given the same items in chunks of
+  K by hand (one engine task runs K calls). K defaults to the largest batch shoal's automatic
+  batching makes of N runs on 2 slots, ``ceil((N - 2) / (2 x 4))`` (at least 4 batches per slot
+  after one probe run per slot; see ``shoal.batching``): 250 for 2,000 runs. Shoal's
+  ``batch_size="auto"`` (which may pick smaller batches from its probes' durations) is timed
+  too and set beside the same raw batched figure (it also waits for its probe runs first).
 
-``fn.map`` batches short runs by default (``batch_size="auto"``); the ratio with one engine task per
-run (``batch_size=1``, as the raw engine calls are made) is printed beside it.
+The per-run overhead of each pair is (shoal - raw) / N from that pair's own fastest times. Then
+CPU-bound tasks (a busy loop on ``time.thread_time()``: CPU time, so a task sharing its core with
+other load takes longer, as real work would) through ``fn.map`` and through the raw engine, each
+against its ideal time on 2 workers. Engine ``dask-in-driver`` (not run by default): shoal on a
+LocalCluster whose scheduler runs in the driver's interpreter. Writes ``dispatch.json``/``.png``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import pathlib
+import math
 import sys
 import tempfile
 import time
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+from harness import Session, Timing, bars, options, pyplot, ratio_line, timed
+
 WORKERS = 2
+PROBES_PER_SLOT, BATCHES_PER_SLOT = 1, 4  # shoal's automatic batching: one probe per slot, >= 4 batches per slot
 
 
 def noop(x: int = 0) -> int:
     return x
 
 
+def noops(xs: list[int]) -> list[int]:
+    """A raw engine task carrying a chunk of no-op calls (batching by hand)."""
+    return [noop(x) for x in xs]
+
+
 def burn(seconds: float = 0.5) -> float:
-    """Busy CPU for ``seconds`` of wall time (no sleeping: it must occupy a core)."""
-    end = time.perf_counter() + seconds
+    """Busy until this thread has used ``seconds`` of CPU time (no sleeping: it occupies a core)."""
+    end = time.thread_time() + seconds
     total = 0.0
-    while time.perf_counter() < end:
+    while time.thread_time() < end:
         total += 1.0
     return total
 
 
-def timed(call) -> float:
-    start = time.perf_counter()
-    call()
-    return time.perf_counter() - start
+def auto_chunk(runs: int) -> int:
+    """The batch size shoal's automatic batching picks for no-op runs (well under 1 ms each)."""
+    return max(1, math.ceil((runs - WORKERS * PROBES_PER_SLOT) / (WORKERS * BATCHES_PER_SLOT)))
 
 
-def raw_dask(backend, runs: int) -> float:
-    client = backend.client
-    return timed(lambda: client.gather(client.map(noop, range(runs), pure=False)))
+def chunked(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def raw_ray(backend, runs: int) -> float:
-    import ray
+# -- the raw engines -------------------------------------------------------------------------------
+class RawDask:
+    def __init__(self, backend) -> None:
+        self.client = backend.client
 
-    remote = ray.remote(num_cpus=1, max_retries=0)(noop)
-    return timed(lambda: ray.get([remote.remote(i) for i in range(runs)]))
+    def each(self, func, items: list) -> list:
+        return self.client.gather(self.client.map(func, items, pure=False))
+
+    def chunks(self, items: list, size: int) -> list:
+        return [y for part in self.each(noops, chunked(items, size)) for y in part]
 
 
-RAW = {"dask": raw_dask, "dask-in-driver": raw_dask, "ray": raw_ray}
+class RawRay:
+    def __init__(self, backend) -> None:
+        import ray
+
+        self.ray = ray
+        self.remotes = {}
+
+    def remote(self, func):
+        if func not in self.remotes:
+            self.remotes[func] = self.ray.remote(num_cpus=1, max_retries=0)(func)
+        return self.remotes[func]
+
+    def each(self, func, items: list) -> list:
+        remote = self.remote(func)
+        return self.ray.get([remote.remote(x) for x in items])
+
+    def chunks(self, items: list, size: int) -> list:
+        return [y for part in self.each(noops, chunked(items, size)) for y in part]
 
 
 def in_driver_cluster():
-    """For comparison: the embedded cluster as it was before its scheduler and workers became
-    programs of their own: a LocalCluster whose scheduler runs in this interpreter and whose Nanny
-    workers are this process's spawn children, with the embedded cluster's settings."""
+    """The embedded cluster as it was before its scheduler and workers became programs of their
+    own: a LocalCluster whose scheduler runs in this interpreter."""
     import logging
 
     import dask.config
@@ -77,16 +107,10 @@ def in_driver_cluster():
 
     with dask.config.set({"distributed.scheduler.allowed-failures": 0, **EMBEDDED_CONFIG}):
         unprofiled = {"distributed": {"worker": {"profile": {"enabled": False}}}}
-        return LocalCluster(
-            n_workers=WORKERS,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-            preload=["shoal.backends.dask"],
-            config=dask.config.merge(dask.config.config, unprofiled),
-            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-        )
+        return LocalCluster(n_workers=WORKERS, threads_per_worker=1, processes=True, dashboard_address=None,
+                            silence_logs=logging.ERROR, preload=["shoal.backends.dask.worker"],
+                            config=dask.config.merge(dask.config.config, unprofiled),
+                            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
 
 
 class InDriverDask:
@@ -114,110 +138,126 @@ def make_backend(engine: str):
     return shoal.backends.get("ray", num_cpus=WORKERS)
 
 
-def measure(engine: str, runs: int, cpu_tasks: int, cpu_seconds: float, repeats: int) -> dict:
+# -- the measurement -------------------------------------------------------------------------------
+def measure(engine: str, args) -> dict:
     import shoal
 
+    runs, chunk, items = args.runs, args.chunk or auto_chunk(args.runs), list(range(args.runs))
     with tempfile.TemporaryDirectory() as folder, make_backend(engine) as backend:
         project = shoal.Project(folder, name="perf")
-        fn_noop = shoal.function(noop)
-        fn_burn = shoal.function(burn)
-        # Warm up: workers started, code shipped and loaded, database open.
-        fn_noop.map([{"x": i} for i in range(50)], backend=backend, project=project)
-        RAW[engine](backend, 50)
+        fn_noop, fn_burn = shoal.function(noop), shoal.function(burn)
+        raw = RawRay(backend) if engine == "ray" else RawDask(backend)
 
-        raw_times, shoal_times, unbatched_times = [], [], []
-        for _ in range(repeats):
-            raw_times.append(RAW[engine](backend, runs))
-            for batch_size, times in (("auto", shoal_times), (1, unbatched_times)):
-                start = time.perf_counter()
-                results = fn_noop.map(
-                    [{"x": i} for i in range(runs)], backend=backend, project=project, batch_size=batch_size
-                )
-                times.append(time.perf_counter() - start)
-                assert all(r.state == "completed" for r in results), "a no-op run did not complete"
+        def shoal_map(batch_size) -> None:
+            results = fn_noop.map(items, backend=backend, project=project, batch_size=batch_size)
+            assert [r.state for r in results] == ["completed"] * runs, "a no-op run did not complete"
+
+        cases = {
+            "raw_each": lambda: raw.each(noop, items),
+            "shoal_each": lambda: shoal_map(1),
+            "raw_chunks": lambda: raw.chunks(items, chunk),
+            "shoal_chunks": lambda: shoal_map(chunk),
+            "shoal_auto": lambda: shoal_map("auto"),
+        }
+        for call in (lambda: fn_noop.map(items[:50], backend=backend, project=project), lambda: raw.each(noop, items[:50]),
+                     lambda: raw.chunks(items[:50], 10)):
+            call()  # warm: workers up, code shipped and imported, database open
+        times: dict[str, list[float]] = {name: [] for name in cases}
+        for _ in range(args.repeats):  # interleaved: one machine state for every pair
+            for name, call in cases.items():
+                times[name].append(timed(call)[0])
         project.flush()
-        recorded = project.store.count_runs(function="noop", state="completed")
+        recorded = len(project.runs.list(function="noop", state="completed", limit=None))
+        expected = 50 + 3 * runs * args.repeats + 1 + 3 * args.repeats  # each map's parent run too
 
-        fn_burn.map([{"seconds": 0.05}] * WORKERS, backend=backend, project=project)  # warm
-        start = time.perf_counter()
-        burned = fn_burn.map([{"seconds": cpu_seconds}] * cpu_tasks, backend=backend, project=project)
-        cpu_wall = time.perf_counter() - start
-        assert all(r.state == "completed" for r in burned)
+        # Warm and settle: the first CPU batch after the no-op maps is slowed by their tail (measured:
+        # whichever side went first lost up to half its efficiency), so both sides burn a while first.
+        raw.each(burn, [0.5] * 2 * WORKERS)
+        fn_burn.map([0.5] * 2 * WORKERS, backend=backend, project=project)
+        cpu = [args.cpu_seconds] * args.cpu_tasks
+        raw_cpu = timed(lambda: raw.each(burn, cpu))[0]
+        shoal_cpu, burned = timed(lambda: fn_burn.map(cpu, backend=backend, project=project))
+        assert all(r.state == "completed" for r in burned), "a CPU-bound run did not complete"
         project.close()
 
-    raw, mine, unbatched = min(raw_times), min(shoal_times), min(unbatched_times)
-    ideal = cpu_tasks * cpu_seconds / WORKERS
+    timing = {name: Timing(seconds) for name, seconds in times.items()}
+    ideal = args.cpu_tasks * args.cpu_seconds / WORKERS
+
+    def pair(mine: str, base: str) -> dict:
+        a, b = timing[mine], timing[base]
+        return {"shoal": a.as_dict(), "raw": b.as_dict(), "ratio": a.fastest / b.fastest,
+                "ratio_median": a.median / b.median, "overhead_ms_per_run": (a.fastest - b.fastest) / runs * 1e3,
+                "overhead_ms_per_run_median": (a.median - b.median) / runs * 1e3}
+
     return {
-        "engine": engine,
-        "runs": runs,
-        "raw_s": raw,
-        "shoal_s": mine,
-        "ratio": mine / raw,
-        "unbatched_s": unbatched,
-        "unbatched_ratio": unbatched / raw,
-        "overhead_ms_per_run": (mine - raw) / runs * 1e3,
-        "recorded_runs": recorded,
-        "cpu_tasks": cpu_tasks,
-        "cpu_seconds": cpu_seconds,
-        "cpu_wall_s": cpu_wall,
-        "cpu_ideal_s": ideal,
-        "parallel_efficiency": ideal / cpu_wall,
+        "engine": engine, "runs": runs, "chunk": chunk, "recorded_runs": recorded, "expected_recorded_runs": expected,
+        "one_task_per_run": pair("shoal_each", "raw_each"),
+        "batched": pair("shoal_chunks", "raw_chunks"),
+        "auto_vs_raw_batched": pair("shoal_auto", "raw_chunks"),
+        "cpu": {"tasks": args.cpu_tasks, "seconds": args.cpu_seconds, "ideal_s": ideal, "shoal_s": shoal_cpu,
+                "raw_s": raw_cpu, "shoal_efficiency": ideal / shoal_cpu, "raw_efficiency": ideal / raw_cpu},
     }
 
 
-def plot(rows: list[dict], path: pathlib.Path) -> None:
-    import matplotlib
+def describe(row: dict) -> list[str]:
+    one, batched, auto, cpu = row["one_task_per_run"], row["batched"], row["auto_vs_raw_batched"], row["cpu"]
+    name = f"{row['engine']}, {row['runs']} no-op runs"
+    return [
+        ratio_line(f"{name}, one task per run (shoal batch_size=1 / raw one task per item)", one["shoal"]["fastest_s"],
+                   one["raw"]["fastest_s"], "<= 1.25x") + f"; overhead {one['overhead_ms_per_run']:.3f} ms/run",
+        ratio_line(f"{name}, batched by {row['chunk']} (shoal batch_size={row['chunk']} / raw chunks)",
+                   batched["shoal"]["fastest_s"], batched["raw"]["fastest_s"])
+        + f"; overhead {batched['overhead_ms_per_run']:.3f} ms/run (target <= 0.1)",
+        ratio_line(f"{name}, shoal batch_size='auto' / raw chunks of {row['chunk']}", auto["shoal"]["fastest_s"],
+                   auto["raw"]["fastest_s"]) + f"; overhead {auto['overhead_ms_per_run']:.3f} ms/run",
+        f"{row['engine']}: {row['recorded_runs']} runs recorded completed (expected {row['expected_recorded_runs']}); "
+        f"{cpu['tasks']} x {cpu['seconds']} s CPU: shoal {cpu['shoal_s']:.2f} s (efficiency {cpu['shoal_efficiency']:.2f}), "
+        f"raw {cpu['raw_s']:.2f} s (efficiency {cpu['raw_efficiency']:.2f}), ideal {cpu['ideal_s']:.2f} s",
+    ]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
-    names = [r["engine"] for r in rows]
-    width = 0.27
-    xs = range(len(rows))
-    left.bar([x - width for x in xs], [r["raw_s"] for r in rows], width, label="raw engine", color="#999999")
-    left.bar(list(xs), [r["shoal_s"] for r in rows], width, label="shoal fn.map (recorded)", color="#3b75af")
-    left.bar([x + width for x in xs], [r["unbatched_s"] for r in rows], width, label="shoal, batch_size=1", color="#a6c8e8")
-    for x, row in zip(xs, rows):
-        left.annotate(f"{row['ratio']:.2f}x", (x, row["shoal_s"]), ha="center", va="bottom")
-        left.annotate(f"{row['unbatched_ratio']:.2f}x", (x + width, row["unbatched_s"]), ha="center", va="bottom", fontsize=7)
-    left.set_xticks(list(xs), names)
-    left.set_ylabel("seconds")
-    left.set_title(f"{rows[0]['runs']} no-op runs (target <= 1.25x)")
-    left.legend(fontsize=8)
-    right.bar(names, [r["parallel_efficiency"] for r in rows], color="#519e3e")
-    right.axhline(0.9, color="red", linestyle="--", linewidth=1, label="target 0.9")
-    right.set_ylim(0, 1.05)
-    right.set_title(f"{rows[0]['cpu_tasks']} x {rows[0]['cpu_seconds']} s CPU tasks on {WORKERS} workers")
-    right.set_ylabel("parallel efficiency")
-    right.legend(fontsize=8)
+def plot(report: dict, path) -> None:
+    plt = pyplot()
+    rows = report["engines"]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
+    for axis, key, title in ((axes[0], "one_task_per_run", "one task per run"), (axes[1], "batched", "batched by hand / batch_size=K")):
+        labels, values, colors = [], [], []
+        for row in rows:
+            labels += [f"{row['engine']}\nraw", f"{row['engine']}\nshoal"]
+            values += [row[key]["raw"]["fastest_s"], row[key]["shoal"]["fastest_s"]]
+            colors += ["#999999", "#3b75af"]
+        bars(axis, labels, values, colors, "{:.2f} s")
+        axis.set_title(f"{rows[0]['runs']} no-op runs, {title}", fontsize=9)
+        axis.set_ylabel("seconds (fastest repeat)")
+    labels, values, colors = [], [], []
+    for row in rows:
+        labels += [f"{row['engine']}\nraw", f"{row['engine']}\nshoal"]
+        values += [row["cpu"]["raw_efficiency"], row["cpu"]["shoal_efficiency"]]
+        colors += ["#999999", "#519e3e"]
+    bars(axes[2], labels, values, colors)
+    axes[2].set_ylim(0, 1.1)
+    axes[2].set_title(f"{rows[0]['cpu']['tasks']} x {rows[0]['cpu']['seconds']} s CPU tasks, efficiency", fontsize=9)
+    fig.suptitle(f"load average {report['machine']['load_average']} -> {report['machine']['load_average_end']}", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add(parser) -> None:
     parser.add_argument("--runs", type=int, default=2000)
+    parser.add_argument("--chunk", type=int, default=0, help="runs per batch for both sides (0: what shoal's auto batching picks)")
     parser.add_argument("--cpu-tasks", type=int, default=40)
     parser.add_argument("--cpu-seconds", type=float, default=0.5)
-    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--engines", default="dask,ray")
-    args = parser.parse_args()
+
+
+def main() -> int:
+    args = options(__doc__, {"runs": 200, "cpu_tasks": 4, "cpu_seconds": 0.2, "repeats": 1}, add)
+    session = Session("dispatch", args)
     rows = []
-    for engine in args.engines.split(","):
-        row = measure(engine.strip(), args.runs, args.cpu_tasks, args.cpu_seconds, args.repeats)
-        rows.append(row)
-        print(
-            f"{row['engine']:5s} {row['runs']} no-op runs: raw {row['raw_s']:.2f} s, shoal {row['shoal_s']:.2f} s, "
-            f"ratio {row['ratio']:.2f} (target <= 1.25), overhead {row['overhead_ms_per_run']:.3f} ms/run, "
-            f"one task per run {row['unbatched_s']:.2f} s (ratio {row['unbatched_ratio']:.2f}), "
-            f"recorded {row['recorded_runs']}; CPU batch {row['cpu_wall_s']:.2f} s vs ideal "
-            f"{row['cpu_ideal_s']:.2f} s, efficiency {row['parallel_efficiency']:.2f} (target >= 0.9)",
-            flush=True,
-        )
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "dispatch.json").write_text(json.dumps({"time": time.time(), "engines": rows}, indent=2))
-    plot(rows, RESULTS / "dispatch.png")
+    for engine in [e.strip() for e in args.engines.split(",") if e.strip()]:
+        rows.append(measure(engine, args))
+        print("\n".join(describe(rows[-1])), flush=True)
+    session.write({"workers": WORKERS, "engines": rows}, plot)
     return 0
 
 

@@ -1,25 +1,21 @@
 """Per-run overhead of shoal's local backend against calling the function directly.
 
-    python perf/local_overhead.py [--runs 1000]
+    python perf/local_overhead.py [--runs 1000] [--repeats 3] [--quick] [--out DIR]
 
 Measures, in one process: N direct calls of a no-op function; N recorded ``fn.run()`` calls one
 after another (each checked, recorded pending, executed, recorded finished); and one ``fn.map`` of N
-runs. Prints the per-run cost and the ratios, and writes ``perf/results/local_overhead.json`` and
-``local_overhead.png``. Target on the 2-core reference machine: under 2 ms per recorded run.
+runs. Prints the per-run cost (median of ``--repeats``) and the ratios, and writes
+``local_overhead.json`` and ``local_overhead.png``. Target on the 2-core reference machine: under 2 ms per recorded run.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import pathlib
-import platform
 import statistics
 import sys
 import tempfile
 import time
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+from harness import Session, options, pyplot
 
 
 def noop(x: int = 0) -> None:
@@ -64,12 +60,8 @@ def measure(runs: int, repeats: int) -> dict:
     }
 
 
-def plot(result: dict, path: pathlib.Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(result: dict, path) -> None:
+    plt = pyplot()
     labels = ["direct call", "fn.run (sequential)", "fn.map"]
     values = [result["direct_s_per_call"] * 1e3, result["run_s_per_run"] * 1e3, result["map_s_per_run"] * 1e3]
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -84,18 +76,13 @@ def plot(result: dict, path: pathlib.Path) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=1000)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = options(__doc__, {"runs": 100, "repeats": 1}, lambda parser: parser.add_argument("--runs", type=int, default=1000))
+    session = Session("local_overhead", args)
     result = measure(args.runs, args.repeats)
-    result.update({"python": sys.version.split()[0], "machine": platform.machine(), "time": time.time()})
     overhead = result["run_s_per_run"] - result["direct_s_per_call"]
     result["overhead_ms_per_recorded_run"] = overhead * 1e3
     result["map_overhead_ms_per_run"] = (result["map_s_per_run"] - result["direct_s_per_call"]) * 1e3
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "local_overhead.json").write_text(json.dumps(result, indent=2))
-    plot(result, RESULTS / "local_overhead.png")
+    session.write(result, plot)
     print(f"direct call:        {result['direct_s_per_call'] * 1e6:9.2f} us")
     print(f"fn.run (recorded):  {result['run_s_per_run'] * 1e3:9.3f} ms per run")
     print(f"fn.map (recorded):  {result['map_s_per_run'] * 1e3:9.3f} ms per run")

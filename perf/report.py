@@ -3,7 +3,7 @@
 on the same study storage.
 
     python perf/report.py [--trials 12] [--steps 100] [--repeats 7] [--storages journal,memory]
-                          [--profile]
+                          [--profile] [--quick] [--out DIR]
 
 Every system runs the same objective: N trials of S steps, each step one report and one pruning
 check (``MedianPruner()``, Optuna's default, for all), with no compute between them. Every trial
@@ -32,11 +32,8 @@ Writes ``perf/results/report.json`` and ``report.png``.
 
 from __future__ import annotations
 
-import argparse
 import cProfile
 import io
-import json
-import os
 import pathlib
 import pstats
 import statistics
@@ -44,7 +41,8 @@ import sys
 import tempfile
 import time
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+from harness import Session, options, pyplot
+
 TARGET = 1.2
 SYSTEMS = ("optuna", "shoal ctx.report", "shoal trial.report")
 
@@ -256,12 +254,8 @@ def profile(project, storage, args, folder: pathlib.Path) -> list[str]:
 
 
 # -- report -----------------------------------------------------------------------------------------
-def plot(report: dict, path: pathlib.Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(report: dict, path) -> None:
+    plt = pyplot()
     kinds = [k for k in report["storages"] if k in report]
     fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.8), squeeze=False)
     labels = ["optuna\ntrial.report", "shoal\nctx.report", f"shoal\ntrial.report\n({report['trial_form']})"]
@@ -277,28 +271,28 @@ def plot(report: dict, path: pathlib.Path) -> None:
         axis.set_title(f"{kind} storage: {report[kind]['trials']} trials x {report[kind]['steps']} steps", fontsize=9)
         axis.tick_params(axis="x", labelsize=8)
         axis.legend(fontsize=8, loc="lower right")
-    fig.suptitle(f"fastest of {report['repeats']} interleaved repeats; load average {report['load_average']}", fontsize=8)
+    fig.suptitle(f"fastest of {report['repeats']} interleaved repeats; load average {report['machine']['load_average']}", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add(parser) -> None:
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--storages", default="journal,memory", help="journal, memory and/or sqlite")
     parser.add_argument("--profile", action="store_true", help="also profile shoal's ctx.report loop")
-    args = parser.parse_args()
+
+
+def main() -> int:
+    args = options(__doc__, {"trials": 3, "steps": 20, "repeats": 1}, add, repeats=7)
     args.storages = [s.strip() for s in args.storages.split(",") if s.strip()]
-    if min(args.trials, args.steps, args.repeats) < 1:
-        parser.error("--trials, --steps and --repeats must be >= 1")
+    if min(args.trials, args.steps) < 1:
+        args.parser.error("--trials and --steps must be >= 1")
     if not args.storages or not set(args.storages) <= {"journal", "memory", "sqlite"}:
-        parser.error(f"--storages takes journal, memory and/or sqlite, got {args.storages!r}")
-    report: dict = {"time": time.time(), "load_average": tuple(round(v, 2) for v in os.getloadavg()),
-                    "storages": args.storages, "repeats": args.repeats, "pruner": "MedianPruner()", "target": TARGET}
+        args.parser.error(f"--storages takes journal, memory and/or sqlite, got {args.storages!r}")
+    session = Session("report", args)
+    report: dict = {"storages": args.storages, "repeats": args.repeats, "pruner": "MedianPruner()", "target": TARGET}
     report.update(measure(args))
-    report["load_average_end"] = tuple(round(v, 2) for v in os.getloadavg())
     for kind in args.storages:
         r = report[kind]
         print(f"{kind}, fastest of {args.repeats}: optuna {r['optuna']['us_per_report']:.1f} us per report "
@@ -309,10 +303,7 @@ def main() -> int:
         print(f"{kind}: whole search ({r['trials']} trials, trial dispatch and records included): optuna "
               f"{r['optuna']['wall_s']:.2f} s; " + "; ".join(
                   f"{s} {r[s]['wall_s']:.2f} s = {r[s]['wall_ratio']:.2f}x" for s in SYSTEMS[1:]), flush=True)
-    print(f"load average (1, 5, 15 min) at start {report['load_average']}, at end {report['load_average_end']}", flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "report.json").write_text(json.dumps(report, indent=2))
-    plot(report, RESULTS / "report.png")
+    session.write(report, plot)
     return 0
 
 

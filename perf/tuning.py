@@ -1,54 +1,58 @@
-"""Throughput of shoal.tune on Dask and Ray against plain Optuna and Ray Tune, in one process and one
-warm cluster per engine.
+"""Throughput and search quality of shoal.tune on Dask and Ray against plain Optuna and Ray Tune,
+every system on the same storage with the same lock, one warm cluster per engine.
 
-    python perf/tuning.py [--short-trials 200] [--cpu-trials 40] [--cpu-seconds 0.5]
-                          [--engines dask,ray] [--repeats 1] [--skip-raytune]
+    python perf/tuning.py [--short-trials 200] [--seeds 3] [--cpu-trials 40] [--cpu-seconds 0.5]
+                          [--engines dask,ray] [--skip-raytune] [--repeats 1] [--quick] [--out DIR]
 
-Every search is a TPE study (same space, same seed, parallelism 2) whose study lives in the same kind
-of storage: an Optuna journal file, shoal's default next to a SQLite project database.
+Every search is a TPE study of the same space (the Branin function, maximised as ``-branin``: its
+best value, -0.397887, is known), parallelism 2, on a fresh Optuna journal file written under
+shoal's lock (``JournalFileBackend(path, lock_obj=QueuedJournalLock(path))``): the very storage
+class shoal opens for a project on SQLite, handed to every system.
 
-- shoal: ``fn.tune(...)`` on a warm Dask LocalCluster (2 workers) and a warm local Ray instance
-  (2 CPUs); every trial is a recorded run (checked in the project store).
-- plain Optuna: ``study.optimize(objective, n_jobs=2)`` (threads in this process).
-- Ray Tune: ``Tuner`` with ``OptunaSearch`` (same journal storage), ``max_concurrent_trials=2``, on the
-  Ray instance shoal's ray backend started (Ray allows one connection per process), actors reused,
-  Tune's automatic CSV/JSON/TensorBoard loggers off (both in its favour).
+- shoal: ``fn.tune(..., storage=<that storage>)`` on a warm embedded Dask cluster (2 workers) and a
+  warm local Ray instance (2 CPUs); every trial is a recorded run (checked in the project store).
+- optuna processes: 2 processes, each running ``study.optimize`` on the shared journal until the
+  study holds the trials asked for (``MaxTrialsCallback``): Optuna's own way to use 2 cores,
+  started behind a barrier so that interpreter start-up is not timed.
+- optuna threads: ``study.optimize(n_jobs=2)`` in this process (short trials only: on CPU-bound
+  trials its threads share one GIL).
+- Ray Tune: ``Tuner`` with ``OptunaSearch`` (same storage class), ``max_concurrent_trials=2``, on the
+  Ray instance shoal's ray backend started, actors reused, its automatic loggers off.
 
-Two workloads: short trials (a 10 ms objective, sleeping, so dispatch cost dominates) and CPU-bound
-trials (a busy loop until the trial's thread has used ``--cpu-seconds`` of CPU time). Prints trials
-per second, shoal/Optuna throughput on short trials (target >= 0.8), shoal/Ray Tune (target >= 3),
-and shoal's parallel efficiency on the CPU-bound trials against ``trials x seconds / 2`` (target >=
-0.9; Optuna's threads share one GIL, so its CPU-bound figure shows no scaling). ``--repeats N`` runs
-every search N times per system and keeps the fastest, for all systems alike: on a small shared
-machine single searches move by several percent. Writes ``perf/results/tuning.json`` and
-``tuning.png``.
+Short trials (a 10 ms sleeping objective: dispatch cost dominates) run once per seed (``--seeds``,
+default 3): throughput (fastest and median) and search quality (median over seeds of the best value
+found) for every system. CPU-bound trials (a busy loop on the thread's CPU time) run ``--repeats``
+times: parallel efficiency is ``trials x seconds / 2`` over the wall time. Writes ``tuning.json``/``.png``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
+import math
+import multiprocessing as mp
 import os
 import pathlib
+import statistics
 import sys
 import tempfile
 import time
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+from harness import Session, bars, options, pyplot, timed
+
 WORKERS = 2
 SHORT_SECONDS = 0.01
-SEED = 7
-LOW, HIGH = -5.0, 5.0
+SPACE = {"x": (-5.0, 10.0), "y": (0.0, 15.0)}
+OPTIMUM = -0.397887  # -branin at its three minima
 
 
 def score(x: float, y: float) -> float:
-    return -((x - 1.0) ** 2) - (y + 2.0) ** 2
+    """-branin(x, y): a benchmark with a known best value, so search quality can be compared."""
+    a, b, c, r, s, t = 1.0, 5.1 / (4 * math.pi**2), 5 / math.pi, 6.0, 10.0, 1 / (8 * math.pi)
+    return -(a * (y - b * x**2 + c * x - r) ** 2 + s * (1 - t) * math.cos(x) + s)
 
 
 def burn(seconds: float) -> None:
-    """Busy CPU until this thread has used ``seconds`` of CPU time (no sleeping: it must occupy a
-    core). CPU time, not wall time: threads sharing one GIL each get a share, as real work would."""
+    """Busy CPU until this thread has used ``seconds`` of CPU time (contention shows as wall time)."""
     end = time.thread_time() + seconds
     while time.thread_time() < end:
         pass
@@ -66,42 +70,21 @@ def cpu(x: float, y: float, seconds: float = 0.5) -> dict:
     return {"accuracy": score(x, y), "busy_s": time.perf_counter() - began}
 
 
-def timed(call) -> tuple[float, object]:
-    """Wall seconds of ``call()`` (and, in ``timed.cpu``, this process's CPU seconds meanwhile)."""
-    start, cpu_start = time.perf_counter(), time.process_time()
-    value = call()
-    timed.cpu = time.process_time() - cpu_start
-    return time.perf_counter() - start, value
+def storage(path: pathlib.Path):
+    """The storage every system gets: an Optuna journal file under shoal's queued lock."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from shoal.tuning.journal_lock import QueuedJournalLock
+
+    return JournalStorage(JournalFileBackend(str(path), lock_obj=QueuedJournalLock(str(path))))
 
 
-def outcome(seconds: float, completed: int, busy: float) -> dict:
-    """One search: wall seconds, trials completed, the wall time spent inside objectives, and the
-    CPU time of this (the driver's) process: on a loaded machine, throughput follows it."""
-    return {"seconds": seconds, "completed": completed, "busy_s": busy, "driver_cpu_s": timed.cpu}
+def outcome(seconds: float, completed: int, busy: float, best: float) -> dict:
+    return {"seconds": seconds, "completed": completed, "busy_s": busy, "best": best}
 
 
-def best(searches) -> dict:
-    return min(searches, key=lambda found: found["seconds"])
-
-
-def row(found: dict, trials: int, cpu_seconds: float | None = None) -> dict:
-    """Trials per second; for CPU-bound trials also the efficiency against the ideal wall time and
-    the slot occupancy (objective time / (wall x slots): the part of the loss that is not the
-    machine's other load slowing the objectives down)."""
-    seconds = found["seconds"]
-    out = {
-        "trials": trials, "completed": found["completed"], "seconds": round(seconds, 3),
-        "trials_per_s": trials / seconds, "occupancy": found["busy_s"] / (seconds * WORKERS),
-        "driver_cpu_ms_per_trial": 1e3 * found["driver_cpu_s"] / trials,
-    }
-    if cpu_seconds is not None:
-        ideal = trials * cpu_seconds / WORKERS
-        out.update(ideal_s=ideal, parallel_efficiency=ideal / seconds,
-                   mean_trial_s=found["busy_s"] / max(1, found["completed"]))
-    return out
-
-
-# -- shoal ----------------------------------------------------------------------------------------
+# -- shoal -----------------------------------------------------------------------------------------
 def make_backend(engine: str):
     import shoal.backends
 
@@ -110,124 +93,142 @@ def make_backend(engine: str):
     return shoal.backends.get("ray", num_cpus=WORKERS)
 
 
-def shoal_search(fn, project, backend, study: str, trials: int, constants: dict) -> dict:
+def shoal_search(fn, project, backend, folder: pathlib.Path, study: str, trials: int, seed: int, constants: dict) -> dict:
     from shoal.tuning import Float
 
-    space = {"x": Float(LOW, HIGH), "y": Float(LOW, HIGH), **constants}
-    seconds, result = timed(lambda: fn.tune(
-        space, objective="max.accuracy", n_trials=trials, parallelism=WORKERS, backend=backend,
-        project=project, study=study, seed=SEED,
-    ))
+    space = {name: Float(low, high) for name, (low, high) in SPACE.items()} | constants
+    held = storage(folder / f"{project.name}-{study}.journal")  # a fresh file per search and system
+    seconds, result = timed(lambda: fn.tune(space, objective="max.accuracy", n_trials=trials, parallelism=WORKERS,
+                                            backend=backend, project=project, study=study, seed=seed, storage=held))
     states = [t["state"] for t in result.trials]
     assert states == ["complete"] * trials, f"shoal {study}: trials not all complete: {set(states)}"
     project.flush()
-    recorded = project.store.count_runs(parent=result.parent, state="completed")
-    assert recorded == trials, f"shoal {study}: {recorded} of {trials} trials recorded as completed runs"
-    runs = {run.uid: run for run in project.runs.list(parent=result.parent, limit=None)}
-    assert {t["run"] for t in result.trials} == set(runs), f"shoal {study}: trials and recorded runs differ"
-    return outcome(seconds, recorded, sum(run.results["busy_s"] for run in runs.values()))
+    runs = project.runs.list(parent=result.parent, state="completed", limit=None)
+    assert len(runs) == trials, f"shoal {study}: {len(runs)} of {trials} trials recorded as completed runs"
+    assert {t["run"] for t in result.trials} == {r.uid for r in runs}, f"shoal {study}: trials and recorded runs differ"
+    return outcome(seconds, len(runs), sum(r.results["busy_s"] for r in runs), result.best_value)
 
 
-def measure_shoal(backend, args) -> dict:
+def measure_shoal(engine: str, backend, args, folder: pathlib.Path) -> dict:
     import shoal
 
-    with tempfile.TemporaryDirectory() as folder:
-        project = shoal.Project(folder, name="perf")
-        fn_short, fn_cpu = shoal.function(short), shoal.function(cpu)
-        # Warm up: workers started, code shipped, optuna imported on the workers, storage open.
-        shoal_search(fn_short, project, backend, "warm-short", 6, {})
-        shoal_search(fn_cpu, project, backend, "warm-cpu", WORKERS, {"seconds": 0.05})
-        found = best(shoal_search(fn_short, project, backend, f"short-{i}", args.short_trials, {}) for i in range(args.repeats))
-        short_row = {**row(found, args.short_trials), "recorded_runs": found["completed"]}
-        found = best(
-            shoal_search(fn_cpu, project, backend, f"cpu-{i}", args.cpu_trials, {"seconds": args.cpu_seconds})
-            for i in range(args.repeats)
-        )
-        cpu_row = {**row(found, args.cpu_trials, args.cpu_seconds), "recorded_runs": found["completed"]}
-        project.close()
-    return {"short": short_row, "cpu": cpu_row}
+    project = shoal.Project(folder / f"project-{engine}", name=f"shoal-{engine}")
+    fn_short, fn_cpu = shoal.function(short), shoal.function(cpu)
+    shoal_search(fn_short, project, backend, folder, "warm-short", 6, 0, {})  # warm: code shipped, optuna imported
+    shoal_search(fn_cpu, project, backend, folder, "warm-cpu", WORKERS, 0, {"seconds": 0.05})
+    found = {
+        "short": [shoal_search(fn_short, project, backend, folder, f"short-{s}", args.short_trials, s, {}) for s in seeds(args)],
+        "cpu": [shoal_search(fn_cpu, project, backend, folder, f"cpu-{i}", args.cpu_trials, i, {"seconds": args.cpu_seconds})
+                for i in range(args.repeats)],
+    }
+    project.close()
+    return found
 
 
-# -- plain Optuna ---------------------------------------------------------------------------------
-def journal(path: pathlib.Path):
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    return JournalStorage(JournalFileBackend(str(path)))
-
-
-def optuna_search(storage, study: str, trials: int, work) -> dict:
-    import optuna
-
-    busy: list[float] = []  # list.append is atomic: safe from Optuna's threads
-
+# -- plain Optuna ----------------------------------------------------------------------------------
+def optuna_objective(work, busy: list):
     def objective(trial) -> float:
-        result = work(trial.suggest_float("x", LOW, HIGH), trial.suggest_float("y", LOW, HIGH))
-        busy.append(result["busy_s"])
+        result = work(*(trial.suggest_float(name, low, high) for name, (low, high) in SPACE.items()))
+        busy.append(result["busy_s"])  # list.append is atomic: safe from Optuna's threads
         return result["accuracy"]
 
-    def search():
-        made = optuna.create_study(study_name=study, storage=storage, direction="maximize",
-                                   sampler=optuna.samplers.TPESampler(seed=SEED))
-        made.optimize(objective, n_trials=trials, n_jobs=WORKERS)
-        return made
-
-    seconds, made = timed(search)
-    completed = sum(t.state.name == "COMPLETE" for t in made.get_trials(deepcopy=False))
-    assert completed == trials, f"optuna {study}: {completed} of {trials} trials complete"
-    return outcome(seconds, completed, sum(busy))
+    return objective
 
 
-def measure_optuna(args) -> dict:
+def optuna_worker(path: str, study: str, trials: int, seed: int, cpu_seconds: float | None, barrier, out) -> None:
+    """One of Optuna's worker processes: optimise the shared study until it holds ``trials``."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    with tempfile.TemporaryDirectory() as folder:
-        storage = journal(pathlib.Path(folder) / "studies.journal")
-        optuna_search(storage, "warm", 6, short)
-        found = best(optuna_search(storage, f"short-{i}", args.short_trials, short) for i in range(args.repeats))
-        short_row = row(found, args.short_trials)
-        found = best(
-            optuna_search(storage, f"cpu-{i}", args.cpu_trials, lambda x, y: cpu(x, y, args.cpu_seconds))
-            for i in range(args.repeats)
-        )
-        cpu_row = row(found, args.cpu_trials, args.cpu_seconds)
-    return {"short": short_row, "cpu": cpu_row}
+    made = optuna.load_study(study_name=study, storage=storage(pathlib.Path(path)),
+                             sampler=optuna.samplers.TPESampler(seed=seed))
+    work = short if cpu_seconds is None else (lambda x, y: cpu(x, y, cpu_seconds))
+    busy: list[float] = []
+    barrier.wait()
+    made.optimize(optuna_objective(work, busy), n_trials=trials,
+                  callbacks=[optuna.study.MaxTrialsCallback(trials, states=None)])
+    out.put(sum(busy))
 
 
-# -- Ray Tune -------------------------------------------------------------------------------------
+def optuna_processes(folder: pathlib.Path, study: str, trials: int, seed: int, cpu_seconds: float | None) -> dict:
+    import optuna
+
+    path = folder / f"{study}.journal"
+    optuna.create_study(study_name=study, storage=storage(path), direction="maximize")
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(WORKERS + 1), ctx.Queue()
+    procs = [ctx.Process(target=optuna_worker, args=(str(path), study, trials, seed * 1000 + i, cpu_seconds, barrier, out))
+             for i in range(WORKERS)]
+    for proc in procs:
+        proc.start()
+    barrier.wait(timeout=120)  # every worker has imported optuna and loaded the study
+    began = time.perf_counter()
+    busy = sum(out.get(timeout=600) for _ in procs)
+    seconds = time.perf_counter() - began
+    for proc in procs:
+        proc.join()
+        assert proc.exitcode == 0, f"optuna worker exited with {proc.exitcode}"
+    made = optuna.load_study(study_name=study, storage=storage(path))
+    completed = sum(t.state.name == "COMPLETE" for t in made.get_trials(deepcopy=False))
+    assert completed >= trials, f"optuna processes {study}: {completed} of {trials} trials complete"
+    return outcome(seconds, completed, busy, made.best_value)
+
+
+def optuna_threads(folder: pathlib.Path, study: str, trials: int, seed: int) -> dict:
+    import optuna
+
+    busy: list[float] = []
+    made = optuna.create_study(study_name=study, storage=storage(folder / f"{study}.journal"), direction="maximize",
+                               sampler=optuna.samplers.TPESampler(seed=seed))
+    seconds, _ = timed(lambda: made.optimize(optuna_objective(short, busy), n_trials=trials, n_jobs=WORKERS))
+    completed = sum(t.state.name == "COMPLETE" for t in made.get_trials(deepcopy=False))
+    assert completed == trials, f"optuna threads {study}: {completed} of {trials} trials complete"
+    return outcome(seconds, completed, sum(busy), made.best_value)
+
+
+def measure_optuna(args, folder: pathlib.Path) -> dict:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    optuna_threads(folder, "warm-threads", 6, 0)
+    return {
+        "optuna processes": {
+            "short": [optuna_processes(folder, f"p-short-{s}", args.short_trials, s, None) for s in seeds(args)],
+            "cpu": [optuna_processes(folder, f"p-cpu-{i}", args.cpu_trials, i, args.cpu_seconds) for i in range(args.repeats)],
+        },
+        "optuna threads": {"short": [optuna_threads(folder, f"t-short-{s}", args.short_trials, s) for s in seeds(args)]},
+    }
+
+
+# -- Ray Tune --------------------------------------------------------------------------------------
 def tune_trainable(config: dict) -> None:
     from ray import tune
 
-    if config["seconds"] is None:
-        result = short(config["x"], config["y"])
-    else:
-        result = cpu(config["x"], config["y"], config["seconds"])
-    tune.report(result)
+    work = short(config["x"], config["y"]) if config["seconds"] is None else cpu(config["x"], config["y"], config["seconds"])
+    tune.report(work)
 
 
-def raytune_search(folder: pathlib.Path, storage, study: str, trials: int, seconds: float | None) -> dict:
+def raytune_search(folder: pathlib.Path, study: str, trials: int, seed: int, seconds: float | None) -> dict:
     import optuna
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
-    searcher = OptunaSearch(metric="accuracy", mode="max", study_name=study, storage=storage,
-                            sampler=optuna.samplers.TPESampler(seed=SEED))
+    searcher = OptunaSearch(metric="accuracy", mode="max", study_name=study, storage=storage(folder / f"{study}.journal"),
+                            sampler=optuna.samplers.TPESampler(seed=seed))
+    space = {name: tune.uniform(low, high) for name, (low, high) in SPACE.items()} | {"seconds": seconds}
     tuner = tune.Tuner(
-        tune_trainable,
-        param_space={"x": tune.uniform(LOW, HIGH), "y": tune.uniform(LOW, HIGH), "seconds": seconds},
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=trials, max_concurrent_trials=WORKERS,
-                                    reuse_actors=True),
+        tune_trainable, param_space=space,
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=trials, max_concurrent_trials=WORKERS, reuse_actors=True),
         run_config=tune.RunConfig(name=study, storage_path=str(folder / "ray_results"), verbose=0),
     )
     elapsed, grid = timed(tuner.fit)
     metrics = [r.metrics for r in grid if r.error is None and "accuracy" in (r.metrics or {})]
     assert len(metrics) == trials, f"ray tune {study}: {len(metrics)} of {trials} trials completed"
-    return outcome(elapsed, len(metrics), sum(m["busy_s"] for m in metrics))
+    return outcome(elapsed, len(metrics), sum(m["busy_s"] for m in metrics), max(m["accuracy"] for m in metrics))
 
 
-def measure_raytune(args) -> dict:
-    """On the Ray instance that is connected in this process (shoal's ray backend, still open)."""
+def measure_raytune(args, folder: pathlib.Path) -> dict:
+    """On the Ray instance connected in this process (shoal's ray backend, still open)."""
     import ray
 
     assert ray.is_initialized(), "Ray Tune runs on the ray backend's instance: open it first"
@@ -235,127 +236,135 @@ def measure_raytune(args) -> dict:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     for name in ("ray", "ray.tune", "ray.train"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    with tempfile.TemporaryDirectory() as folder:
-        folder = pathlib.Path(folder)
-        storage = journal(folder / "studies.journal")
-        raytune_search(folder, storage, "warm", 6, None)
-        found = best(raytune_search(folder, storage, f"short-{i}", args.short_trials, None) for i in range(args.repeats))
-        short_row = row(found, args.short_trials)
-        found = best(raytune_search(folder, storage, f"cpu-{i}", args.cpu_trials, args.cpu_seconds) for i in range(args.repeats))
-        cpu_row = row(found, args.cpu_trials, args.cpu_seconds)
-    return {"short": short_row, "cpu": cpu_row}
-
-
-# -- report ---------------------------------------------------------------------------------------
-def ratios(shoal_row: dict, optuna_row: dict, raytune_row: dict | None) -> dict:
-    out = {
-        "vs_optuna_short": shoal_row["short"]["trials_per_s"] / optuna_row["short"]["trials_per_s"],
-        "parallel_efficiency": shoal_row["cpu"]["parallel_efficiency"],
+    raytune_search(folder, "rt-warm", 6, 0, None)
+    return {
+        "short": [raytune_search(folder, f"rt-short-{s}", args.short_trials, s, None) for s in seeds(args)],
+        "cpu": [raytune_search(folder, f"rt-cpu-{i}", args.cpu_trials, i, args.cpu_seconds) for i in range(args.repeats)],
     }
-    if raytune_row is not None:
-        out["vs_raytune_short"] = shoal_row["short"]["trials_per_s"] / raytune_row["short"]["trials_per_s"]
-        out["vs_raytune_cpu"] = shoal_row["cpu"]["trials_per_s"] / raytune_row["cpu"]["trials_per_s"]
+
+
+# -- summary ---------------------------------------------------------------------------------------
+def seeds(args) -> list[int]:
+    return list(range(1, args.seeds + 1))
+
+
+def summarise(found: dict, args) -> dict:
+    """Per workload: throughput (fastest and median search), best values, efficiency."""
+    out = {}
+    short_rows = found["short"]
+    rates = [r["completed"] / r["seconds"] for r in short_rows]
+    out["short"] = {
+        "trials": args.short_trials, "searches": short_rows, "trials_per_s": max(rates),
+        "trials_per_s_median": statistics.median(rates), "best_values": [r["best"] for r in short_rows],
+        "median_best": statistics.median(r["best"] for r in short_rows),
+        "occupancy": max(r["busy_s"] / (r["seconds"] * WORKERS) for r in short_rows),
+    }
+    if "cpu" in found:
+        ideal = args.cpu_trials * args.cpu_seconds / WORKERS
+        fastest = min(found["cpu"], key=lambda r: r["seconds"])
+        out["cpu"] = {
+            "trials": args.cpu_trials, "searches": found["cpu"], "ideal_s": ideal, "seconds": fastest["seconds"],
+            "parallel_efficiency": ideal * fastest["completed"] / args.cpu_trials / fastest["seconds"],
+            "occupancy": fastest["busy_s"] / (fastest["seconds"] * WORKERS),
+            "mean_trial_s": fastest["busy_s"] / max(1, fastest["completed"]),
+        }
     return out
 
 
 def describe(name: str, result: dict) -> str:
-    s, c = result["short"], result["cpu"]
-    return (
-        f"{name:13s} short: {s['trials']} trials in {s['seconds']:.2f} s = {s['trials_per_s']:6.1f} trials/s "
-        f"(driver CPU {s['driver_cpu_ms_per_trial']:.1f} ms/trial); "
-        f"CPU: {c['trials']} x {c['ideal_s'] * WORKERS / c['trials']:g} s in {c['seconds']:.2f} s = "
-        f"{c['trials_per_s']:.2f} trials/s, efficiency {c['parallel_efficiency']:.2f} "
-        f"(trials took {c['mean_trial_s']:.2f} s each, slots busy {c['occupancy']:.0%} of the time)"
-    )
+    s = result["short"]
+    line = (f"{name:17s} short: {s['trials_per_s']:6.1f} trials/s (median {s['trials_per_s_median']:.1f}); "
+            f"median best {s['median_best']:.4f} (optimum {OPTIMUM}; per seed "
+            + ", ".join(f"{v:.4f}" for v in s["best_values"]) + ")")
+    if "cpu" in result:
+        c = result["cpu"]
+        line += (f"; CPU-bound: {c['seconds']:.2f} s vs ideal {c['ideal_s']:.2f} s, efficiency {c['parallel_efficiency']:.2f} "
+                 f"(trials took {c['mean_trial_s']:.2f} s each, slots busy {c['occupancy']:.0%})")
+    return line
 
 
-def plot(report: dict, path: pathlib.Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    systems = [(f"shoal\n{e}", report["shoal"][e]) for e in report["shoal"]]
-    systems.append(("optuna\nn_jobs=2", report["optuna"]))
-    if report.get("raytune"):
-        systems.append(("Ray Tune\nOptunaSearch", report["raytune"]))
-    colors = ["#3b75af" if name.startswith("shoal") else "#999999" for name, _ in systems]
-    names = [name for name, _ in systems]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    left.bar(names, [r["short"]["trials_per_s"] for _, r in systems], color=colors)
-    left.set_ylabel("trials per second")
-    left.set_title(f"{report['short_trials']} trials of a {SHORT_SECONDS * 1e3:g} ms objective, parallelism {WORKERS}", fontsize=9)
-    for x, (_, r) in enumerate(systems):
-        left.annotate(f"{r['short']['trials_per_s']:.1f}", (x, r["short"]["trials_per_s"]), ha="center", va="bottom", fontsize=8)
-    right.bar(names, [r["cpu"]["parallel_efficiency"] for _, r in systems], color=colors, label="efficiency (ideal / wall)")
-    right.scatter(names, [r["cpu"]["occupancy"] for _, r in systems], color="black", marker="_", s=400, zorder=3,
-                  label="slot occupancy")
-    right.axhline(0.9, color="red", linestyle="--", linewidth=1, label="shoal target 0.9")
-    right.set_ylim(0, 1.05)
-    right.set_ylabel("parallel efficiency")
-    right.set_title(f"{report['cpu_trials']} CPU-bound trials of {report['cpu_seconds']:g} s on {WORKERS} workers", fontsize=9)
-    right.legend(fontsize=8)
-    for axis in (left, right):
-        axis.tick_params(axis="x", labelsize=8)
+def plot(report: dict, path) -> None:
+    plt = pyplot()
+    systems = report["systems"]
+    names = [n.replace(" ", "\n", 1) for n in systems]
+    colors = ["#3b75af" if n.startswith("shoal") else "#999999" for n in systems]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    bars(axes[0], names, [r["short"]["trials_per_s"] for r in systems.values()], colors, "{:.0f}")
+    axes[0].set_title(f"{report['short_trials']} trials of {SHORT_SECONDS * 1e3:g} ms, parallelism {WORKERS}: trials/s", fontsize=9)
+    bars(axes[1], names, [OPTIMUM - r["short"]["median_best"] for r in systems.values()], colors, "{:.3f}")
+    axes[1].set_title(f"regret (optimum - median best of {report['seeds']} seeds), lower is better", fontsize=9)
+    cpu_systems = {n: r for n, r in systems.items() if "cpu" in r}
+    bars(axes[2], [n.replace(" ", "\n", 1) for n in cpu_systems], [r["cpu"]["parallel_efficiency"] for r in cpu_systems.values()],
+         ["#3b75af" if n.startswith("shoal") else "#999999" for n in cpu_systems])
+    axes[2].set_ylim(0, 1.1)
+    axes[2].set_title(f"{report['cpu_trials']} CPU-bound trials of {report['cpu_seconds']:g} s: efficiency", fontsize=9)
+    fig.suptitle(f"same journal storage and lock for all; load average {report['machine']['load_average']} -> "
+                 f"{report['machine']['load_average_end']}", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add(parser) -> None:
     parser.add_argument("--short-trials", type=int, default=200)
+    parser.add_argument("--seeds", type=int, default=3, help="short searches per system, one per seed")
     parser.add_argument("--cpu-trials", type=int, default=40)
     parser.add_argument("--cpu-seconds", type=float, default=0.5)
     parser.add_argument("--engines", default="dask,ray")
-    parser.add_argument("--repeats", type=int, default=1, help="searches of each kind per system; the fastest counts")
     parser.add_argument("--skip-raytune", action="store_true", help="do not run the Ray Tune comparison")
-    args = parser.parse_args()
+
+
+def main() -> int:
+    args = options(__doc__, {"short_trials": 20, "cpu_trials": 4, "cpu_seconds": 0.1, "seeds": 3, "skip_raytune": True}, add,
+                   repeats=1)
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    if min(args.short_trials, args.cpu_trials, args.repeats) < 1 or args.cpu_seconds <= 0:
-        parser.error("--short-trials, --cpu-trials and --repeats must be >= 1 and --cpu-seconds > 0")
-    if not set(engines) <= {"dask", "ray"} or not engines:
-        parser.error(f"--engines takes dask and/or ray, got {args.engines!r}")
+    if min(args.short_trials, args.cpu_trials, args.seeds) < 1 or args.cpu_seconds <= 0:
+        args.parser.error("--short-trials, --cpu-trials and --seeds must be >= 1 and --cpu-seconds > 0")
+    if not engines or not set(engines) <= {"dask", "ray"}:
+        args.parser.error(f"--engines takes dask and/or ray, got {args.engines!r}")
+    session = Session("tuning", args)
+    systems: dict = {}
 
-    report: dict = {
-        "time": time.time(), "load_average": tuple(round(v, 2) for v in os.getloadavg()), "short_trials": args.short_trials,
-        "short_seconds": SHORT_SECONDS, "cpu_trials": args.cpu_trials, "cpu_seconds": args.cpu_seconds,
-        "repeats": args.repeats, "workers": WORKERS, "storage": "optuna journal file", "shoal": {}, "raytune": None,
-    }
-    report["optuna"] = measure_optuna(args)
-    print(describe("optuna", report["optuna"]), flush=True)
-    for engine in engines:
-        with make_backend(engine) as backend:
-            report["shoal"][engine] = measure_shoal(backend, args)
-            print(describe(f"shoal {engine}", report["shoal"][engine]), flush=True)
-            if engine == "ray" and not args.skip_raytune:
-                report["raytune"] = measure_raytune(args)
-                print(describe("ray tune", report["raytune"]), flush=True)
-    if report["raytune"] is None and not args.skip_raytune:
-        import shoal.backends
+    def record(found: dict) -> None:
+        for name, result in found.items():
+            systems[name] = summarise(result, args)
+            print(describe(name, systems[name]), flush=True)
 
-        with shoal.backends.get("ray", num_cpus=WORKERS).start():  # a Ray instance for Ray Tune alone
-            report["raytune"] = measure_raytune(args)
-        print(describe("ray tune", report["raytune"]), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = pathlib.Path(tmp)
+        record(measure_optuna(args, folder))
+        for engine in engines:
+            with make_backend(engine) as backend:
+                record({f"shoal {engine}": measure_shoal(engine, backend, args, folder)})
+                if engine == "ray" and not args.skip_raytune:
+                    record({"ray tune": measure_raytune(args, folder)})
+        if "ray tune" not in systems and not args.skip_raytune:
+            import shoal.backends
 
-    report["ratios"] = {}
-    for engine, result in report["shoal"].items():
-        r = report["ratios"][engine] = ratios(result, report["optuna"], report["raytune"])
-        line = (
-            f"shoal {engine}: {r['vs_optuna_short']:.2f}x plain Optuna on short trials (target >= 0.8, "
-            f"{result['short']['recorded_runs']} runs recorded)"
-        )
-        if "vs_raytune_short" in r:
-            line += f", {r['vs_raytune_short']:.2f}x Ray Tune (target >= 3; CPU-bound {r['vs_raytune_cpu']:.2f}x)"
-        line += (
-            f", parallel efficiency {r['parallel_efficiency']:.2f} (target >= 0.9; "
-            f"slot occupancy {result['cpu']['occupancy']:.2f})"
-        )
-        print(line, flush=True)
-    report["load_average_end"] = tuple(round(v, 2) for v in os.getloadavg())
-    print(f"load average (1, 5, 15 min) at start {report['load_average']}, at end {report['load_average_end']}", flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "tuning.json").write_text(json.dumps(report, indent=2))
-    plot(report, RESULTS / "tuning.png")
+            with shoal.backends.get("ray", num_cpus=WORKERS).start():  # a Ray instance for Ray Tune alone
+                record({"ray tune": measure_raytune(args, folder)})
+    base = systems["optuna processes"]
+    ratios = {}
+    for name in (n for n in systems if n.startswith("shoal")):
+        mine = systems[name]
+        ratios[name] = {
+            "vs_optuna_processes_short": mine["short"]["trials_per_s"] / base["short"]["trials_per_s"],
+            "vs_optuna_threads_short": mine["short"]["trials_per_s"] / systems["optuna threads"]["short"]["trials_per_s"],
+            "median_best_minus_optuna_processes": mine["short"]["median_best"] - base["short"]["median_best"],
+            "efficiency_vs_optuna_processes": mine["cpu"]["parallel_efficiency"] / base["cpu"]["parallel_efficiency"],
+        }
+        if "ray tune" in systems:
+            ratios[name]["vs_raytune_short"] = mine["short"]["trials_per_s"] / systems["ray tune"]["short"]["trials_per_s"]
+        r = ratios[name]
+        print(f"{name}: {mine['short']['trials_per_s']:.1f} trials/s (target >= 180) = {r['vs_optuna_processes_short']:.2f}x "
+              f"Optuna's processes, {r['vs_optuna_threads_short']:.2f}x its threads"
+              + (f", {r['vs_raytune_short']:.2f}x Ray Tune" if "vs_raytune_short" in r else "")
+              + f"; median best {mine['short']['median_best']:.4f} vs Optuna's processes {base['short']['median_best']:.4f}; "
+              f"CPU-bound efficiency {mine['cpu']['parallel_efficiency']:.2f} (target >= 0.93; Optuna's processes "
+              f"{base['cpu']['parallel_efficiency']:.2f})", flush=True)
+    session.write({"workers": WORKERS, "short_trials": args.short_trials, "short_seconds": SHORT_SECONDS, "seeds": args.seeds,
+                   "cpu_trials": args.cpu_trials, "cpu_seconds": args.cpu_seconds, "optimum": OPTIMUM,
+                   "storage": "optuna journal file, shoal's QueuedJournalLock, one fresh file per search",
+                   "systems": systems, "ratios": ratios}, plot)
     return 0
 
 

@@ -1,21 +1,27 @@
 """Which local study storage holds up under parallel writers: SQLite (WAL) or an Optuna journal file?
 
-N processes ask and tell trials of one study at once (random sampler, one float parameter, no
-objective work) so that only the storage is measured. Prints trials per second and errors per
-storage and writer count; writes perf/results/tuning_storage.json.
+    python perf/tuning_storage.py [--trials-per-writer 60] [--writers 1 2 4 8] [--quick] [--out DIR]
 
-    python perf/tuning_storage.py [--trials-per-writer 60] [--writers 1 2 4 8]
+N processes ask and tell trials of one study at once (random sampler, one float parameter, no
+objective work) so that only the storage is measured; they start together behind a
+``multiprocessing.Barrier`` once every one has imported Optuna and opened the storage. Prints trials
+per second and errors per storage and writer count (the median over ``--repeats`` rounds); writes
+``tuning_storage.json``/``.png``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import multiprocessing as mp
 import pathlib
 import sqlite3
+import statistics
+import sys
 import tempfile
 import time
+
+from harness import Session, options, pyplot
+
+KINDS = ("sqlite", "journal")
 
 
 def _storage(kind: str, path: str):
@@ -30,7 +36,7 @@ def _storage(kind: str, path: str):
     return JournalStorage(JournalFileBackend(path))
 
 
-def _writer(kind: str, path: str, trials: int, start, out) -> None:
+def _writer(kind: str, path: str, trials: int, barrier, out) -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -38,7 +44,7 @@ def _writer(kind: str, path: str, trials: int, start, out) -> None:
     study = optuna.load_study(study_name="bench", storage=storage, sampler=optuna.samplers.RandomSampler())
     dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
     errors = 0
-    start.wait()
+    barrier.wait()
     for _ in range(trials):
         try:
             trial = study.ask(dist)
@@ -49,51 +55,64 @@ def _writer(kind: str, path: str, trials: int, start, out) -> None:
     out.put(errors)
 
 
-def measure(kind: str, writers: int, trials: int, folder: pathlib.Path) -> dict:
+def measure(kind: str, writers: int, trials: int, folder: pathlib.Path, round_: int) -> dict:
     import optuna
 
-    path = str(folder / f"{kind}-{writers}.{'db' if kind == 'sqlite' else 'journal'}")
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    path = str(folder / f"{kind}-{writers}-{round_}.{'db' if kind == 'sqlite' else 'journal'}")
     if kind == "sqlite":
         sqlite3.connect(path).execute("PRAGMA journal_mode=WAL").fetchall()
     optuna.create_study(study_name="bench", storage=_storage(kind, path))
     ctx = mp.get_context("spawn")
-    start, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_writer, args=(kind, path, trials, start, out)) for _ in range(writers)]
+    barrier, out = ctx.Barrier(writers + 1), ctx.Queue()
+    procs = [ctx.Process(target=_writer, args=(kind, path, trials, barrier, out)) for _ in range(writers)]
     for proc in procs:
         proc.start()
-    time.sleep(3.0)  # let every process import optuna and open the storage
+    barrier.wait(timeout=120)  # every writer has imported optuna and opened the storage
     began = time.perf_counter()
-    start.set()
-    errors = sum(out.get() for _ in procs)
+    errors = sum(out.get(timeout=600) for _ in procs)
     elapsed = time.perf_counter() - began
     for proc in procs:
         proc.join()
     done = len(optuna.load_study(study_name="bench", storage=_storage(kind, path)).get_trials(deepcopy=False))
-    return {
-        "storage": kind,
-        "writers": writers,
-        "trials": done,
-        "errors": errors,
-        "seconds": round(elapsed, 3),
-        "trials_per_s": round(done / elapsed, 1),
-    }
+    return {"trials": done, "errors": errors, "seconds": elapsed, "trials_per_s": done / elapsed}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def plot(report: dict, path) -> None:
+    plt = pyplot()
+    fig, axis = plt.subplots(figsize=(6, 3.6))
+    for kind in KINDS:
+        rows = [r for r in report["rows"] if r["storage"] == kind]
+        axis.plot([r["writers"] for r in rows], [r["trials_per_s"] for r in rows], marker="o", label=kind)
+    axis.set_xlabel("writer processes")
+    axis.set_ylabel("trials per second (all writers)")
+    axis.set_title(f"ask + tell, {report['trials_per_writer']} trials per writer", fontsize=9)
+    axis.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def add(parser) -> None:
     parser.add_argument("--trials-per-writer", type=int, default=60)
     parser.add_argument("--writers", type=int, nargs="+", default=[1, 2, 4, 8])
-    args = parser.parse_args()
+
+
+def main() -> int:
+    args = options(__doc__, {"trials_per_writer": 10, "writers": [2]}, add, repeats=1)
+    session = Session("tuning_storage", args)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for writers in args.writers:
-            for kind in ("sqlite", "journal"):
-                row = measure(kind, writers, args.trials_per_writer, pathlib.Path(tmp))
+            for kind in KINDS:
+                rounds = [measure(kind, writers, args.trials_per_writer, pathlib.Path(tmp), i) for i in range(args.repeats)]
+                row = {"storage": kind, "writers": writers, "errors": sum(r["errors"] for r in rounds),
+                       "trials": rounds[0]["trials"], "trials_per_s": statistics.median(r["trials_per_s"] for r in rounds),
+                       "rounds": rounds}
                 rows.append(row)
-                print(json.dumps(row), flush=True)
-    out = pathlib.Path(__file__).parent / "results" / "tuning_storage.json"
-    out.write_text(json.dumps(rows, indent=2) + "\n")
+                print(f"{kind:8s} {writers} writers: {row['trials_per_s']:.1f} trials/s, {row['errors']} errors", flush=True)
+    session.write({"trials_per_writer": args.trials_per_writer, "rows": rows}, plot)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,5 +1,6 @@
-"""Python helpers shared by the tests: polling, processes by PID, RunTasks as the runner builds them,
-colliding hash prefixes, and Ctrl-C in a process running ``fn.map``.
+"""Python helpers shared by the tests: polling (``wait_for``, shipped in ``shoal.testing``), processes
+by PID, RunTasks as the runner builds them, colliding hash prefixes, and Ctrl-C in a process running
+``fn.map``.
 
 Importable as ``helpers`` because pytest puts this folder (it has a conftest.py and no __init__.py)
 on sys.path; handler text lives in handler_sources.py.
@@ -11,26 +12,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import psutil
 
 import shoal
 from shoal.execution import RunTask
+from shoal.testing import wait_for
 
 from handler_sources import INTERRUPTED_MAP, write_handlers
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 60.0, what: str = "condition") -> None:
-    """Poll ``condition`` until true (a synchronisation aid with a generous limit, not a timing test)."""
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        time.sleep(0.02)
 
 
 def alive(pid: int) -> bool:

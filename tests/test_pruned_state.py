@@ -131,7 +131,7 @@ def test_a_resume_records_a_trial_a_dead_driver_left_pruned_as_pruned(project, f
 
     from optuna.trial import TrialState
 
-    from shoal.runner import _driver
+    from shoal.runner import open_driver
     from shoal.tuning import load_study
     from shoal.tuning.driver import ATTR_DRIVER
 
@@ -141,7 +141,7 @@ def test_a_resume_records_a_trial_a_dead_driver_left_pruned_as_pruned(project, f
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     owner = {"host": socket.gethostname(), "pid": gone.pid, "start": "0"}
-    driver = _driver(handler, "local", project)
+    driver = open_driver(handler, "local", project)
     parent = {**driver.new_record({}, {}), "state": "running", "started_at": datetime.now().astimezone()}
     study.set_user_attr(f"{ATTR_DRIVER}{owner['host']}:{owner['pid']}", {**owner, "active": True, "parent": parent["uid"]})
     trial = study.ask()

@@ -427,7 +427,7 @@ print(json.dumps(out))
 
 
 def test_joining_a_cluster_by_client_or_gcs_address(tmp_path):
-    from shoal.backends.ray_cluster import LocalAutoscalingCluster
+    from shoal.backends.ray.autoscaling import LocalAutoscalingCluster
 
     write_handlers(tmp_path)
     cluster = LocalAutoscalingCluster(1, 1)  # someone's running cluster: a head and one worker node

@@ -380,7 +380,7 @@ def test_a_resume_mends_what_a_dead_driver_left_open(project, quad):
     that was running; set up as a SIGKILL leaves them (the kill itself is tested above)."""
     import socket
 
-    from shoal.runner import _driver
+    from shoal.runner import open_driver
     from shoal.tuning.driver import ATTR_DRIVER
 
     space = {"x": Float(0, 1)}
@@ -389,7 +389,7 @@ def test_a_resume_mends_what_a_dead_driver_left_open(project, quad):
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     owner = {"host": socket.gethostname(), "pid": gone.pid, "start": "0"}
-    driver = _driver(quad, "local", project)
+    driver = open_driver(quad, "local", project)
     parent = {**driver.new_record({}, {}), "state": "running", "started_at": datetime.now().astimezone()}
     study.set_user_attr(f"{ATTR_DRIVER}{owner['host']}:{owner['pid']}", {**owner, "active": True, "parent": parent["uid"]})
     records, trials = [parent], {}

@@ -4,7 +4,9 @@
 as many trials in flight as the function's replicas allow, with the study in shared storage so a
 killed driver resumes it. Modules: ``space`` (search spaces and the CLI's DSL), ``objective``
 (selectors and stop targets), ``strategies`` (samplers, pruners), ``storage`` (where studies live),
-``trial_scope`` (the worker side), ``driver`` (the ask/tell loop), ``result`` (TuneResult).
+``trial_scope`` and ``recorded_trial`` (the worker side), ``driver`` (``tune``: a search from start to
+end, whose steps are ``options``, ``study``, ``recovery``, ``loop``, ``parent``), ``result`` (TuneResult).
+Optuna's private attributes are touched only in ``_optuna_compat``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,15 @@ from .result import TuneResult
 from .space import Categorical, Float, Int
 
 __all__ = [
-    "Categorical", "Float", "Int", "Progress", "SearchFailedError", "TuneResult", "delete_study", "load_study", "tune",
+    "Categorical",
+    "Float",
+    "Int",
+    "Progress",
+    "SearchFailedError",
+    "TuneResult",
+    "delete_study",
+    "load_study",
+    "tune",
 ]
 
 

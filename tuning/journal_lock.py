@@ -18,7 +18,8 @@ import os
 import threading
 
 from optuna.storages.journal import JournalFileSymlinkLock
-from optuna.storages.journal._file import BaseJournalFileLock
+
+from ._optuna_compat import BaseJournalFileLock
 
 try:
     import fcntl

@@ -39,7 +39,9 @@ class Objective:
     def parse(cls, objective: str | Sequence[str]) -> "Objective":
         selectors = [objective] if isinstance(objective, str) else list(objective or ())
         if not selectors:
-            raise TuningError("objective is empty; give e.g. objective='max.accuracy' or ['max.accuracy', 'min.latency']")
+            raise TuningError(
+                "objective is empty; give e.g. objective='max.accuracy' or ['max.accuracy', 'min.latency']"
+            )
         keys, directions = [], []
         for selector in selectors:
             match = _SELECTOR.match(selector.strip()) if isinstance(selector, str) else None
@@ -98,11 +100,11 @@ class Objective:
         if error is not None:
             raise error
         if self.returned is not None:
-            return self._returned_values(results)
+            return self._returned_values(self.returned, results)
         return [_number(results[key], repr(key)) for key in self.keys]
 
-    def _returned_values(self, results: Mapping[str, Any]) -> list[float]:
-        one, many = self.returned
+    def _returned_values(self, returned: tuple[str, str], results: Mapping[str, Any]) -> list[float]:
+        one, many = returned
         raw = results[many] if many in results else results[one]
         given = list(raw) if isinstance(raw, (list, tuple)) else [raw]
         if len(given) != len(self.directions):
@@ -122,7 +124,7 @@ class Objective:
 
 
 def direction_name(direction: Any) -> str:
-    """"minimize"/"maximize" from Optuna's names (any case) or a ``StudyDirection`` member."""
+    """ "minimize"/"maximize" from Optuna's names (any case) or a ``StudyDirection`` member."""
     name = getattr(direction, "name", direction)
     if isinstance(name, str) and name.lower() in ("minimize", "maximize"):
         return name.lower()
@@ -154,7 +156,9 @@ class StopWhen:
     def parse(cls, text: str) -> "StopWhen":
         match = _TARGET.match(text) if isinstance(text, str) else None
         if match is None:
-            raise TuningError(f"stop_when {text!r} is not KEY OP NUMBER; write e.g. 'accuracy>=0.95' (OP: >= <= > < ==)")
+            raise TuningError(
+                f"stop_when {text!r} is not KEY OP NUMBER; write e.g. 'accuracy>=0.95' (OP: >= <= > < ==)"
+            )
         try:
             value = float(match.group(3))
         except ValueError:

@@ -20,6 +20,8 @@ import optuna
 
 from shoal.context import finite_or_text
 
+from ._optuna_compat import intermediate_values
+
 #: the run's metric that holds a trial's reported values (the name ``ctx.report`` has always used)
 METRIC = "objective"
 
@@ -42,10 +44,12 @@ class RecordedTrial(optuna.trial.Trial):
     def report(self, value: float, step: int) -> None:
         # Appends to the series as ``Context.log_metric`` would, without its checks (the key is
         # fixed, Optuna checked value and step): a report costs Optuna's own and little more.
-        known = self._cached_frozen_trial.intermediate_values
+        known = intermediate_values(self)  # the dict report() updates in place
         count = len(known)
         _report(self, value, step)  # checks value and step, stores; ignores (and warns) a known step
         if len(known) > count and self._ctx is not None:
             step = int(step)
             value = known[step]
-            self._ctx.metrics.setdefault(METRIC, []).append([step, value if math.isfinite(value) else finite_or_text(value)])
+            self._ctx.metrics.setdefault(METRIC, []).append(
+                [step, value if math.isfinite(value) else finite_or_text(value)]
+            )

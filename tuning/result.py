@@ -174,7 +174,9 @@ class TuneResult:
 
     def __repr__(self) -> str:
         if self.multi_objective:
-            return f"<TuneResult {self.study.study_name} pareto={len(self.best_trials)} trials={len(self.study.trials)}>"
+            return (
+                f"<TuneResult {self.study.study_name} pareto={len(self.best_trials)} trials={len(self.study.trials)}>"
+            )
         return f"<TuneResult {self.study.study_name} best_value={self.best_value!r} best_params={self.best_params!r}>"
 
 
@@ -198,7 +200,9 @@ def write_plot(study: Any, kind: str, path: str | os.PathLike | None) -> pathlib
         try:
             import plotly  # noqa: F401
         except ImportError:
-            raise TuningError("HTML plots need plotly: pip install plotly (or 'shoal[tuning]'); or write a .png") from None
+            raise TuningError(
+                "HTML plots need plotly: pip install plotly (or 'shoal[tuning]'); or write a .png"
+            ) from None
         import optuna.visualization as vis
 
         figure = _figure(vis, kind, study, multi, options)
@@ -214,11 +218,11 @@ def write_plot(study: Any, kind: str, path: str | os.PathLike | None) -> pathlib
     import warnings
 
     import optuna
-    import optuna.visualization.matplotlib as vis
+    import optuna.visualization.matplotlib as static_vis
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        axes = _figure(vis, kind, study, multi, options)
+        axes = _figure(static_vis, kind, study, multi, options)
     figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
     figure.tight_layout()
     figure.savefig(str(target))

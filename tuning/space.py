@@ -133,7 +133,9 @@ class Space:
         if space is None:
             space = {}
         if not isinstance(space, Mapping):
-            raise SpaceError(f"space must be a mapping of parameter -> Float/Int/Categorical/list, got {type(space).__name__}")
+            raise SpaceError(
+                f"space must be a mapping of parameter -> Float/Int/Categorical/list, got {type(space).__name__}"
+            )
         self.entries: dict[str, Entry] = {}
         self.constants: dict[str, Any] = {}
         for name, value in space.items():
@@ -163,6 +165,7 @@ class Space:
         for name, entry in self.entries.items():
             values = entry.grid()
             if values is None:
+                assert isinstance(entry, Float)  # the one entry without a grid: a Float with no step
                 raise SpaceError(
                     f"space[{name!r}] is a continuous Float: the {strategy!r} strategy needs a list of values "
                     f"or a step, e.g. Float({entry.low}, {entry.high}, step=0.1)"
@@ -188,9 +191,13 @@ def suggest(trial: Any, name: str, distribution: Any) -> Any:
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     if isinstance(distribution, FloatDistribution):
-        return trial.suggest_float(name, distribution.low, distribution.high, log=distribution.log, step=distribution.step)
+        return trial.suggest_float(
+            name, distribution.low, distribution.high, log=distribution.log, step=distribution.step
+        )
     if isinstance(distribution, IntDistribution):
-        return trial.suggest_int(name, distribution.low, distribution.high, log=distribution.log, step=distribution.step)
+        return trial.suggest_int(
+            name, distribution.low, distribution.high, log=distribution.log, step=distribution.step
+        )
     if isinstance(distribution, CategoricalDistribution):
         return trial.suggest_categorical(name, distribution.choices)
     raise TypeError(f"no suggest call for {type(distribution).__name__} ({name})")
@@ -238,17 +245,17 @@ def parse_entry(text: str) -> Any:
     if isinstance(node, ast.List):
         return Categorical([_scalar(element, source) for element in node.elts])
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-        return _call(node, source)
+        return _call(node, node.func.id, source)
     try:
         return _scalar(node, source)
     except SpaceError:
         return _literal_text(source)  # e.g. a path such as data/train.csv
 
 
-def _call(node: ast.Call, source: str) -> Entry:
-    name = node.func.id.lower()
+def _call(node: ast.Call, func: str, source: str) -> Entry:
+    name = func.lower()
     if name not in _FUNCS:
-        raise SpaceError(f"unknown space function {node.func.id!r} in {source!r}; {DSL_HELP}")
+        raise SpaceError(f"unknown space function {func!r} in {source!r}; {DSL_HELP}")
     args = [_scalar(arg, source) for arg in node.args]
     kwargs = {kw.arg: _scalar(kw.value, source) for kw in node.keywords if kw.arg}
     if name in ("choice", "categorical"):

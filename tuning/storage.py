@@ -88,11 +88,13 @@ class StorageRef:
                 try:
                     import redis  # noqa: F401
                 except ImportError:
-                    raise TuningError("a redis:// storage needs the redis package: pip install redis (or 'shoal[tuning]')") from None
+                    raise TuningError(
+                        "a redis:// storage needs the redis package: pip install redis (or 'shoal[tuning]')"
+                    ) from None
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     backend = JournalRedisBackend(self.target, prefix=self.redis_prefix)
-                backend._redis.ping()  # unreachable server: fail now, with the URL
+                _ping_redis(self.target)  # unreachable server: fail now, with the URL
                 return JournalStorage(backend)
             options: dict[str, Any] = {"engine_kwargs": _engine_kwargs(self.target), "skip_compatibility_check": True}
             if heartbeat:
@@ -105,6 +107,17 @@ class StorageRef:
         except Exception as exc:  # noqa: BLE001 - any driver/connection problem: one line with the URL
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise TuningError(f"cannot open the study storage {self.describe()}: {first}") from None
+
+
+def _ping_redis(url: str) -> None:
+    """Reach the Redis server at ``url`` once (the backend's own client connects lazily)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        client.ping()
+    finally:
+        client.close()
 
 
 _cache: dict[tuple, Any] = {}
@@ -158,15 +171,11 @@ def resolve(storage: Any, project: "Project") -> StorageRef:
 def _shoal_journal_file(storage: Any) -> str | None:
     """The journal file of a JournalStorage locked the way shoal locks its own (``QueuedJournalLock``),
     else None: a journal under another lock (e.g. Optuna's open lock for NFS) keeps that lock."""
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
+    from ._optuna_compat import journal_file
     from .journal_lock import QueuedJournalLock
 
-    backend = getattr(storage, "_backend", None) if isinstance(storage, JournalStorage) else None
-    if isinstance(backend, JournalFileBackend) and isinstance(getattr(backend, "_lock", None), QueuedJournalLock):
-        return backend._file_path
-    return None
+    found = journal_file(storage)
+    return found[0] if found is not None and isinstance(found[1], QueuedJournalLock) else None
 
 
 def _from_url(url: str, project: "Project") -> StorageRef:
@@ -175,9 +184,9 @@ def _from_url(url: str, project: "Project") -> StorageRef:
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme in ("redis", "rediss", "unix"):
         parts = urlsplit(url)
-        query = parse_qsl(parts.query)
-        prefix = "".join(v for k, v in query if k == "prefix")
-        rest = urlencode([(k, v) for k, v in query if k != "prefix"])
+        pairs = parse_qsl(parts.query)
+        prefix = "".join(v for k, v in pairs if k == "prefix")
+        rest = urlencode([(k, v) for k, v in pairs if k != "prefix"])
         return StorageRef("journal-redis", urlunsplit(parts._replace(query=rest)), redis_prefix=prefix)
     if scheme in ("journal", "file"):
         path, _, query = url.split("://", 1)[1].partition("?")
@@ -198,7 +207,7 @@ def _rdb_url(url: str, project: "Project | None" = None) -> str:
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         return "postgresql+psycopg://" + url.split("://", 1)[1]  # psycopg 3, the driver shoal ships with
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and project is not None:
-        relative = url[len("sqlite:///"):]
+        relative = url[len("sqlite:///") :]
         if relative and relative != ":memory:":
             return f"sqlite:///{_project_path(relative, project)}"
     return url

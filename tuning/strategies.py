@@ -73,7 +73,9 @@ def sampler(strategy: Any, space: Space, *, seed: int | None, multi: bool) -> Pl
         try:
             import cmaes  # noqa: F401 - Optuna's CMA-ES sampler needs it
         except ImportError:
-            raise TuningError("the cmaes strategy needs the cmaes package: pip install cmaes (or 'shoal[tuning]')") from None
+            raise TuningError(
+                "the cmaes strategy needs the cmaes package: pip install cmaes (or 'shoal[tuning]')"
+            ) from None
         if multi:
             raise TuningError("the cmaes strategy optimises one objective; use nsga2 for several")
         return Plan(samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False), name)
@@ -89,7 +91,9 @@ def sampler(strategy: Any, space: Space, *, seed: int | None, multi: bool) -> Pl
     lengths = {key: len(values) for key, values in grid.items()}
     if len(set(lengths.values())) != 1:
         shown = ", ".join(f"{k}: {n}" for k, n in lengths.items())
-        raise TuningError(f"the 'list' strategy needs lists of the same length ({shown}); use 'grid' for all combinations")
+        raise TuningError(
+            f"the 'list' strategy needs lists of the same length ({shown}); use 'grid' for all combinations"
+        )
     queue = [dict(zip(grid, values)) for values in zip(*grid.values())]
     return Plan(samplers.RandomSampler(seed=seed), name, queue=queue, size=len(queue))
 

@@ -26,8 +26,8 @@ from typing import Any, Iterator
 
 from .objective import Objective
 from .space import suggest
-from .strategies import NamedSampler
 from .storage import StorageRef
+from .strategies import NamedSampler
 
 log = logging.getLogger("shoal.tuning")
 

@@ -48,7 +48,9 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-def render(fn, engine: str, *, namespace: str | None = None, project: Any = None, spot: Any = None, run: Any = None) -> list[dict[str, Any]]:
+def render(
+    fn, engine: str, *, namespace: str | None = None, project: Any = None, spot: Any = None, run: Any = None
+) -> list[dict[str, Any]]:
     """The objects to apply for ``engine``, validated: ``dask`` (DaskCluster, plus a DaskAutoscaler
     when min < max), ``ray`` (RayCluster) or ``job`` (a Job for the recorded ``run``).
 
@@ -92,8 +94,13 @@ def shared_for(name: str, fn, project: Any = None, **options: Any):
         project = current_project()
     # Per project too: the pods record into the project's database and artifact store.
     key = f"{name}:{fn.hash}:{project.database}:{project.artifacts_url}"
-    with backends._shared_lock:
-        backend = backends._shared.get(key)
-        if backend is None:
-            backend = backends._shared[key] = backends.get(name, fn=fn, project=project, **options)
-        return backend
+    return backends.shared_keyed(key, lambda: backends.get(name, fn=fn, project=project, **options))
+
+
+class OneClusterPerFunction:
+    """Mixin of the Kubernetes launchers: a function run by name gets a cluster of its own pods,
+    one per function version and project (``shared_for``), already bounded by its replicas."""
+
+    @classmethod
+    def for_function(cls, name: str, fn, project: Any) -> Any:
+        return shared_for(name, fn, project)

@@ -21,7 +21,9 @@ def load_config(context: str | None = None) -> str:
     try:
         from kubernetes import config
     except ImportError:
-        raise KubernetesError("Kubernetes backends need the kubernetes client: pip install 'shoal[kubernetes]'") from None
+        raise KubernetesError(
+            "Kubernetes backends need the kubernetes client: pip install 'shoal[kubernetes]'"
+        ) from None
     paths = [p for p in kubeconfig_path().split(os.pathsep) if p]
     if any(os.path.exists(p) for p in paths):
         try:

@@ -16,7 +16,7 @@ from shoal.errors import KubernetesError
 from shoal.spec import kubernetes_replicas
 
 from ..dask import DaskBackend
-from . import naming
+from . import OneClusterPerFunction, naming
 from .pods import pod_template
 from .validation import validate
 
@@ -27,10 +27,15 @@ WORKER_DASHBOARD = 8788
 
 def worker_args(threads: int = 1) -> list[str]:
     return [
-        "dask", "worker",
-        "--name", "$(DASK_WORKER_NAME)",
-        "--nthreads", str(threads),
-        "--dashboard", "--dashboard-address", str(WORKER_DASHBOARD),
+        "dask",
+        "worker",
+        "--name",
+        "$(DASK_WORKER_NAME)",
+        "--nthreads",
+        str(threads),
+        "--dashboard",
+        "--dashboard-address",
+        str(WORKER_DASHBOARD),
     ]
 
 
@@ -47,11 +52,19 @@ def dask_cluster(
     """The DaskCluster of ``fn`` (validated): scheduler and worker specs, ``replicas.min`` workers."""
     name = name or naming.object_name(fn.name, fn.hash)
     worker = pod_template(
-        fn, "worker", project=project, spot=spot, args=worker_args(threads_per_worker),
+        fn,
+        "worker",
+        project=project,
+        spot=spot,
+        args=worker_args(threads_per_worker),
         ports=[("http-dashboard", WORKER_DASHBOARD)],
     )
     scheduler = pod_template(
-        fn, "scheduler", project=project, spot=spot, args=["dask", "scheduler", "--host", "0.0.0.0"],
+        fn,
+        "scheduler",
+        project=project,
+        spot=spot,
+        args=["dask", "scheduler", "--host", "0.0.0.0"],
         ports=SCHEDULER_PORTS,
     )
     probe = {"httpGet": {"port": "http-dashboard", "path": "/health"}, "periodSeconds": 2}
@@ -59,7 +72,9 @@ def dask_cluster(
     service = {
         "type": "ClusterIP",
         "selector": {"dask.org/cluster-name": name, "dask.org/component": "scheduler"},
-        "ports": [{"name": port, "protocol": "TCP", "port": number, "targetPort": port} for port, number in SCHEDULER_PORTS],
+        "ports": [
+            {"name": port, "protocol": "TCP", "port": number, "targetPort": port} for port, number in SCHEDULER_PORTS
+        ],
     }
     cluster = {
         "apiVersion": API_VERSION,
@@ -74,7 +89,9 @@ def dask_cluster(
     return validate(cluster)
 
 
-def dask_autoscaler(fn, *, name: str | None = None, namespace: str | None = None, project: str | None = None) -> dict[str, Any]:
+def dask_autoscaler(
+    fn, *, name: str | None = None, namespace: str | None = None, project: str | None = None
+) -> dict[str, Any]:
     """The DaskAutoscaler of ``fn``'s cluster (validated): minimum/maximum = its replicas."""
     name = name or naming.object_name(fn.name, fn.hash)
     bounds = kubernetes_replicas(fn.replicas)
@@ -87,7 +104,7 @@ def dask_autoscaler(fn, *, name: str | None = None, namespace: str | None = None
     return validate(autoscaler)
 
 
-class DaskKubernetes(DaskBackend):
+class DaskKubernetes(OneClusterPerFunction, DaskBackend):
     """The ``dask-k8s`` backend: a DaskCluster of ``fn``'s pods, created through dask-kubernetes'
     ``KubeCluster(custom_cluster_spec=<the validated DaskCluster>)``, adapted between the function's
     replicas with the operator's DaskAutoscaler (``KubeCluster.adapt``), used by the Dask backend
@@ -110,7 +127,7 @@ class DaskKubernetes(DaskBackend):
         resource_timeout: int = 300,
         **options: Any,
     ):
-        from .storage import launcher_project
+        from .reachability import launcher_project
 
         project = launcher_project(fn, project, "dask-k8s", "DaskKubernetes")
         self.fn = fn
@@ -119,7 +136,9 @@ class DaskKubernetes(DaskBackend):
         self._context = context
         self._resource_timeout = resource_timeout
         # Rendered and validated now: a bad spec fails before anything is created.
-        self.spec = dask_cluster(fn, namespace=namespace, project=project.name, spot=spot, threads_per_worker=threads_per_worker)
+        self.spec = dask_cluster(
+            fn, namespace=namespace, project=project.name, spot=spot, threads_per_worker=threads_per_worker
+        )
         super().__init__(threads_per_worker=threads_per_worker, **options)
 
     @property
@@ -134,7 +153,9 @@ class DaskKubernetes(DaskBackend):
         try:
             from dask_kubernetes.operator import KubeCluster
         except ImportError:
-            raise KubernetesError("the dask-k8s backend needs dask-kubernetes: pip install 'shoal[kubernetes]'") from None
+            raise KubernetesError(
+                "the dask-k8s backend needs dask-kubernetes: pip install 'shoal[kubernetes]'"
+            ) from None
         try:
             return KubeCluster(
                 custom_cluster_spec=self.spec,
@@ -160,11 +181,11 @@ class DaskKubernetes(DaskBackend):
             self.adapt(bounds.min, bounds.max)
         return self
 
-    def adapt(self, minimum: int, maximum: int) -> None:
+    def _adapt(self, minimum: int, maximum: int) -> None:
         """The operator's DaskAutoscaler between the bounds (``KubeCluster.adapt``); equal bounds
         fix the worker group's size."""
         if minimum == maximum:
-            self.scale(maximum)
+            self._scale(maximum)
             return
         with self._lock:
             if self._bounds == (minimum, maximum):

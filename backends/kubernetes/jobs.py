@@ -15,7 +15,7 @@ from shoal.errors import ManifestError
 
 from . import naming
 from .pods import pod_template
-from .storage import check_reachable
+from .reachability import check_reachable
 from .validation import validate
 
 DATABASE_ENV, ARTIFACTS_ENV, PROJECT_ENV = "SHOAL_DATABASE", "SHOAL_ARTIFACTS", "SHOAL_PROJECT_NAME"
@@ -57,8 +57,14 @@ def job(
     check_reachable(None if isinstance(database, SecretRef) else database, artifacts, what="a Kubernetes Job")
     env = {DATABASE_ENV: database, ARTIFACTS_ENV: artifacts, PROJECT_ENV: project.name}
     template = pod_template(
-        fn, "job", project=project.name, spot=spot, container_name="run",
-        args=["shoal", "worker", "run", uid], env=env, restart_policy="Never",
+        fn,
+        "job",
+        project=project.name,
+        spot=spot,
+        container_name="run",
+        args=["shoal", "worker", "run", uid],
+        env=env,
+        restart_policy="Never",
         labels={naming.RUN_LABEL: uid},
     )
     deadline = None
@@ -78,7 +84,8 @@ def job(
             backoff_limit=0,
             active_deadline_seconds=deadline,
             ttl_seconds_after_finished=ttl_seconds_after_finished,
-            template=template,
+            # the rendered (validated) dict: sanitize_for_serialization below passes dicts through
+            template=template,  # type: ignore[arg-type]
         ),
     )
     return validate(ApiClient().sanitize_for_serialization(body))

@@ -5,8 +5,8 @@ at most 63 characters, while function names allow up to 128 and hashes are 64 he
 and label values are shortened here, and the full hash goes into an annotation.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: it would bind the module name `annotations`, which the
+# function below must own (type checkers then see the __future__ feature, not the function).
 import re
 from typing import Any
 
@@ -58,7 +58,9 @@ def annotations(fn) -> dict[str, str]:
     return {HASH_ANNOTATION: fn.hash}
 
 
-def metadata(fn, name: str, role: str, namespace: str | None, project: str | None, *, annotate: bool = True) -> dict[str, Any]:
+def metadata(
+    fn, name: str, role: str, namespace: str | None, project: str | None, *, annotate: bool = True
+) -> dict[str, Any]:
     """The ``metadata`` of one of ``fn``'s objects: name, labels, the full hash, the namespace if given."""
     out: dict[str, Any] = {"name": name, "labels": labels(fn, role, project)}
     if annotate:

@@ -45,9 +45,7 @@ class SpotConfig:
 PROVIDERS: dict[str, SpotConfig] = {
     "gke": SpotConfig("cloud.google.com/gke-spot", "true", "cloud.google.com/gke-spot", "true"),
     "eks": SpotConfig("eks.amazonaws.com/capacityType", "SPOT"),
-    "aks": SpotConfig(
-        "kubernetes.azure.com/scalesetpriority", "spot", "kubernetes.azure.com/scalesetpriority", "spot"
-    ),
+    "aks": SpotConfig("kubernetes.azure.com/scalesetpriority", "spot", "kubernetes.azure.com/scalesetpriority", "spot"),
     "karpenter": SpotConfig("karpenter.sh/capacity-type", "spot"),
 }
 DEFAULT_PROVIDER = "gke"
@@ -93,15 +91,21 @@ def spot_affinity(mode: str, config: SpotConfig) -> dict[str, Any] | None:
             return None
         key, value = config.on_demand_label
         term = V1NodeSelectorTerm(match_expressions=[V1NodeSelectorRequirement(key=key, operator="In", values=[value])])
-        affinity = V1NodeAffinity(required_during_scheduling_ignored_during_execution=V1NodeSelector(node_selector_terms=[term]))
+        affinity = V1NodeAffinity(
+            required_during_scheduling_ignored_during_execution=V1NodeSelector(node_selector_terms=[term])
+        )
     else:
         expression = V1NodeSelectorRequirement(key=config.label_key, operator="In", values=[config.label_value])
         term = V1NodeSelectorTerm(match_expressions=[expression])
         if mode == "require":
-            affinity = V1NodeAffinity(required_during_scheduling_ignored_during_execution=V1NodeSelector(node_selector_terms=[term]))
+            affinity = V1NodeAffinity(
+                required_during_scheduling_ignored_during_execution=V1NodeSelector(node_selector_terms=[term])
+            )
         elif mode == "prefer":
             affinity = V1NodeAffinity(
-                preferred_during_scheduling_ignored_during_execution=[V1PreferredSchedulingTerm(weight=100, preference=term)]
+                preferred_during_scheduling_ignored_during_execution=[
+                    V1PreferredSchedulingTerm(weight=100, preference=term)
+                ]
             )
         else:
             raise ManifestError(f"invalid spot mode {mode!r}; use none, prefer or require")

@@ -32,7 +32,9 @@ REQUIREMENTS_ENV = "EXTRA_PIP_PACKAGES"
 ROLES = ("worker", "job", "scheduler", "head")
 FULL_ROLES = ("worker", "job")  # roles that run user code: resources, volumes and spot apply
 #: Installs $EXTRA_PIP_PACKAGES, then runs the container's arguments; fails the pod if pip fails.
-INSTALL_PRELUDE = 'if [ -n "$EXTRA_PIP_PACKAGES" ]; then pip install --no-cache-dir $EXTRA_PIP_PACKAGES || exit 1; fi; exec "$@"'
+INSTALL_PRELUDE = (
+    'if [ -n "$EXTRA_PIP_PACKAGES" ]; then pip install --no-cache-dir $EXTRA_PIP_PACKAGES || exit 1; fi; exec "$@"'
+)
 
 
 def default_image() -> str:
@@ -106,10 +108,15 @@ def volumes(fn) -> tuple[list[Any], list[Any]]:
     for volume in fn.spec.volumes:
         source: dict[str, Any]
         if volume.type == "pvc":
-            source = {"persistent_volume_claim": k.V1PersistentVolumeClaimVolumeSource(
-                claim_name=volume.claim_name, read_only=volume.read_only or None)}
+            source = {
+                "persistent_volume_claim": k.V1PersistentVolumeClaimVolumeSource(
+                    claim_name=volume.claim_name, read_only=volume.read_only or None
+                )
+            }
         elif volume.type == "nfs":
-            source = {"nfs": k.V1NFSVolumeSource(server=volume.server, path=volume.path, read_only=volume.read_only or None)}
+            source = {
+                "nfs": k.V1NFSVolumeSource(server=volume.server, path=volume.path, read_only=volume.read_only or None)
+            }
         elif volume.type == "host_path":
             source = {"host_path": k.V1HostPathVolumeSource(path=volume.path, type=volume.host_path_type)}
         elif volume.type == "config_map":
@@ -119,9 +126,14 @@ def volumes(fn) -> tuple[list[Any], list[Any]]:
         else:  # pragma: no cover - the spec admits only the kinds above
             raise ManifestError(f"volume {volume.name!r}: unsupported type {volume.type!r}")
         pod_volumes.append(k.V1Volume(name=volume.name, **source))
-        mounts.append(k.V1VolumeMount(
-            name=volume.name, mount_path=volume.mount_path, read_only=volume.read_only or None, sub_path=volume.sub_path
-        ))
+        mounts.append(
+            k.V1VolumeMount(
+                name=volume.name,
+                mount_path=volume.mount_path,
+                read_only=volume.read_only or None,
+                sub_path=volume.sub_path,
+            )
+        )
     return pod_volumes, mounts
 
 
@@ -129,7 +141,9 @@ def tolerations(fn, role: str, config: SpotConfig) -> list[Any]:
     from kubernetes.client import V1Toleration
 
     out = [
-        V1Toleration(key=t.key, operator=t.operator, value=t.value, effect=t.effect, toleration_seconds=t.toleration_seconds)
+        V1Toleration(
+            key=t.key, operator=t.operator, value=t.value, effect=t.effect, toleration_seconds=t.toleration_seconds
+        )
         for t in fn.spec.placement.tolerations
     ]
     if role in FULL_ROLES:

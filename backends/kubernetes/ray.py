@@ -21,7 +21,7 @@ from shoal.errors import BackendError, KubernetesError
 from shoal.spec import kubernetes_replicas
 
 from ..ray import RayBackend
-from . import naming
+from . import OneClusterPerFunction, naming
 from .pods import pod_template
 from .validation import validate
 
@@ -90,7 +90,7 @@ def ray_cluster(
     return validate({"apiVersion": API_VERSION, "kind": "RayCluster", "metadata": metadata, "spec": spec})
 
 
-class RayKubernetes(RayBackend):
+class RayKubernetes(OneClusterPerFunction, RayBackend):
     """The ``ray-k8s`` backend: creates ``fn``'s RayCluster (the validated ``self.spec``) with the
     kubernetes ``CustomObjectsApi``, waits (at most ``ready_timeout`` s, logging progress) until the
     head Service has a ready endpoint, joins through Ray Client exactly as ``RayBackend`` joins a
@@ -123,7 +123,7 @@ class RayKubernetes(RayBackend):
         install_requirements: bool | None = None,
         **options: Any,
     ):
-        from .storage import launcher_project
+        from .reachability import launcher_project
 
         project = launcher_project(fn, project, "ray-k8s", "RayKubernetes")
         self.fn = fn
@@ -135,7 +135,12 @@ class RayKubernetes(RayBackend):
         self._request_timeout = request_timeout
         self._created = False
         self.spec = ray_cluster(
-            fn, namespace=namespace, project=project.name, spot=spot, idle_timeout=idle_timeout, service_type=service_type
+            fn,
+            namespace=namespace,
+            project=project.name,
+            spot=spot,
+            idle_timeout=idle_timeout,
+            service_type=service_type,
         )
         if install_requirements is None:
             install_requirements = not fn.spec.image
@@ -241,10 +246,8 @@ class RayKubernetes(RayBackend):
             return f"ray://{host}:{CLIENT_PORT}"
         return f"ray://{service}.{self.namespace}.svc:{CLIENT_PORT}"
 
-    def adapt(self, minimum: int, maximum: int) -> None:
+    def _adapt(self, minimum: int, maximum: int) -> None:
         """New bounds for the worker group: the RayCluster is patched; KubeRay's autoscaler follows."""
-        if not (isinstance(minimum, int) and isinstance(maximum, int)) or minimum < 0 or maximum < max(minimum, 1):
-            raise BackendError(f"adapt needs 0 <= minimum <= maximum and maximum >= 1, got ({minimum!r}, {maximum!r})")
         group = self.spec["spec"]["workerGroupSpecs"][0]
         if (group["minReplicas"], group["maxReplicas"]) == (minimum, maximum):
             self._bounds = (minimum, maximum)
@@ -258,7 +261,9 @@ class RayKubernetes(RayBackend):
                 GROUP, VERSION, self.namespace, PLURAL, self.cluster_name, patch, _request_timeout=self._request_timeout
             )
         except Exception as exc:  # noqa: BLE001
-            raise KubernetesError(f"could not change the bounds of RayCluster {self.cluster_name}: {_first_line(exc)}") from None
+            raise KubernetesError(
+                f"could not change the bounds of RayCluster {self.cluster_name}: {_first_line(exc)}"
+            ) from None
         self.spec["spec"].update(patch["spec"])
         self._bounds = (minimum, maximum)
 
@@ -275,7 +280,9 @@ class RayKubernetes(RayBackend):
             except Exception as exc:  # noqa: BLE001 - closing must not fail at exit: say what is left
                 log.warning(
                     "ray-k8s: could not delete RayCluster %s in %s (%s); delete it with kubectl",
-                    self.cluster_name, self.namespace, _first_line(exc),
+                    self.cluster_name,
+                    self.namespace,
+                    _first_line(exc),
                 )
 
     def __repr__(self) -> str:

@@ -68,7 +68,9 @@ def validate_core(obj: dict[str, Any], where: str = "") -> dict[str, Any]:
 
 def validate_pod_template(template: dict[str, Any], where: str) -> None:
     """A pod template as the API server checks it: the ``template`` of a v1 PodTemplate."""
-    validate_core({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "check"}, "template": template}, where)
+    validate_core(
+        {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "check"}, "template": template}, where
+    )
 
 
 def validate_service_spec(spec: dict[str, Any], where: str) -> None:
@@ -80,7 +82,9 @@ def _crd_folder(source: str) -> pathlib.Path:
         try:
             import dask_kubernetes
         except ImportError:
-            raise ManifestError("validating Dask resources needs dask-kubernetes: pip install 'shoal[kubernetes]'") from None
+            raise ManifestError(
+                "validating Dask resources needs dask-kubernetes: pip install 'shoal[kubernetes]'"
+            ) from None
         return pathlib.Path(dask_kubernetes.__file__).parent / DASK_CRDS
     return pathlib.Path(os.environ.get(KUBERAY_CRDS_ENV) or pathlib.Path(__file__).parent / "crds")
 
@@ -102,7 +106,7 @@ def strict_schema(schema: Any) -> Any:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def crd_validator(group: str, kind: str, version: str) -> Any:
     """A jsonschema validator of one served version of a CRD."""
     import jsonschema
@@ -116,7 +120,9 @@ def crd_validator(group: str, kind: str, version: str) -> Any:
     try:
         crd = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except OSError as exc:
-        raise ManifestError(f"the {kind} CRD is not available at {path} ({exc.strerror}); reinstall shoal[kubernetes]") from None
+        raise ManifestError(
+            f"the {kind} CRD is not available at {path} ({exc.strerror}); reinstall shoal[kubernetes]"
+        ) from None
     for served in crd["spec"]["versions"]:
         if served["name"] == version:
             schema = copy.deepcopy(served["schema"]["openAPIV3Schema"])
@@ -177,8 +183,8 @@ def embedded_objects(obj: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, 
                 yield f"spec.workerGroupSpecs.{index}.template", "template", group["template"]
     elif obj.get("kind") == "RayJob":
         cluster = {"kind": "RayCluster", "spec": spec.get("rayClusterSpec") or {}}
-        for where, kind, part in embedded_objects(cluster):
-            yield where.replace("spec.", "spec.rayClusterSpec.", 1), kind, part
+        for where, kind, embedded in embedded_objects(cluster):
+            yield where.replace("spec.", "spec.rayClusterSpec.", 1), kind, embedded
 
 
 def validate(obj: dict[str, Any]) -> dict[str, Any]:

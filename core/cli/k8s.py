@@ -14,7 +14,9 @@ k8s_app = typer.Typer(help="Kubernetes manifests of functions (dask-kubernetes, 
 @k8s_app.command("render")
 def render(
     target: str = typer.Argument(..., help="FILE.py:HANDLER, or a function NAME[:tag|@hash]."),
-    engine: str = typer.Option(..., "--engine", "-e", help="dask (DaskCluster + DaskAutoscaler), ray (RayCluster) or job."),
+    engine: str = typer.Option(
+        ..., "--engine", "-e", help="dask (DaskCluster + DaskAutoscaler), ray (RayCluster) or job."
+    ),
     output: str = typer.Option("yaml", "--output", "-o", help="yaml (multi-document) or json (a List)."),
     namespace: Optional[str] = typer.Option(None, "--namespace", "-n", help="Namespace to put in the manifests."),
     spot_provider: Optional[str] = typer.Option(
@@ -39,7 +41,7 @@ def render(
     project = _project()
     uid = None
     if engine == "job":
-        from shoal.backends.kubernetes.storage import check_project
+        from shoal.backends.kubernetes.reachability import check_project
 
         check_project(project, what="a Kubernetes Job")  # before a run is recorded
         uid = run or record_pending_run(fn, project, _pairs(param, "--param"))

@@ -18,7 +18,7 @@ import typer
 
 from shoal.errors import ParamError, ShoalError
 
-from . import render
+from . import output
 
 app = typer.Typer(
     help="shoal: elastic serverless functions on local threads, Dask or Ray, with recorded runs.",
@@ -29,6 +29,7 @@ app = typer.Typer(
 )
 functions_app = typer.Typer(help="Stored function versions.", no_args_is_help=True)
 from .runs import runs_app  # noqa: E402 - list, show, logs, cancel, delete
+
 cluster_app = typer.Typer(help="Workers and scaling events of the execution engines.", no_args_is_help=True)
 app.add_typer(functions_app, name="functions")
 app.add_typer(runs_app, name="runs")
@@ -60,8 +61,8 @@ def _flags_without_type() -> None:
     def display_type_rich(self, ctx):
         return None if self.is_flag or self.count else shown(self, ctx)
 
-    display_type_rich.shoal_flags = True
-    TyperOption.display_type_rich = display_type_rich
+    display_type_rich.shoal_flags = True  # type: ignore[attr-defined]  # a marker: patched once
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]  # typer has no hook for it
 
 
 _flags_without_type()
@@ -78,7 +79,7 @@ def _options(
     ),
     debug: bool = typer.Option(False, "--debug", help="Show whole tracebacks, shoal's own frames included."),
 ) -> None:
-    _state["debug"] = render.full_tracebacks = debug
+    _state["debug"] = output.full_tracebacks = debug
     _state["cwd"] = os.getcwd()  # where the user is, for commands we print (before -C moves us)
     if project:
         _enter(project)
@@ -129,7 +130,9 @@ def _input_paths(inputs: dict[str, str]) -> dict[str, str]:
     """
     for key, value in inputs.items():
         if "://" not in value and not os.path.exists(value):
-            raise ParamError(f"--input {key}={value}: no such file; give an existing path or a URL (s3://..., gs://...)")
+            raise ParamError(
+                f"--input {key}={value}: no such file; give an existing path or a URL (s3://..., gs://...)"
+            )
     return inputs
 
 
@@ -166,9 +169,9 @@ def run(
             fn, params, inputs, backend=backend, project=project, watch=watch and not as_json, from_text=True
         )
     if as_json:
-        render.print_json(result.to_dict())
+        output.print_json(result.to_dict())
     else:
-        render.run_summary(result)
+        output.run_summary(result)
     if not result.ok:  # completed or pruned: a normal end
         raise typer.Exit(1)
 
@@ -226,9 +229,9 @@ def functions_list(as_json: bool = typer.Option(False, "--json")) -> None:
     """The latest version of every stored function."""
     records = _project().functions.list()
     if as_json:
-        render.print_json([render.function_dict(r) for r in records])
+        output.print_json([output.function_dict(r) for r in records])
     else:
-        render.functions_table(records, title="functions")
+        output.functions_table(records, title="functions")
 
 
 @functions_app.command("show")
@@ -239,9 +242,9 @@ def functions_show(
     """One version's document (spec, metadata, code)."""
     record = _project().functions.record(ref)
     if as_json:
-        render.print_json(render.function_dict(record, full=True))
+        output.print_json(output.function_dict(record, full=True))
     else:
-        render.function_document(record)
+        output.function_document(record)
 
 
 @functions_app.command("history")
@@ -249,9 +252,9 @@ def functions_history(name: str, as_json: bool = typer.Option(False, "--json")) 
     """Every stored version of a function, newest first."""
     records = _project().functions.history(name)
     if as_json:
-        render.print_json([render.function_dict(r) for r in records])
+        output.print_json([output.function_dict(r) for r in records])
     else:
-        render.functions_table(records, title=f"history of {name}")
+        output.functions_table(records, title=f"history of {name}")
 
 
 @functions_app.command("diff")
@@ -286,7 +289,10 @@ def _live_workers(address: str) -> tuple[list, str]:
 @cluster_app.command("status")
 def cluster_status(
     backend: Optional[str] = typer.Option(
-        None, "--backend", "-b", help="A backend name (filters the events) or an engine address (also lists its live workers)."
+        None,
+        "--backend",
+        "-b",
+        help="A backend name (filters the events) or an engine address (also lists its live workers).",
     ),
     limit: int = typer.Option(20, "--limit", "-n", min=0, help="At most this many events (0: all)."),
     as_json: bool = typer.Option(False, "--json", help='Print {"workers": [...], "events": [...]} only.'),
@@ -299,15 +305,18 @@ def cluster_status(
             workers, label = _live_workers(backend)
         events = _project().store.list_scaling_events(backend=label, limit=limit or None)
     if as_json:
-        render.print_json(
-            {"workers": [render.worker_dict(w) for w in workers or []], "events": [render.event_dict(e) for e in events]}
+        output.print_json(
+            {
+                "workers": [output.worker_dict(w) for w in workers or []],
+                "events": [output.event_dict(e) for e in events],
+            }
         )
         return
     if workers is None:
-        render.note(EMBEDDED_NOTE)
+        output.note(EMBEDDED_NOTE)
     else:
-        render.workers_table(workers, title=f"workers of {label}")
-    render.events_table(events)
+        output.workers_table(workers, title=f"workers of {label}")
+    output.events_table(events)
 
 
 @app.command()
@@ -333,7 +342,7 @@ def main(argv: list[str] | None = None) -> None:
 def _fail(exc: BaseException, message: str, code: int) -> None:
     if _state["debug"]:
         raise exc
-    render.error(message)
+    output.error(message)
     sys.exit(code)
 
 

@@ -12,7 +12,7 @@ import typer
 
 from shoal.errors import AmbiguousError, NotFoundError, ParamError
 
-from . import render
+from . import output
 
 runs_app = typer.Typer(help="Recorded runs: list, show, logs, cancel, delete.", no_args_is_help=True)
 STATE_HELP = "pending, running, completed, pruned, failed or cancelled"
@@ -51,9 +51,9 @@ def runs_list(
         _states([state])
     runs = _project().runs.list(function=function, state=state, parent=parent, limit=limit or None)
     if as_json:
-        render.print_json([r.to_dict() for r in runs])
+        output.print_json([r.to_dict() for r in runs])
     else:
-        render.runs_table(runs)
+        output.runs_table(runs)
 
 
 @runs_app.command("show")
@@ -61,9 +61,9 @@ def runs_show(uid: str, as_json: bool = typer.Option(False, "--json")) -> None:
     """One run: parameters, results, artifacts, error."""
     found = _project().runs.get(uid)
     if as_json:
-        render.print_json(found.to_dict())
+        output.print_json(found.to_dict())
     else:
-        render.run_summary(found, detail=True)
+        output.run_summary(found, detail=True)
 
 
 @runs_app.command("logs")
@@ -76,7 +76,7 @@ def runs_logs(uid: str) -> None:
         typer.echo(f"run {run.uid} ({run.state}) has no log lines", err=True)
     if run.error:
         typer.echo(f"error: {run.error.get('type')}: {run.error.get('message')}")
-        trace = render.traceback_text(run.error).rstrip("\n")
+        trace = output.traceback_text(run.error).rstrip("\n")
         if trace:
             typer.echo(trace)
 
@@ -95,7 +95,7 @@ def runs_cancel(
     except (NotFoundError, AmbiguousError) as exc:
         raise _uid_error(exc) from None
     if as_json:
-        render.print_json([vars(outcome) for outcome in outcomes])
+        output.print_json([vars(outcome) for outcome in outcomes])
         return
     for outcome in outcomes:
         detail = f" ({outcome.detail})" if outcome.detail else ""
@@ -107,8 +107,14 @@ def runs_cancel(
 def runs_delete(
     uids: Optional[List[str]] = typer.Argument(None, metavar="UID", help="Runs to delete (uids or unique prefixes)."),
     state: List[str] = typer.Option([], "--state", "-s", help=f"Delete runs in this state ({STATE_HELP}); repeatable."),
-    before: Optional[str] = typer.Option(None, "--before", help="Delete runs created before this date: YYYY-MM-DD[THH:MM[:SS]][+HH:MM], local time by default."),
-    function: Optional[str] = typer.Option(None, "--function", "-f", help="Only runs of this function (with --state/--before)."),
+    before: Optional[str] = typer.Option(
+        None,
+        "--before",
+        help="Delete runs created before this date: YYYY-MM-DD[THH:MM[:SS]][+HH:MM], local time by default.",
+    ),
+    function: Optional[str] = typer.Option(
+        None, "--function", "-f", help="Only runs of this function (with --state/--before)."
+    ),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
     """Delete runs (with their child runs) and their artifacts' files from the artifact store.
@@ -152,7 +158,7 @@ def runs_delete(
     if result.left_in_place:
         typer.echo(f"left {len(result.left_in_place)} artifact(s) stored outside the artifact store in place", err=True)
     for problem in result.problems:
-        render.error(problem)
+        output.error(problem)
     if result.problems:
         raise typer.Exit(1)
 

@@ -63,11 +63,11 @@ def secrets_set(
 @secrets_app.command("list")
 def secrets_list(as_json: bool = typer.Option(False, "--json", help="Print each name with its keys as JSON.")) -> None:
     """Secret names and their keys (never the values)."""
-    from . import render
+    from . import output
 
     listing = _file().listing()
     if as_json:
-        render.print_json(listing)
+        output.print_json(listing)
         return
     if not listing:
         typer.echo("no secrets; add one with: shoal secrets set NAME KEY")

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Any, Iterator, List, Optional
+from typing import TYPE_CHECKING, Any, Iterator, List, Optional
 
 import typer
 
-from . import render
+from . import output
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.progress import TaskID
 
 studies_app = typer.Typer(help="Tuning studies in the project's study storage.", no_args_is_help=True)
 
@@ -31,27 +34,50 @@ def _quiet_optuna() -> None:
 def tune(
     target: str = typer.Argument(..., help="FILE.py:HANDLER, or a function NAME[:tag|@hash]."),
     space: List[str] = typer.Option(
-        [], "--space", "-s",
+        [],
+        "--space",
+        "-s",
         help="NAME=SPEC (repeatable): loguniform(1e-4,1), uniform(0,1), float(0,1,step=0.1), int(2,10), \\[a,b,c], or a constant.",
     ),
     objective: List[str] = typer.Option(
-        [], "--objective", "-o",
+        [],
+        "--objective",
+        "-o",
         help="max.KEY or min.KEY (repeat for several); default max.accuracy, or the returned value for an Optuna objective (first parameter trial).",
     ),
     direction: List[str] = typer.Option(
-        [], "--direction", "-d",
+        [],
+        "--direction",
+        "-d",
         help="minimize or maximize: optimise the value the handler returns, as optuna.create_study (repeat for several objectives; an Optuna objective's default: minimize).",
     ),
-    trials: Optional[int] = typer.Option(None, "--trials", "-n", min=1, help="Total trials of the study (default: the grid size)."),
-    backend: Optional[str] = typer.Option(None, "--backend", "-b", help="local, dask, ray, or an address (default: the function's or the project's backend)."),
+    trials: Optional[int] = typer.Option(
+        None, "--trials", "-n", min=1, help="Total trials of the study (default: the grid size)."
+    ),
+    backend: Optional[str] = typer.Option(
+        None,
+        "--backend",
+        "-b",
+        help="local, dask, ray, or an address (default: the function's or the project's backend).",
+    ),
     storage: Optional[str] = typer.Option(None, "--storage", help="Study storage URL (default: the project's)."),
     study: Optional[str] = typer.Option(None, "--study", help="Study name (default: the function name)."),
     strategy: str = typer.Option("tpe", "--strategy", help="tpe, random, grid, list, cmaes or nsga2."),
-    pruner: Optional[str] = typer.Option(None, "--pruner", help="median (from the 3rd trial), hyperband, successive-halving, or none (default: Optuna's own, MedianPruner())."),
-    parallelism: Optional[int] = typer.Option(None, "--parallelism", "-j", min=1, help="Trials in flight (default: the backend's slots)."),
+    pruner: Optional[str] = typer.Option(
+        None,
+        "--pruner",
+        help="median (from the 3rd trial), hyperband, successive-halving, or none (default: Optuna's own, MedianPruner()).",
+    ),
+    parallelism: Optional[int] = typer.Option(
+        None, "--parallelism", "-j", min=1, help="Trials in flight (default: the backend's slots)."
+    ),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Wall-clock budget in seconds."),
-    stop_when: Optional[str] = typer.Option(None, "--stop-when", help="Stop asking new trials once e.g. accuracy>=0.95."),
-    max_failures: Optional[int] = typer.Option(None, "--max-failures", min=1, help="Stop after this many failed trials."),
+    stop_when: Optional[str] = typer.Option(
+        None, "--stop-when", help="Stop asking new trials once e.g. accuracy>=0.95."
+    ),
+    max_failures: Optional[int] = typer.Option(
+        None, "--max-failures", min=1, help="Stop after this many failed trials."
+    ),
     seed: Optional[int] = typer.Option(None, "--seed", help="Sampler seed."),
     plot: Optional[str] = typer.Option(None, "--plot", help="Write a plot: .html (interactive) or .png."),
     plot_kind: str = typer.Option("history", "--plot-kind", help="history, importance or parallel."),
@@ -74,8 +100,17 @@ def tune(
             objective=(objective[0] if len(objective) == 1 else list(objective)) if objective else None,
             direction=direction[0] if len(direction) == 1 else None,
             directions=list(direction) if len(direction) > 1 else None,
-            n_trials=trials, backend=backend, storage=storage, study=study, strategy=strategy, pruner=pruner,
-            parallelism=parallelism, timeout=timeout, stop_when=stop_when, max_failures=max_failures, seed=seed,
+            n_trials=trials,
+            backend=backend,
+            storage=storage,
+            study=study,
+            strategy=strategy,
+            pruner=pruner,
+            parallelism=parallelism,
+            timeout=timeout,
+            stop_when=stop_when,
+            max_failures=max_failures,
+            seed=seed,
             project=project,
         )
         if as_json:
@@ -88,7 +123,7 @@ def tune(
     if written is not None:
         data["plot"] = str(written)
     if as_json:
-        render.print_json(data)
+        output.print_json(data)
     else:
         _summary(result, data)
     completed = any(t["state"] == "complete" for t in data["trials"])
@@ -106,7 +141,12 @@ def _warnings_as_lines() -> Iterator[None]:
 
     def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' signature
         if issubclass(category, ShoalWarning):
-            render.errors.print(f"[bold yellow]warning:[/] {render.one_line(str(message))}", soft_wrap=True, markup=True, highlight=False)
+            output.errors.print(
+                f"[bold yellow]warning:[/] {output.one_line(str(message))}",
+                soft_wrap=True,
+                markup=True,
+                highlight=False,
+            )
             return
         shown(message, category, filename, lineno, file, line)
 
@@ -130,9 +170,9 @@ class _ProgressBar:
             TextColumn("running {task.fields[running]}  failed {task.fields[failed]}  pruned {task.fields[pruned]}"),
             TextColumn("best {task.fields[best]}"),
             TimeElapsedColumn(),
-            console=render.errors,
+            console=output.errors,
         )
-        self.task = None
+        self.task: TaskID | None = None
 
     def __enter__(self) -> "_ProgressBar":
         self.progress.start()
@@ -143,11 +183,15 @@ class _ProgressBar:
 
     def update(self, state: Any) -> None:
         fields = dict(
-            running=state.running, failed=state.failed, pruned=state.pruned,
+            running=state.running,
+            failed=state.failed,
+            pruned=state.pruned,
             best="-" if state.best_value is None else f"{state.best_value:.6g} (trial {state.best_trial})",
         )
         if self.task is None:
-            self.task = self.progress.add_task(f"study {state.study}", total=state.n_trials, completed=state.done, **fields)
+            self.task = self.progress.add_task(
+                f"study {state.study}", total=state.n_trials, completed=state.done, **fields
+            )
         self.progress.update(self.task, completed=state.done, **fields)
 
 
@@ -156,20 +200,24 @@ def _summary(result: Any, data: dict) -> None:
     for trial in data["trials"]:
         counts[trial["state"]] = counts.get(trial["state"], 0) + 1
     shown = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
-    render.console.print(f"study {data['study']}: {len(data['trials'])} trials ({shown}); stopped: {data['stopped']}")
+    output.console.print(f"study {data['study']}: {len(data['trials'])} trials ({shown}); stopped: {data['stopped']}")
     if result.multi_objective:
-        render.console.print(f"pareto front: {len(data['best_trials'])} trials")
+        output.console.print(f"pareto front: {len(data['best_trials'])} trials")
         for trial in data["best_trials"]:
-            render.console.print(f"  trial {trial['number']}: values {trial['values']} params {trial['params']} run {trial['run']}")
+            output.console.print(
+                f"  trial {trial['number']}: values {trial['values']} params {trial['params']} run {trial['run']}"
+            )
     elif data.get("best_trial") is not None:
-        render.console.print(f"best value {data['best_value']:.6g} (trial {data['best_trial']}, run {data['best_run']})")
+        output.console.print(
+            f"best value {data['best_value']:.6g} (trial {data['best_trial']}, run {data['best_run']})"
+        )
         for key, value in data["best_params"].items():
-            render.console.print(f"  {key} = {value!r}")
+            output.console.print(f"  {key} = {value!r}")
     else:
-        render.console.print("no trial completed")
-    render.console.print(f"parent run {data['parent']}")
+        output.console.print("no trial completed")
+    output.console.print(f"parent run {data['parent']}")
     if data.get("plot"):
-        render.console.print(f"plot written to {data['plot']}")
+        output.console.print(f"plot written to {data['plot']}")
 
 
 # -- shoal studies --------------------------------------------------------------------------------
@@ -215,10 +263,12 @@ def studies_list(
     import optuna
 
     ref, store = _storage(storage)
-    rows = [_study_dict(optuna.load_study(study_name=s.study_name, storage=store))
-            for s in optuna.get_all_study_summaries(store, include_best_trial=False)]
+    rows = [
+        _study_dict(optuna.load_study(study_name=s.study_name, storage=store))
+        for s in optuna.get_all_study_summaries(store, include_best_trial=False)
+    ]
     if as_json:
-        render.print_json(rows)
+        output.print_json(rows)
         return
     from rich.table import Table
 
@@ -229,7 +279,7 @@ def studies_list(
         trials = ", ".join(f"{n} {state}" for state, n in sorted(row["trials"].items())) or "none"
         best = "-" if row["best_value"] is None else f"{row['best_value']:.6g}"
         table.add_row(row["name"], ", ".join(row["directions"]), trials, best)
-    render.console.print(table)
+    output.console.print(table)
 
 
 @studies_app.command("show")
@@ -247,15 +297,15 @@ def studies_show(
 
     data = _study_dict(load_study(name, project=_project(), storage=storage), top=top)
     if as_json:
-        render.print_json(data)
+        output.print_json(data)
         return
     trials = ", ".join(f"{n} {state}" for state, n in sorted(data["trials"].items())) or "none"
-    render.console.print(f"study {name} ({', '.join(data['directions'])}) in {ref.describe()}: {trials}")
+    output.console.print(f"study {name} ({', '.join(data['directions'])}) in {ref.describe()}: {trials}")
     best = data.get("best_trial")
     if best:
-        render.console.print(f"best value {best['values'][0]:.6g}: trial {best['number']}, run {best['run']}")
+        output.console.print(f"best value {best['values'][0]:.6g}: trial {best['number']}, run {best['run']}")
         for key, value in best["params"].items():
-            render.console.print(f"  {key} = {value!r}")
+            output.console.print(f"  {key} = {value!r}")
     from rich.table import Table
 
     rows = data.get("top") or data.get("best_trials") or []
@@ -265,8 +315,10 @@ def studies_show(
             table.add_column(column)
         for trial in rows:
             duration = "-" if trial["duration"] is None else f"{trial['duration']:.2f}s"
-            table.add_row(str(trial["number"]), str(trial["values"]), str(trial["params"]), duration, (trial["run"] or "-")[:12])
-        render.console.print(table)
+            table.add_row(
+                str(trial["number"]), str(trial["values"]), str(trial["params"]), duration, (trial["run"] or "-")[:12]
+            )
+        output.console.print(table)
 
 
 @studies_app.command("delete")
@@ -287,7 +339,7 @@ def studies_delete(
         typer.echo("nothing deleted (pass --yes to delete without asking)", err=True)
         raise typer.Exit(1)
     deleted = delete_study(name, project=project, storage=storage)
-    render.console.print(f"deleted study {name} ({deleted} trial(s)) from {ref.describe()}")
+    output.console.print(f"deleted study {name} ({deleted} trial(s)) from {ref.describe()}")
 
 
 def _confirmed(question: str) -> bool:

@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from .schema import drivers, runs, utcnow
+from .upsert import dialect_insert
 
 HEARTBEAT_INTERVAL = 10.0  # seconds between heartbeats of a driver with open runs
 STALE_AFTER = 300.0  # a driver on another machine is lost after this long without a heartbeat
@@ -161,14 +162,16 @@ def db_now(connection: Connection) -> datetime:
 
 def register(connection: Connection, project: str, me: Identity) -> None:
     """Insert this driver, or refresh its heartbeat if it is there."""
-    if connection.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
     now = _now_value(connection)
-    statement = insert(drivers).values(
-        project=project, id=me.id, host=me.host, machine=me.machine, pid=me.pid,
-        process_start=me.process_start, heartbeat_at=now, created_at=now,
+    statement = dialect_insert(connection)(drivers).values(
+        project=project,
+        id=me.id,
+        host=me.host,
+        machine=me.machine,
+        pid=me.pid,
+        process_start=me.process_start,
+        heartbeat_at=now,
+        created_at=now,
     )
     connection.execute(
         statement.on_conflict_do_update(
@@ -213,7 +216,9 @@ def rows(connection: Connection, project: str, ids: Sequence[str]) -> dict[str, 
     found: dict[str, DriverRow] = {}
     ordered = sorted(set(ids))
     for start in range(0, len(ordered), CHUNK):
-        statement = sa.select(drivers).where(drivers.c.project == project, drivers.c.id.in_(ordered[start : start + CHUNK]))
+        statement = sa.select(drivers).where(
+            drivers.c.project == project, drivers.c.id.in_(ordered[start : start + CHUNK])
+        )
         found.update((r.id, _row(r)) for r in connection.execute(statement))
     return found
 
@@ -230,14 +235,16 @@ def open_owners(connection: Connection, project: str) -> dict[str, DriverRow]:
 
 def end_runs(connection: Connection, project: str, driver: str, reason: str) -> list[tuple[str, str]]:
     """End the open runs of a lost driver as failed, ``DriverLost``; returns (uid, state it had)."""
-    ended = []
+    from ..execution import error_dict
+
+    ended: list[tuple[str, str]] = []
     now = utcnow()
     for state, outcome in (("pending", "before the run started"), ("running", "while the run was running")):
         where = (runs.c.project == project, runs.c.driver == driver, runs.c.state == state)
         uids = list(connection.execute(sa.select(runs.c.uid).where(*where)).scalars())
         if not uids:
             continue
-        error = {"type": LOST, "message": f"driver lost: {reason} {outcome}", "traceback": ""}
+        error = error_dict(LOST, f"driver lost: {reason} {outcome}")
         connection.execute(
             runs.update().where(*where).values(state="failed", error=error, ended_at=now, updated_at=now)
         )
@@ -271,6 +278,8 @@ def is_swept(record: Any) -> bool:
     """True for a run this module ended as ``DriverLost``: its real outcome is unknown (tuning's
     resume may still mend it from its study)."""
     error = getattr(record, "error", None) or {}
-    return getattr(record, "state", None) == "failed" and error.get("type") == LOST and str(
-        error.get("message", "")
-    ).startswith("driver lost: ")
+    return (
+        getattr(record, "state", None) == "failed"
+        and error.get("type") == LOST
+        and str(error.get("message", "")).startswith("driver lost: ")
+    )

@@ -83,9 +83,7 @@ def _parse(url: str | URL) -> URL:
 
 def _create(url: URL, **kwargs: Any) -> Engine:
     try:
-        return sa.create_engine(
-            url, json_serializer=codec.dumps, json_deserializer=codec.loads, **kwargs
-        )
+        return sa.create_engine(url, json_serializer=codec.dumps, json_deserializer=codec.loads, **kwargs)
     except exc.NoSuchModuleError:
         raise StoreError(f"unknown database driver {url.drivername!r} in {mask(url)}; {EXAMPLES}") from None
     except ImportError as error:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -42,8 +43,13 @@ def save_version(
         functions,
         [
             dict(
-                project=project, name=name, hash=hash, spec=spec,
-                description=description, labels=labels, created_at=now,
+                project=project,
+                name=name,
+                hash=hash,
+                spec=spec,
+                description=description,
+                labels=labels,
+                created_at=now,
             )
         ],
         keys=("project", "name", "hash"),
@@ -71,9 +77,7 @@ def resolve(connection: Connection, project: str, ref: FunctionRef) -> FunctionR
         if hash is None:
             _require_name(connection, project, ref.name)
             tags = _tag_names(connection, project, ref.name)
-            raise NotFoundError(
-                f"function {ref.name!r} has no tag {ref.tag!r}; its tags: {', '.join(tags) or 'none'}"
-            )
+            raise NotFoundError(f"function {ref.name!r} has no tag {ref.tag!r}; its tags: {', '.join(tags) or 'none'}")
         where = functions.c.hash == hash
     else:
         assert ref.hash_prefix is not None
@@ -96,8 +100,7 @@ def resolve(connection: Connection, project: str, ref: FunctionRef) -> FunctionR
     if len(rows) > 1:
         shown = ", ".join(row.hash[:SHORT_HASH] for row in rows[:10]) + (", ..." if len(rows) > 10 else "")
         raise AmbiguousError(
-            f"hash prefix {ref.hash_prefix!r} matches several versions of {ref.name!r}: {shown}; "
-            "give more characters"
+            f"hash prefix {ref.hash_prefix!r} matches several versions of {ref.name!r}: {shown}; give more characters"
         )
     return _records(connection, project, rows)[0]
 
@@ -132,7 +135,9 @@ def history(connection: Connection, project: str, name: str) -> list[FunctionRec
     return _records(connection, project, rows, name=name)
 
 
-def _records(connection: Connection, project: str, rows: list[Any], name: str | None = None) -> list[FunctionRecord]:
+def _records(
+    connection: Connection, project: str, rows: Sequence[Any], name: str | None = None
+) -> list[FunctionRecord]:
     """Rows of ``functions`` as records, each with the tags pointing at it (one extra query)."""
     if not rows:
         return []
@@ -176,9 +181,9 @@ def _require_name(connection: Connection, project: str, name: str) -> None:
     ).first()
     if exists:
         return
-    names = connection.execute(
-        sa.select(functions.c.name).where(functions.c.project == project).distinct()
-    ).scalars().all()
+    names = (
+        connection.execute(sa.select(functions.c.name).where(functions.c.project == project).distinct()).scalars().all()
+    )
     close = difflib.get_close_matches(name, names, n=3)
     hint = f"did you mean {', '.join(repr(n) for n in close)}? " if close else ""
     raise NotFoundError(f"no function named {name!r} in project {project!r}; {hint}{LIST_HINT}")

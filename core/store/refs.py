@@ -29,9 +29,7 @@ class FunctionRef:
 def check_name(name: str) -> str:
     """A function name usable in refs: non-empty, no ``:``/``@``/whitespace, at most 255 chars."""
     if not isinstance(name, str) or not name or len(name) > 255 or re.search(r"[:@\s]", name):
-        raise SpecError(
-            f"invalid function name {name!r}: use 1-255 characters without ':', '@' or spaces"
-        )
+        raise SpecError(f"invalid function name {name!r}: use 1-255 characters without ':', '@' or spaces")
     return name
 
 

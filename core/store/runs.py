@@ -17,10 +17,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..errors import AmbiguousError, NotFoundError, StoreError
+from .drivers import OPEN_STATES
 from .records import ArtifactRecord, RunRecord
 from .refs import check_prefix
 from .schema import ARTIFACT_FIELDS, RUN_FIELDS, artifacts, runs
-from .drivers import OPEN_STATES
 from .upsert import upsert
 
 REQUIRED_RUN_FIELDS = ("uid", "function", "function_hash")
@@ -92,9 +92,7 @@ def require_runs(connection: Connection, project: str, uids: Iterable[str]) -> N
     for start in range(0, len(ordered), CHUNK):
         chunk = ordered[start : start + CHUNK]
         found.update(
-            connection.execute(
-                sa.select(runs.c.uid).where(runs.c.project == project, runs.c.uid.in_(chunk))
-            ).scalars()
+            connection.execute(sa.select(runs.c.uid).where(runs.c.project == project, runs.c.uid.in_(chunk))).scalars()
         )
     missing = sorted(wanted - found)
     if missing:
@@ -118,7 +116,9 @@ def update_runs(
         for field in JSON_MAPS:
             if field in values and values[field] is None:
                 values[field] = {}
-        groups[tuple(sorted(values))].append({"_uid": uid, "_project": project, **{f"v_{k}": v for k, v in values.items()}})
+        groups[tuple(sorted(values))].append(
+            {"_uid": uid, "_project": project, **{f"v_{k}": v for k, v in values.items()}}
+        )
     updated = 0
     countable = connection.dialect.supports_sane_multi_rowcount
     for names, params in groups.items():
@@ -137,9 +137,7 @@ def _update_statement(names: tuple[str, ...]) -> sa.Update:
         still_open = sa.or_(*(runs.c.state == s for s in OPEN_STATES))
         where.append(sa.or_(still_open, sa.and_(*(new != s for s in OPEN_STATES))))
     return (
-        runs.update()
-        .where(*where)
-        .values({name: sa.bindparam(f"v_{name}", type_=runs.c[name].type) for name in names})
+        runs.update().where(*where).values({name: sa.bindparam(f"v_{name}", type_=runs.c[name].type) for name in names})
     )
 
 
@@ -182,9 +180,7 @@ def upsert_artifacts(connection: Connection, rows: list[dict[str, Any]]) -> None
 
 def get(connection: Connection, project: str, uid_or_prefix: str) -> RunRecord:
     """The run with this uid, else the one run whose uid starts with it."""
-    row = connection.execute(
-        sa.select(runs).where(runs.c.project == project, runs.c.uid == uid_or_prefix)
-    ).first()
+    row = connection.execute(sa.select(runs).where(runs.c.project == project, runs.c.uid == uid_or_prefix)).first()
     if row is None:
         prefix = check_prefix(uid_or_prefix, "run uid prefix", hex_only=False)
         rows = connection.execute(
@@ -294,9 +290,11 @@ def descendants(connection: Connection, project: str, uids: Iterable[str]) -> li
     seen = set(uids)
     level = sorted(seen)
     while level:
-        children = []
+        children: list[str] = []
         for start in range(0, len(level), CHUNK):
-            statement = sa.select(runs.c.uid).where(runs.c.project == project, runs.c.parent.in_(level[start : start + CHUNK]))
+            statement = sa.select(runs.c.uid).where(
+                runs.c.project == project, runs.c.parent.in_(level[start : start + CHUNK])
+            )
             children.extend(uid for uid in connection.execute(statement).scalars() if uid not in seen)
         seen.update(children)
         found.extend(children)
@@ -306,10 +304,12 @@ def descendants(connection: Connection, project: str, uids: Iterable[str]) -> li
 
 def cancel(connection: Connection, project: str, uids: Sequence[str], why: str, now: datetime) -> list[str]:
     """Mark the open runs among ``uids`` cancelled (ended now, saying ``why``); returns their uids."""
+    from ..execution import error_dict
+
     cancelled = []
     ordered = sorted(set(uids))
     for state, when in (("pending", "before it started"), ("running", "while it ran")):
-        error = {"type": "CancelledError", "message": f"cancelled {when}: {why}", "traceback": ""}
+        error = error_dict("CancelledError", f"cancelled {when}: {why}")
         for start in range(0, len(ordered), CHUNK):
             where = (runs.c.project == project, runs.c.uid.in_(ordered[start : start + CHUNK]), runs.c.state == state)
             chunk = list(connection.execute(sa.select(runs.c.uid).where(*where)).scalars())
@@ -340,7 +340,9 @@ def delete(
         if not doomed:
             continue
         statement = sa.select(artifacts).where(artifacts.c.project == project, artifacts.c.run_uid.in_(doomed))
-        removed.extend(ArtifactRecord(**{f: getattr(a, f) for f in ARTIFACT_FIELDS}) for a in connection.execute(statement))
+        removed.extend(
+            ArtifactRecord(**{f: getattr(a, f) for f in ARTIFACT_FIELDS}) for a in connection.execute(statement)
+        )
         connection.execute(artifacts.delete().where(artifacts.c.project == project, artifacts.c.run_uid.in_(doomed)))
         connection.execute(runs.delete().where(runs.c.project == project, runs.c.uid.in_(doomed)))
         deleted.extend(doomed)

@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection
 from ..errors import StoreError
 from .records import ScalingEventRecord
 from .schema import SCALING_FIELDS, scaling_events
+from .upsert import dialect_insert
 
 DIRECTIONS = ("up", "down")
 KEY = ("project", "backend", "time", "direction", "reason")
@@ -25,11 +26,17 @@ KEY = ("project", "backend", "time", "direction", "reason")
 class ScalingEventLike(Protocol):
     """What :func:`event_rows` reads: ``shoal.backends.ScalingEvent`` or anything shaped like it."""
 
-    time: float
-    direction: str
-    workers_before: int | None
-    workers_after: int | None
-    reason: str
+    # Read-only members: a protocol's plain attributes would also demand they accept None when set.
+    @property
+    def time(self) -> float: ...
+    @property
+    def direction(self) -> str: ...
+    @property
+    def workers_before(self) -> int | None: ...
+    @property
+    def workers_after(self) -> int | None: ...
+    @property
+    def reason(self) -> str: ...
 
 
 def _count(value: Any) -> int | None:
@@ -65,7 +72,7 @@ def event_rows(project: str, backend: str, events: Sequence[ScalingEventLike]) -
     """Insertable rows, without duplicates of the unique key."""
     if not isinstance(backend, str) or not backend or len(backend) > 255:
         raise StoreError(f"invalid backend label {backend!r}: expected 1-255 characters")
-    rows = {}
+    rows: dict[tuple[Any, ...], dict[str, Any]] = {}
     for event in events:
         row = _row(project, backend, event)
         rows.setdefault(tuple(row[key] for key in KEY), row)
@@ -76,11 +83,9 @@ def insert_events(connection: Connection, rows: list[dict[str, Any]]) -> None:
     """Insert rows, skipping those already stored."""
     if not rows:
         return
-    if connection.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    statement = insert(scaling_events).on_conflict_do_nothing(index_elements=[scaling_events.c[key] for key in KEY])
+    statement = dialect_insert(connection)(scaling_events).on_conflict_do_nothing(
+        index_elements=[scaling_events.c[key] for key in KEY]
+    )
     connection.execute(statement, rows)
 
 

@@ -258,7 +258,9 @@ class Store:
         me = driver_sql.current()
         with self._transaction(write=True) as connection:
             driver_sql.register(connection, self.project, me)
-            updated = run_sql.update_runs(connection, self.project, [(uid, {"driver": me.id}) for uid in uids], utcnow())
+            updated = run_sql.update_runs(
+                connection, self.project, [(uid, {"driver": me.id}) for uid in uids], utcnow()
+            )
             if updated != len(set(uids)):
                 run_sql.require_runs(connection, self.project, uids)
         self._registered = time.monotonic()
@@ -292,7 +294,9 @@ class Store:
         if ended:
             log.warning(
                 "ended %d run(s) of project %s as failed (DriverLost): %s",
-                len(ended), self.project, "; ".join(lost.values()),
+                len(ended),
+                self.project,
+                "; ".join(lost.values()),
             )
         if prune:
             with self._transaction(write=True) as connection:

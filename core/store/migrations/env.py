@@ -7,12 +7,14 @@ alembic command line can still be pointed at a database for inspection (``--sql`
 
 from __future__ import annotations
 
+from typing import Any
+
 from alembic import context
 
 from shoal.store.migrate import VERSION_TABLE
 
 
-def _configure(**kwargs: object) -> None:
+def _configure(**kwargs: Any) -> None:
     context.configure(version_table=VERSION_TABLE, target_metadata=None, **kwargs)
 
 

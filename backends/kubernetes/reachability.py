@@ -16,7 +16,9 @@ def is_local_url(url: str) -> bool:
     return scheme in ("",) + LOCAL_SCHEMES
 
 
-def check_reachable(database: str | None = None, artifacts: str | None = None, *, what: str = "a Kubernetes backend") -> None:
+def check_reachable(
+    database: str | None = None, artifacts: str | None = None, *, what: str = "a Kubernetes backend"
+) -> None:
     """Raise KubernetesError for a SQLite database or a local artifact store."""
     if database is not None and str(database).lower().startswith("sqlite"):
         raise UnreachableStorageError(

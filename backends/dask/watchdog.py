@@ -2,7 +2,7 @@
 
 Every process of the cluster (scheduler, Nanny, worker, whatever a handler starts) carries
 ``SHOAL_DASK_CLUSTER=<token>`` in its environment. The driver starts this file as a program of its
-own (``python -I dask_watchdog.py TOKEN FOLDER``, in a session of its own) with a pipe on its
+own (``python -I watchdog.py TOKEN FOLDER``, in a session of its own) with a pipe on its
 stdin; the pipe reaches end-of-file when the driver closes it or dies, SIGKILL and SIGTERM included,
 and the watchdog then kills every process that carries the token and removes the cluster's folder. Only the standard library and psutil (a
 dependency of distributed): it must start fast and import nothing of the user's.
@@ -80,7 +80,8 @@ def start_watchdog(token: str, folder: str) -> subprocess.Popen:
 def release_watchdog(watchdog: subprocess.Popen) -> None:
     """Close its stdin (it kills what is left, usually nothing) and wait for it."""
     try:
-        watchdog.stdin.close()
+        if watchdog.stdin is not None:  # always: start_watchdog opens it as a pipe
+            watchdog.stdin.close()
         watchdog.wait(10)
     except (OSError, subprocess.TimeoutExpired):
         watchdog.kill()

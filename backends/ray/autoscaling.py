@@ -15,7 +15,8 @@ removed), ``launch_multiple`` (else a launch of n nodes starts one) and ``foregr
 (else a slow launch is launched again, and the extra node removed with whatever runs on it).
 ``RAY_AUTH_MODE=disabled`` lets the fake nodes join. Ray's daemons may ignore SIGTERM, so every
 process started here carries a marker in its environment and is found by it and killed by PID, with
-SIGKILL after a grace period; a small watchdog does the same if the driver dies without closing.
+SIGKILL after a grace period; a small watchdog does the same if the driver dies without closing
+(``shoal.backends.ray.processes``).
 """
 
 from __future__ import annotations
@@ -24,17 +25,16 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 from typing import Iterable
 
-MARKER = "SHOAL_RAY_CLUSTER"  # environment variable naming the cluster each process belongs to
+from .processes import MARKER, cluster_pids, kill_cluster, reap_watchdog, start_watchdog, tell_watchdog
+
 WORKER_TYPE = "shoal.worker"
 HEAD_TYPE = "ray.head.default"  # the fake provider's fixed name for the head's type
 
@@ -147,7 +147,7 @@ class LocalAutoscalingCluster:
                 start_new_session=True,  # its daemons outlive it: Ctrl-C at a terminal must not reach them
             )  # fmt: skip
         self.session = starter.pid  # the leader of the new session
-        _tell_watchdog(self._watchdog, self.session)
+        tell_watchdog(self._watchdog, self.session)
         try:
             code = starter.wait(self.start_timeout)
         except subprocess.TimeoutExpired:
@@ -236,142 +236,4 @@ def node_changes(messages: Iterable[tuple[float, str]]) -> list[tuple[float, int
     return changes
 
 
-# -- processes by marker and session -----------------------------------------------------------------
-def cluster_pids(token: str, session: int | None = None, root: str | None = None, spare: Iterable[int] = ()) -> list[int]:
-    """PIDs of the live processes of a cluster, found through /proc: those whose environment carries
-    ``MARKER=token``, Ray's processes in its ``session``, and their descendants (Ray starts its
-    agents without the marker). With ``root`` (the cluster's folder), also processes holding a file
-    open in it: Ray's agents, once the raylet that started them is gone, are no one's descendants,
-    and can outlive it by minutes. ``spare``: PIDs never counted (the driver, which holds files of
-    its own in the folder)."""
-    needle = f"{MARKER}={token}".encode()
-    spare = {os.getpid(), *spare}
-    children: dict[int, list[int]] = {}
-    ours: set[int] = set()
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) in spare:
-            continue
-        pid = int(entry.name)
-        try:
-            state, parent = _stat(pid)
-            if state == "Z":
-                continue
-            children.setdefault(parent, []).append(pid)
-            with open(f"/proc/{pid}/environ", "rb") as handle:
-                if needle in handle.read().split(b"\0"):
-                    ours.add(pid)
-                    continue
-            if session is not None and os.getsid(pid) == session:
-                with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                    if b"ray" in handle.read():
-                        ours.add(pid)
-                        continue
-            if root is not None and _holds_file_in(pid, root):
-                ours.add(pid)
-        except (OSError, ValueError, IndexError):
-            continue  # gone, or not ours to read
-    found, todo = set(), list(ours)
-    while todo:
-        pid = todo.pop()
-        if pid not in found:
-            found.add(pid)
-            todo.extend(children.get(pid, ()))
-    return sorted(found)
-
-
-def _holds_file_in(pid: int, root: str) -> bool:
-    prefix = os.path.join(root, "")
-    try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(prefix):
-                    return True
-            except OSError:
-                continue
-    except OSError:
-        pass
-    return False
-
-
-def _stat(pid: int) -> tuple[str, int]:
-    """(state, parent pid) of a process."""
-    with open(f"/proc/{pid}/stat", "rb") as handle:
-        fields = handle.read().rsplit(b")", 1)[1].split()
-    return fields[0].decode(), int(fields[1])
-
-
-def stop_processes(pids: Iterable[int], grace: float = 1.5) -> None:
-    """SIGTERM the processes, SIGKILL those still there after ``grace`` seconds (Ray's daemons may
-    ignore SIGTERM); waits at most 5 s more for them to go."""
-    pids = list(pids)
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except OSError:
-                pass
-        end = time.monotonic() + wait
-        while pids and time.monotonic() < end:
-            time.sleep(0.1)
-            pids = [pid for pid in pids if _alive(pid)]
-        if not pids:
-            return
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return _stat(pid)[0] != "Z"
-    except (OSError, ValueError, IndexError):
-        return False
-
-
-def kill_cluster(
-    token: str, session: int | None = None, grace: float = 1.5, root: str | None = None, spare: Iterable[int] = ()
-) -> None:
-    """Stop every process of a cluster (see ``cluster_pids``), and any that appeared meanwhile."""
-    for _ in range(3):
-        pids = cluster_pids(token, session, root, spare)
-        if not pids:
-            return
-        stop_processes(pids, grace)
-
-
-# -- a watchdog for a driver that dies without closing -----------------------------------------------
-def start_watchdog(token: str, root: Path) -> subprocess.Popen:
-    """A process that kills the cluster and removes its folder once this one is gone: its stdin
-    gets the cluster's session, then closes when we die (or close)."""
-    return subprocess.Popen(
-        [sys.executable, "-c", f"from shoal.backends.ray_cluster import watch; watch({token!r}, {str(root)!r})"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # a Ctrl-C at the terminal must not kill it before the cluster
-    )
-
-
-def _tell_watchdog(watchdog: subprocess.Popen | None, session: int) -> None:
-    try:
-        watchdog.stdin.write(f"{session}\n".encode())
-        watchdog.stdin.flush()
-    except (AttributeError, OSError):
-        pass
-
-
-def watch(token: str, root: str) -> None:
-    """The watchdog's body: wait for the end of stdin, then stop the cluster (never the driver that
-    started it: on a normal close it is alive and still holds files in the folder)."""
-    driver = os.getppid()
-    line = sys.stdin.readline().strip()
-    sys.stdin.read()
-    kill_cluster(token, int(line) if line.isdigit() else None, root=root, spare=[driver])
-    shutil.rmtree(root, ignore_errors=True)
-
-
-def reap_watchdog(watchdog: subprocess.Popen) -> None:
-    """Close the watchdog's stdin (it finds nothing left to kill and exits) and wait for it."""
-    try:
-        watchdog.stdin.close()
-        watchdog.wait(10)
-    except (OSError, subprocess.TimeoutExpired):
-        watchdog.kill()
-        watchdog.wait()
+__all__ = ["LocalAutoscalingCluster", "autoscaling_config", "free_port", "node_changes"]

@@ -14,7 +14,7 @@ worker profiler off) as ``DASK_INTERNAL_INHERIT_CONFIG``, and the driver's ``sys
 Workers inherit the driver's stdout and relay their stderr through it, so handler output echoes
 (``watch``) as before; the scheduler writes to a log file. Each process starts in a session of its
 own (Ctrl-C at a terminal is the driver's to handle) and carries ``SHOAL_DASK_CLUSTER=<token>``;
-a watchdog (``dask_watchdog``) kills them all if the driver dies without closing the cluster.
+a watchdog (``watchdog``) kills them all if the driver dies without closing the cluster.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from distributed import LocalCluster, Nanny, Worker
 from distributed.core import rpc
 from distributed.deploy.spec import ProcessInterface, SpecCluster
 
-from .dask_watchdog import MARKER, kill_marked, marked_pids, release_watchdog, start_watchdog
+from .watchdog import MARKER, kill_marked, marked_pids, release_watchdog, start_watchdog
 
 START_TIMEOUT = 60.0  # seconds a scheduler or worker process may take to be ready
 STOP_GRACE = 3.0  # seconds a process has to exit after SIGTERM before SIGKILL
@@ -236,7 +236,8 @@ class EmbeddedCluster(SpecCluster):
     death) leaves none of its processes behind."""
 
     def __init__(self, *, token: str, root: str, watchdog: subprocess.Popen, **spec: Any):
-        self.token, self.root, self._watchdog = token, root, watchdog
+        self.token, self.root = token, root
+        self._watchdog: subprocess.Popen | None = watchdog
         super().__init__(name="shoal-embedded", **spec)
 
     async def _close(self) -> None:
@@ -385,7 +386,9 @@ def _environment(serialized_config: str, token: str) -> dict[str, str]:
     env["DASK_INTERNAL_INHERIT_CONFIG"] = serialized_config
     env[MARKER] = token
     paths = [os.path.abspath(p or os.curdir) for p in sys.path]
-    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([*paths, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]))
+    env["PYTHONPATH"] = os.pathsep.join(
+        dict.fromkeys([*paths, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))])
+    )
     return env
 
 

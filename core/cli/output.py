@@ -37,7 +37,12 @@ errors = _console(stderr=True)
 full_tracebacks = False
 
 STATE_STYLE = {
-    "completed": "green", "pruned": "blue", "failed": "red", "cancelled": "yellow", "running": "cyan", "pending": "dim",
+    "completed": "green",
+    "pruned": "blue",
+    "failed": "red",
+    "cancelled": "yellow",
+    "running": "cyan",
+    "pending": "dim",
 }
 
 

@@ -18,7 +18,7 @@ from .errors import ParamError
 PROBE_WAIT = 1.0  # seconds a map waits for its first runs (they occupy every slot meanwhile)
 BATCH_SECONDS = 0.1  # work one engine task should carry when runs are short
 BATCHES_PER_SLOT = 4  # at least this many tasks per slot, so no worker idles while one finishes
-MAX_BATCH = 1000
+MAX_RUNS_PER_TASK = 1000  # runs one engine task carries, however short they are
 
 T = TypeVar("T")
 
@@ -43,7 +43,7 @@ def batch_size(durations: Sequence[float], remaining: int | None, slots: int) ->
     if not durations or (remaining is not None and remaining <= 0):
         return 1
     typical = max(sum(durations) / len(durations), 1e-5)
-    size = min(int(BATCH_SECONDS / typical), MAX_BATCH)
+    size = min(int(BATCH_SECONDS / typical), MAX_RUNS_PER_TASK)
     if remaining is not None:  # smaller batches towards the end keep every slot busy to the last
         size = min(size, math.ceil(remaining / (max(1, slots) * BATCHES_PER_SLOT)))
     return max(1, size)

@@ -1,0 +1,135 @@
+"""``RayFuture``: a ``SettledFuture`` settled when Ray's future of the task's ObjectRef is done, and
+how Ray's failures translate into the contract's (``WorkerLostError``, ``CancelledError``,
+``BackendError``)."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import time
+from typing import TYPE_CHECKING, Any
+
+from shoal.errors import BackendError, WorkerLostError
+from shoal.execution import RunBatch, RunOutcome, RunTask, error_dict
+
+from ..base import SettledFuture
+from ..task_codec import decode
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .backend import RayBackend
+    from .echo import EchoPipe
+
+#: Ray exceptions that mean the process or node running the task died.
+_LOST = frozenset(
+    {"WorkerCrashedError", "NodeDiedError", "OutOfMemoryError", "LocalRayletDiedError", "ObjectLostError"}
+)
+
+
+class RayFuture(SettledFuture):
+    """A Ray ObjectRef of a RunOutcome (encoded outcomes for a batch); settled on Ray's callback
+    thread when the task ends, or by the backend closing (cancelled)."""
+
+    def __init__(self, task: RunTask | RunBatch, ref: Any, backend: "RayBackend", echo: "EchoPipe | None" = None):
+        super().__init__(task.uid)
+        self.uids = task.uids
+        self._echo = echo  # the pipe its watched output comes through: shown before it settles
+        self._batch = isinstance(task, RunBatch)
+        self._attempt = task.attempt
+        self._ref = ref
+        self._backend = backend
+        self._killed = False  # force-cancelled while running
+        ref.future().add_done_callback(self._completed)
+
+    def _completed(self, done: cf.Future) -> None:
+        """Ray's ``ObjectRef.future()`` settled: on Ray's callback thread (on this one when the task
+        had already ended). Its errors are instances of their cause too (``RayTaskError(Cause)``)."""
+        try:
+            error = done.exception()
+        except cf.CancelledError as exc:  # Ray's future of a cancelled task may itself be cancelled
+            error = exc
+        self._settle(error if error is not None else done.result())
+
+    def _settle(self, value: Any) -> None:
+        """Ray's answer (an outcome, encoded outcomes, or Ray's error) as the future's result."""
+        if self.done():
+            return  # already settled (the backend closed before Ray answered)
+        if self._echo is not None:
+            self._echo.flush()
+        if isinstance(value, bytes):  # a batch's outcomes
+            try:
+                value = decode(value)
+            except Exception as exc:  # noqa: BLE001 - reported as the engine's failure
+                value = exc
+        self._ref = None  # let Ray free the stored outcome
+        if isinstance(value, (RunOutcome, list)):
+            self._resolve(value)  # type: ignore[arg-type]
+        elif self._killed and self._batch:
+            self._resolve(None, cf.CancelledError(f"batch {self.uid} was stopped by killing its worker"))
+        elif self._killed:
+            self._resolve(self._killed_outcome())
+        else:
+            self._resolve(None, engine_error(value))
+
+    def _killed_outcome(self) -> RunOutcome:
+        """A run stopped by killing its worker ran, so it is not "cancelled before it started"."""
+        grace = self._backend._cancel_grace
+        message = f"run was cancelled while running; it ignored the interrupt for {grace:g} s, so its worker was killed"
+        return RunOutcome(
+            uid=self.uid,
+            state="cancelled",
+            attempt=self._attempt,
+            started_at=None,  # the driver knows it from the start report
+            ended_at=time.time(),
+            error=error_dict("CancelledError", message),
+        )
+
+    def cancel(self) -> bool:
+        """Drop the task if pending; interrupt it if running (it ends as cancelled)."""
+        ref = self._ref
+        if ref is None or self.done():
+            return False
+        import ray
+
+        try:
+            ray.cancel(ref)
+        except Exception:  # noqa: BLE001 - finished or lost meanwhile: nothing left to cancel
+            return False
+        self._backend._kill_later(self)
+        return True
+
+    def _kill(self) -> None:
+        """Force-cancel a task that did not stop on its KeyboardInterrupt (kills its worker)."""
+        ref = self._ref
+        if ref is None or self.done():
+            return
+        import ray
+
+        self._killed = True
+        try:
+            ray.cancel(ref, force=True)
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def engine_error(exc: Any) -> BaseException:
+    """Ray's failure of a task as the contract names it."""
+    import ray.exceptions as rex
+
+    if not isinstance(exc, BaseException):
+        return BackendError(f"ray returned {type(exc).__name__} where a run outcome was expected")
+    if isinstance(exc, (cf.CancelledError, rex.TaskCancelledError)):
+        return cf.CancelledError(str(exc).splitlines()[0] if str(exc) else "cancelled")
+    if {kind.__name__ for kind in type(exc).__mro__} & _LOST:
+        return WorkerLostError(f"the ray worker running it died ({type(exc).__name__}: {first_line(exc)})")
+    if isinstance(exc, rex.RuntimeEnvSetupError):
+        return BackendError(f"ray could not set up the run's environment (requirements): {first_line(exc)}")
+    if isinstance(exc, Exception):
+        return BackendError(f"ray failed to run the task: {type(exc).__name__}: {first_line(exc)}")
+    return exc
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+__all__ = ["RayFuture", "engine_error", "first_line"]

@@ -1,0 +1,93 @@
+"""What runs inside Ray's worker processes: the one Ray task shoal submits, ``run_on_worker``.
+
+Ray pickles ``run_on_worker`` by reference, so a worker imports this module (and the package's
+light ``__init__``), never the driver's backend. Runs reach it as one ``bytes`` argument
+(``shoal.backends.task_codec``); a run's start goes back to the driver as one line into its start pipe
+(``shoal.backends.ray.start``), a watched run's output through its echo pipe (``.echo``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+from shoal.execution import RunBatch, RunOutcome, RunTask, execute_batch, execute_registered
+
+from ..task_codec import decode, encode
+
+_code_cache: dict[str, Any] = {}  # function hash -> Code, in each worker process
+_start_pipes: dict[str, int] = {}  # path of the driver's start pipe -> open fd (-1: unusable here)
+_node_id: list[str] = []
+
+
+def run_on_worker(payload: bytes, code: list | None = None) -> RunOutcome | bytes:
+    """The Ray task: one attempt of one run, or a batch of short runs (their outcomes come back
+    encoded as one ``bytes`` value).
+
+    ``payload`` is ``(task, start pipe path, echo pipe path)`` encoded by the driver. Large code
+    travels once per function as an object in Ray's store: ``code`` then holds its reference inside
+    a list, so Ray does not fetch it for every task, only a worker that has not seen the function
+    yet. The pipes are the driver's, when the driver is on this machine; the echo pipe is given for
+    watched runs only.
+    """
+    from shoal.logcapture import echo_to
+
+    from .echo import sink
+
+    task, starts, echo = decode(payload)
+    announce = _announcer(starts) if starts else None
+    with echo_to(sink(echo) if echo else None):
+        if isinstance(task, RunBatch):
+            for member in task.tasks:
+                _fill_code(member, code)
+            return encode(execute_batch(task, announce, cancel_ends_batch=True))
+        _fill_code(task, code)
+        return execute_registered(task, announce)
+
+
+def members(task: RunTask | RunBatch) -> list[RunTask]:
+    """The runs a Ray task carries: the batch's, or the one."""
+    return task.tasks if isinstance(task, RunBatch) else [task]
+
+
+def _fill_code(task: RunTask, code: list | None) -> None:
+    if task.code is None:
+        cached = _code_cache.get(task.function_hash)
+        if cached is None:
+            import ray
+
+            assert code, "a task shipped without its code carries the code's reference"
+            cached = _code_cache[task.function_hash] = ray.get(code[0])
+        task.code = cached
+
+
+def _announcer(path: str) -> Callable[[str, float], None]:
+    """``on_start`` for a worker: one line into the driver's pipe (atomic, never blocks; a line that
+    does not fit while the driver lags is dropped: the run then shows as running only when done)."""
+
+    def announce(uid: str, started: float) -> None:
+        fd = _start_pipes.get(path)
+        if fd is None:
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:
+                fd = -1  # not on the driver's machine
+            _start_pipes[path] = fd
+        if fd >= 0:
+            try:
+                os.write(fd, f"{uid} {started!r} {_this_node()}\n".encode())
+            except OSError:
+                pass
+
+    return announce
+
+
+def _this_node() -> str:
+    if not _node_id:
+        import ray
+
+        _node_id.append(ray.get_runtime_context().get_node_id())
+    return _node_id[0]
+
+
+__all__ = ["members", "run_on_worker"]

@@ -1,0 +1,330 @@
+"""Sending recorded runs to a backend and recording what comes back: the driver side of dispatch.
+
+``Dispatcher.launch`` sends one run; ``launch_many`` sends many in one submission, or, with
+``batch_size="auto"``, probes with one run per slot and sizes the batches of the rest by their
+durations (``shoal.batching``). Done-callbacks, on the engine's thread, resubmit failed attempts
+while ``retries`` allow and hand final outcomes to the project's Recorder, which resolves the handle.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import threading
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Mapping
+
+from . import batching
+from .artifacts import Artifact
+from .context import to_json_value
+from .errors import ShoalError, WorkerLostError
+from .execution import RunOutcome, RunTask, error_record, never_started
+from .logcapture import tail
+from .numpy_params import json_form
+from .recorder import unrecordable
+from .runs import Run, RunHandle
+
+if TYPE_CHECKING:  # pragma: no cover
+    from shoal.backends.base import Backend, BackendFuture
+
+    from .function import Function
+    from .project import Project
+    from .recorder import Recorder
+    from .spec import FunctionSpec
+
+
+def recordable(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Parameters as the database gives them back (plain JSON: NumPy scalars as numbers, NaN as "NaN")."""
+    out = {}
+    for key, value in params.items():
+        ok, converted = to_json_value(value)
+        if not ok:  # a NumPy array or pandas scalar: its JSON form (``shoal.numpy_params``)
+            ok, converted = json_form(value)
+        out[key] = converted if ok else value
+    return out
+
+
+def utc(timestamp: float | None) -> datetime | None:
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, tz=timezone.utc)
+
+
+class Dispatcher:
+    """The sending half of ``shoal.runner.Driver``: turns recorded runs into tasks, submits them
+    (batched or not), retries failed attempts and records final outcomes.
+
+    It reads what the driver set up: ``fn``, ``project``, ``backend``, ``spec``, ``recorder`` and
+    the per-task fields ``_env``, ``_secrets``, ``_gpus``, ``_callable``.
+    """
+
+    fn: "Function"
+    project: "Project"
+    backend: "Backend"
+    spec: "FunctionSpec"
+    recorder: "Recorder"
+    _env: dict[str, str]
+    _secrets: Any
+    _gpus: int
+    _callable: Any
+
+    def launch(
+        self,
+        record: dict[str, Any],
+        inputs: dict[str, Artifact],
+        *,
+        watch: bool = False,
+        scope: Any = None,
+        params: dict[str, Any] | None = None,
+    ) -> RunHandle:
+        """Submit an already recorded run; returns its handle at once.
+
+        ``params`` are the checked values for the handler (default: the recorded ones).
+        """
+        flight = self._flight(record, inputs, watch=watch, scope=scope, params=params)
+        self._submit(flight)
+        return flight.handle
+
+    def launch_many(
+        self,
+        records: list[dict[str, Any]],
+        inputs: dict[str, Artifact],
+        params: list[dict[str, Any]],
+        *,
+        watch: bool = False,
+        batch_size: int | str = "auto",
+        scopes: list[Any] | None = None,
+    ) -> list[RunHandle]:
+        """Submit many recorded runs in one go; returns their handles at once.
+
+        Engines take them in one graph update, not N. With ``batch_size="auto"`` short runs travel
+        several per engine task (see ``shoal.batching``): one run per slot goes first, and the
+        rest follow from a dispatch thread once those show how long a run takes. ``scopes`` gives
+        each run its ``RunTask.scope`` (tuning: the run's TrialScope).
+        """
+        scopes = scopes or [None] * len(records)
+        flights = [
+            self._flight(r, inputs, watch=watch, params=p, scope=scope) for r, p, scope in zip(records, params, scopes)
+        ]
+        handles = [f.handle for f in flights]
+        if batch_size == 1 or not self.backend.batches:
+            self._submit_flights(flights)
+        elif batch_size != "auto":
+            self._submit_flights(flights, int(batch_size))
+        else:
+            self._submit_auto(flights)
+        return handles
+
+    def _submit_auto(self, flights: list["_Flight"]) -> None:
+        """One run per slot first (the probes), then the rest sized by their durations."""
+        slots = max(1, self.backend.slots)  # asks the engine: only where batching may apply
+        if not batching.worth_batching(len(flights), slots):
+            self._submit_flights(flights)
+            return
+        probes, rest = flights[:slots], flights[slots:]
+        self._submit_flights(probes)
+        threading.Thread(
+            target=self._dispatch_rest, args=(probes, rest, slots), name="shoal-map-dispatch", daemon=True
+        ).start()
+
+    def _dispatch_rest(self, probes: list["_Flight"], rest: list["_Flight"], slots: int) -> None:
+        """Wait briefly for the probe runs, then send the rest in batches sized by their durations."""
+        futures = [f.future for f in probes if f.future is not None]
+        try:
+            for _ in self.backend.as_completed(futures, timeout=batching.PROBE_WAIT):
+                pass
+        except TimeoutError:  # slow probes: their durations say the runs are not short
+            pass
+        durations = []
+        for future in futures:
+            try:
+                outcome = future.result(0) if future.done() else None
+            except Exception:  # noqa: BLE001 - a probe that failed in the engine says nothing of durations
+                continue
+            if outcome is not None and outcome.state in ("completed", "pruned") and outcome.started_at is not None:
+                durations.append(outcome.ended_at - outcome.started_at)
+        live = []
+        for flight in rest:
+            if flight.handle.cancel_requested:  # cancelled while the probes ran (Ctrl-C)
+                self._record(flight, never_started(flight.task))
+            else:
+                live.append(flight)
+        self._submit_flights(live, batching.batch_size(durations, len(live), slots))
+
+    def _submit_flights(self, flights: list["_Flight"], size: int = 1) -> None:
+        """Hand flights to the engine: all in one submission, or in batches of ``size`` runs."""
+        groups = batching.chunks(flights, size) if size > 1 else [flights]
+        for group in groups:
+            if not group:
+                continue
+            tasks, starts = [f.task for f in group], [self._on_start(f) for f in group]
+            try:
+                if size > 1:
+                    futures = self.backend.submit_batch(tasks, starts)
+                else:
+                    futures = self.backend.submit_many(tasks, starts)
+            except Exception as exc:  # noqa: BLE001 - the engine refused: record failures, never hang
+                for flight in group:
+                    self._record(flight, _failed_outcome(flight.task, exc))
+                continue
+            for flight, future in zip(group, futures):
+                self._attach(flight, future)
+
+    def _flight(
+        self,
+        record: dict[str, Any],
+        inputs: dict[str, Artifact],
+        *,
+        watch: bool = False,
+        scope: Any = None,
+        params: dict[str, Any] | None = None,
+    ) -> "_Flight":
+        spec = self.spec
+        task = RunTask(
+            uid=record["uid"],
+            project=self.project.name,
+            function=self.fn.name,
+            function_hash=self.fn.hash,
+            handler=self.fn.handler,
+            code=self.fn.code,
+            params=params if params is not None else record["params"],
+            artifact_url=self.project.artifacts_url,
+            inputs={key: artifact.to_record() for key, artifact in inputs.items()},
+            timeout=spec.timeout,
+            iteration=record.get("iteration"),
+            labels=dict(record.get("labels") or {}),
+            env=self._env,
+            secrets=self._secrets,
+            gpus=self._gpus,
+            echo=watch,
+            scope=scope,
+            callable=self._callable,
+        )
+        flight = _Flight(task=task, record=record)
+        self.recorder.expect()  # its outcome will come: the recorder batches while more are due
+        flight.handle = RunHandle(task.uid, self.fn.name, lambda handle: self._cancel(flight))
+        return flight
+
+    def _on_start(self, flight: "_Flight"):
+        def on_start(uid: str, started: float) -> None:
+            if flight.started_at is None:
+                flight.started_at = started
+            flight.handle._set_state("running")
+            self.recorder.started(uid, {"state": "running", "started_at": utc(flight.started_at)})
+
+        return on_start
+
+    def _submit(self, flight: "_Flight") -> None:
+        try:
+            future = self.backend.submit(flight.task, self._on_start(flight))
+        except Exception as exc:  # noqa: BLE001 - the engine refused: record a failure, never hang
+            self._record(flight, _failed_outcome(flight.task, exc))
+            return
+        self._attach(flight, future)
+
+    def _attach(self, flight: "_Flight", future: "BackendFuture") -> None:
+        flight.future = future
+        if flight.handle.cancel_requested:
+            future.cancel()
+        future.add_done_callback(lambda f: self._on_done(flight, f))
+
+    def _on_done(self, flight: "_Flight", future: "BackendFuture") -> None:
+        outcome = _outcome_of(flight.task, future)
+        retries = self.spec.retries
+        if outcome.state == "failed" and flight.task.attempt <= retries and not flight.handle.cancel_requested:
+            flight.earlier_logs.append(outcome.logs)
+            flight.task = dataclasses.replace(flight.task, attempt=flight.task.attempt + 1)
+            self._submit(flight)
+            return
+        self._record(flight, outcome)
+
+    def _record(self, flight: "_Flight", outcome: RunOutcome) -> None:
+        logs = outcome.logs
+        if flight.earlier_logs:
+            parts = [f"--- attempt {i + 1} ---\n{text}" for i, text in enumerate(flight.earlier_logs + [logs])]
+            logs = tail("\n".join(parts), flight.task.log_limit)
+        started = flight.started_at if flight.started_at is not None else outcome.started_at
+        fields: dict[str, Any] = {
+            "state": outcome.state,
+            "results": outcome.results,
+            "metrics": outcome.metrics,
+            "logs": logs,
+            "error": outcome.error,
+            "attempts": outcome.attempt,
+            "started_at": utc(started),  # the first attempt's start: duration covers the retries
+            "ended_at": utc(outcome.ended_at),
+        }
+        if outcome.params is not None:  # chosen on the worker (a tuning trial's sampled values)
+            fields["params"] = recordable(outcome.params)
+        if outcome.labels:  # set by the handler (ctx.set_label): added to the run's labels
+            fields["labels"] = {**flight.record["labels"], **outcome.labels}
+        record = {**flight.record, **fields}
+        artifacts = {a["key"]: Artifact.from_record(a) for a in outcome.artifacts}
+        run = Run(
+            uid=record["uid"],
+            function=record["function"],
+            function_hash=record["function_hash"],
+            state=outcome.state,
+            params=record["params"],
+            inputs=record["inputs"],
+            results=outcome.results,
+            metrics=outcome.metrics,
+            artifacts=artifacts,
+            logs=logs,
+            error=outcome.error,
+            attempts=outcome.attempt,
+            parent=record.get("parent"),
+            iteration=record.get("iteration"),
+            backend=record["backend"],
+            labels=record["labels"],
+            created_at=flight.created_at,
+            started_at=fields["started_at"],
+            ended_at=fields["ended_at"],
+        )
+
+        def resolve(problem: Exception | None) -> None:
+            # If the outcome could not be stored, the handle reports what the recorder wrote instead.
+            flight.handle._finish(
+                run if problem is None else dataclasses.replace(run, artifacts={}, **unrecordable(fields, problem))
+            )
+
+        self.recorder.finished(run.uid, fields, outcome.artifacts, resolve)
+
+    def _cancel(self, flight: "_Flight") -> bool:
+        if flight.future is None:
+            return True  # cancel_requested is set; _submit cancels as soon as the future exists
+        return flight.future.cancel()
+
+
+@dataclasses.dataclass(eq=False)
+class _Flight:
+    """Driver-side state of one run across its attempts."""
+
+    task: RunTask
+    record: dict[str, Any]
+    handle: RunHandle = None  # type: ignore[assignment]
+    future: Any = None
+    earlier_logs: list[str] = dataclasses.field(default_factory=list)
+    started_at: float | None = None  # when the first attempt started
+
+    @property
+    def created_at(self) -> datetime:
+        return self.record["created_at"]
+
+
+def _outcome_of(task: RunTask, future: "BackendFuture") -> RunOutcome:
+    try:
+        return future.result()
+    except cf.CancelledError:  # this attempt never started
+        return never_started(task)
+    except Exception as exc:  # noqa: BLE001 - engine failures become failed outcomes
+        return _failed_outcome(task, exc)
+
+
+def _failed_outcome(task: RunTask, exc: Exception) -> RunOutcome:
+    now = datetime.now(timezone.utc).timestamp()
+    message = str(exc)
+    if isinstance(exc, WorkerLostError):
+        message = f"worker lost: {exc}"
+    record = error_record(exc, message)
+    if isinstance(exc, ShoalError):
+        record["type"] = type(exc).__name__
+    return RunOutcome(uid=task.uid, state="failed", attempt=task.attempt, started_at=now, ended_at=now, error=record)
