@@ -15,7 +15,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, ClassVar, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, ClassVar, Iterable, Iterator, Sequence
 
 from shoal.errors import BackendError, ScalingError
 from shoal.execution import RunOutcome, RunTask
@@ -24,6 +24,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from shoal.function import Function
     from shoal.project import Project
     from shoal.spec import Replicas
+
+    from .dependencies import Prepare
 
 OnStart = Callable[[str, float], None]
 log = logging.getLogger("shoal.backends")
@@ -205,6 +207,23 @@ class Backend(ABC):
         ``shoal.backends.batching``). The default queues them one by one: in-process runs pay no
         per-task cost worth saving."""
         return self.submit_many(tasks, on_start)
+
+    def submit_after(
+        self,
+        task: RunTask,
+        after: "Sequence[BackendFuture]",
+        prepare: "Prepare",
+        on_start: OnStart | None = None,
+    ) -> BackendFuture:
+        """Queue ``task`` to run once every future in ``after`` is done (a pipeline step after the
+        steps it uses). Where the task runs, ``prepare(task, outcomes)`` gets their outcomes in
+        order (None for one that failed in the engine) and returns the task to run or the
+        ``RunOutcome`` it ends with unrun. Engines that can wait themselves override this (Dask: the
+        upstream futures are the task's dependencies; Ray: their ObjectRefs its arguments); this
+        default waits here, on the driver, through done-callbacks (``shoal.backends.dependencies``)."""
+        from .dependencies import AfterFuture
+
+        return AfterFuture(task, after, prepare, lambda prepared: self.submit(prepared, on_start))
 
     def stop_batched_run(self, uid: str) -> bool:
         """Stop one run of a batch whose other runs go on; False where the engine cannot reach a

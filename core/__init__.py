@@ -29,6 +29,7 @@ from .errors import (
     WorkerLostError,
 )
 from .function import Function, function
+from .pipelines import Pipeline, pipeline
 from .project import Project, project
 from .runs import Run, RunHandle, RunState, gather
 
@@ -74,6 +75,7 @@ __all__ = [
     "Function",
     "NotFoundError",
     "ParamError",
+    "Pipeline",
     "Project",
     "ProjectError",
     "Run",
@@ -90,6 +92,7 @@ __all__ = [
     "WorkerLostError",
     "function",
     "gather",
+    "pipeline",
     "project",
     "tune",
 ]

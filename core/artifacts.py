@@ -13,7 +13,7 @@ import os
 import pathlib
 import re
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import IO, Any, Callable
 
 from .errors import ArtifactError, RunCancelledError, ShoalError
@@ -51,15 +51,7 @@ class Artifact:
     meta: dict = field(default_factory=dict, compare=False)
 
     def to_record(self) -> dict[str, Any]:
-        return {
-            "key": self.key,
-            "url": self.url,
-            "kind": self.kind,
-            "format": self.format,
-            "size": self.size,
-            "sha256": self.sha256,
-            "meta": dict(self.meta),
-        }
+        return asdict(self)
 
     @classmethod
     def from_record(cls, record: Any) -> "Artifact":

@@ -145,6 +145,18 @@ class Context(MLRunNames):
         self._trial = value
 
     @property
+    def built_trial(self) -> Any:
+        """The trial if it is built (set, or asked for through ``trial``), else None: never builds
+        one, for code that must not pay for a trial the handler did not use."""
+        return self._trial
+
+    def attach_trial(self, factory: Callable[[], Any], reporter: Callable[[float, int | None], None]) -> None:
+        """Make this run a tuning trial (``shoal.tuning`` does, where the run executes): ``factory``
+        builds the trial on first use of ``trial``, and ``report`` hands values to ``reporter``."""
+        self._trial_factory = factory
+        self._reporter = reporter
+
+    @property
     def logger(self) -> logging.LoggerAdapter:
         """A logger whose lines land in the run's captured logs (keyword values are appended to the
         line, as MLRun's logger does)."""

@@ -79,7 +79,9 @@ class Dispatcher:
 
         ``params`` are the checked values for the handler (default: the recorded ones).
         """
-        flight = self._flight(record, inputs, watch=watch, scope=scope, params=params)
+        chosen = params if params is not None else record["params"]
+        flight = self._flight(record, inputs, params=chosen, watch=watch, scope=scope)
+        self.recorder.expect()  # its outcome will come: the recorder batches while more are due
         self._submit(flight)
         return flight.handle
 
@@ -101,9 +103,8 @@ class Dispatcher:
         each run its ``RunTask.scope`` (tuning: the run's TrialScope).
         """
         scopes = scopes or [None] * len(records)
-        flights = [
-            self._flight(r, inputs, watch=watch, params=p, scope=scope) for r, p, scope in zip(records, params, scopes)
-        ]
+        flights = [self._flight(r, inputs, params=p, watch=watch, scope=s) for r, p, s in zip(records, params, scopes)]
+        self.recorder.expect(len(flights))  # their outcomes will come: one announcement, not a lock per run
         handles = [f.handle for f in flights]
         if batch_size == 1 or not self.backend.batches:
             self._submit_flights(flights)
@@ -169,14 +170,9 @@ class Dispatcher:
                 self._attach(flight, future)
 
     def _flight(
-        self,
-        record: dict[str, Any],
-        inputs: dict[str, Artifact],
-        *,
-        watch: bool = False,
-        scope: Any = None,
-        params: dict[str, Any] | None = None,
+        self, record: dict[str, Any], inputs: dict[str, Artifact], *, params: dict[str, Any], watch: bool, scope: Any
     ) -> "_Flight":
+        """A run's task and handle, built the same way for one run and for a map's many."""
         spec = self.spec
         task = RunTask(
             uid=record["uid"],
@@ -185,7 +181,7 @@ class Dispatcher:
             function_hash=self.fn.hash,
             handler=self.fn.handler,
             code=self.fn.code,
-            params=params if params is not None else record["params"],
+            params=params,
             artifact_url=self.project.artifacts_url,
             inputs={key: artifact.to_record() for key, artifact in inputs.items()},
             timeout=spec.timeout,
@@ -199,7 +195,6 @@ class Dispatcher:
             callable=self._callable,
         )
         flight = _Flight(task=task, record=record)
-        self.recorder.expect()  # its outcome will come: the recorder batches while more are due
         flight.handle = RunHandle(task.uid, self.fn.name, lambda handle: self._cancel(flight))
         return flight
 
@@ -278,6 +273,7 @@ class Dispatcher:
             created_at=flight.created_at,
             started_at=fields["started_at"],
             ended_at=fields["ended_at"],
+            cache_key=record.get("cache_key"),
         )
 
         def resolve(problem: Exception | None) -> None:

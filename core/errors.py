@@ -161,3 +161,23 @@ class UnreachableStorageError(KubernetesError):
     given to a Kubernetes backend or Job."""
 
     exit_code = 2
+
+
+class UncacheableError(ShoalError):
+    """A step's parameters or inputs hold a value with no stable content hash (an arbitrary object),
+    so it has no cache key: the step runs without caching, and the reason is logged."""
+
+
+class PipelineError(ShoalError, ValueError):
+    """A pipeline is wired wrongly: a reference to a handle of another pipeline run, a cycle, a
+    step submitted outside a running pipeline's body."""
+
+    exit_code = 2
+
+
+class MissingOutputError(PipelineError, KeyError):
+    """A step references an output (result or artifact key) its producer never logged; the message
+    names the key, the producer and the keys it did log."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

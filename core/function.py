@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from .by_value import defined_by_loaded_code, main_script_object, pickling_by_value
@@ -19,6 +20,7 @@ from .function_documents import function_from_dict, function_from_yaml, function
 from .function_options import check_description, check_handler, check_labels, check_name, split_options
 from .hashing import function_hash
 from .spec import FunctionSpec, build_spec, canonical_spec
+from .step_cache import CacheOptions
 
 if TYPE_CHECKING:  # pragma: no cover
     from .project import Project
@@ -222,7 +224,8 @@ class Function:
             spec = build_spec(spec_fields, base=base)
             metadata.setdefault("description", found.description)
             metadata.setdefault("labels", found.labels)
-            return cls(name or found.name, handler, spec, code=code, callable=found.callable, **metadata)
+            kind = type(found) if isinstance(found, cls) else cls  # a Pipeline stays a Pipeline
+            return kind(name or found.name, handler, spec, code=code, callable=found.callable, **metadata)
         spec = build_spec(spec_fields)
         return cls(name or handler.split(".")[-1], handler, spec, code=code, callable=found, **metadata)
 
@@ -268,15 +271,27 @@ class Function:
         backend: Any = None,
         project: "Project | None" = None,
         watch: bool = True,
+        cache: bool = False,
+        refresh: bool = False,
+        cache_ignore: Iterable[str] | None = None,
+        cache_expires: float | timedelta | None = None,
+        cache_version: str | int | None = None,
     ) -> "Run":
-        """Run once and wait; returns the recorded Run (state completed, failed or cancelled).
+        """Run once and wait; returns the recorded Run (state completed, failed, cancelled or cached).
 
         ``params`` is a mapping of name -> value, or one value of any other type for the parameter
         ``f(value)`` would fill, as Ray's ``f.remote(x)`` (see ``map``); None means no parameters.
+
+        ``cache=True`` reuses a completed run of this function version with the same parameters and
+        input contents (its artifacts still present) instead of running: the run is recorded
+        ``cached``, naming the run it reuses. ``refresh=True`` runs anyway (the new run is the one
+        reused next), ``cache_ignore`` leaves parameters out of the key, ``cache_expires`` (seconds
+        or a timedelta) bounds the age of a reusable run, ``cache_version`` is part of the key.
         """
         from .runner import run_function
 
-        return run_function(self, params, inputs, backend=backend, project=project, watch=watch)
+        options = CacheOptions.from_call(cache, refresh, cache_ignore, cache_expires, cache_version)
+        return run_function(self, params, inputs, backend=backend, project=project, watch=watch, cache=options)
 
     def submit(
         self,
@@ -286,12 +301,26 @@ class Function:
         backend: Any = None,
         project: "Project | None" = None,
         watch: bool = False,
+        cache: bool | None = None,
+        refresh: bool = False,
+        cache_ignore: Iterable[str] | None = None,
+        cache_expires: float | timedelta | None = None,
+        cache_version: str | int | None = None,
     ) -> "RunHandle":
         """Start a run and return at once with a handle (``.result()``, ``.wait()``, ``.cancel()``);
-        ``params`` as for ``run``: ``fn.submit(x)`` is Dask's ``client.submit(f, x)``."""
+        ``params`` and the cache options as for ``run``: ``fn.submit(x)`` is Dask's
+        ``client.submit(f, x)``. With ``cache=True``, a run whose key another driver is running is
+        recorded pending and its handle resolves once that driver's outcome is known."""
+        from .pipelines.session import active_pipeline
+
+        steps = active_pipeline()
+        if steps is not None:  # inside a pipeline's body: a step, cached unless cache=False
+            cached = (cache, refresh, cache_ignore, cache_expires, cache_version)
+            return steps.submit(self, params, inputs, backend=backend, cache=cached)  # type: ignore[return-value]
         from .runner import submit_function
 
-        return submit_function(self, params, inputs, backend=backend, project=project, watch=watch)
+        options = CacheOptions.from_call(cache, refresh, cache_ignore, cache_expires, cache_version)
+        return submit_function(self, params, inputs, backend=backend, project=project, watch=watch, cache=options)
 
     def map(
         self,
@@ -302,6 +331,11 @@ class Function:
         project: "Project | None" = None,
         watch: bool = False,
         batch_size: int | str = "auto",
+        cache: bool | None = None,
+        refresh: bool = False,
+        cache_ignore: Iterable[str] | None = None,
+        cache_expires: float | timedelta | None = None,
+        cache_version: str | int | None = None,
     ) -> "list[Run]":
         """One child run per item under one parent run; results come back in input order.
 
@@ -327,7 +361,15 @@ class Function:
 
         ``batch_size``: runs per engine task on Dask and Ray. ``"auto"`` (default) batches runs
         shorter than a few tens of milliseconds, as joblib does; 1 sends each run as its own task.
+
+        The cache options are those of ``run``, per child run.
         """
+        from .pipelines.session import active_pipeline
+
+        steps = active_pipeline()
+        if steps is not None:  # inside a pipeline's body: one step per item
+            cached = (cache, refresh, cache_ignore, cache_expires, cache_version)
+            return steps.map(self, items, iterables, inputs, backend=backend, cache=cached)  # type: ignore[return-value]
         from .runner import map_function
 
         return map_function(
@@ -339,6 +381,7 @@ class Function:
             watch=watch,
             batch_size=batch_size,
             iterables=iterables,
+            cache=CacheOptions.from_call(cache, refresh, cache_ignore, cache_expires, cache_version),
         )
 
     def tune(self, space: Mapping[str, Any] | None = None, **options: Any) -> Any:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
 def function_to_dict(fn: Function) -> dict[str, Any]:
     """A plain document (YAML/JSON-able) that ``function_from_dict`` turns back into an equal Function."""
     data: dict[str, Any] = {
-        "kind": "function",
+        "kind": getattr(fn, "document_kind", "function"),  # a Pipeline's is "pipeline"
         "name": fn.name,
         "handler": fn.handler,
         "hash": fn.hash,
@@ -46,8 +46,12 @@ def function_from_dict(cls: type[Function], data: Mapping[str, Any], *, verify: 
     unknown = sorted(set(data) - {"kind", "name", "handler", "hash", "spec", "code", "metadata"})
     if unknown:
         raise SpecError(f"unknown function document field {unknown[0]!r}")
-    if data.get("kind", "function") != "function":
-        raise SpecError(f"document kind is {data['kind']!r}; a function document has kind: function")
+    if data.get("kind", "function") not in ("function", "pipeline"):
+        raise SpecError(f"document kind is {data['kind']!r}; a function document has kind: function or pipeline")
+    if data.get("kind") == "pipeline":
+        from .pipelines import Pipeline
+
+        cls = Pipeline
     for required in ("name", "handler", "code"):
         if required not in data:
             raise SpecError(f"function document is missing {required!r}")

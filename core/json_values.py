@@ -22,6 +22,18 @@ def finite_or_text(value: float) -> float | str:
     return "Infinity" if value > 0 else "-Infinity"
 
 
+def finite_floats(value: Any) -> Any:
+    """``value`` with every non-finite float inside dicts, lists and tuples as text (tuples become
+    lists), so strict JSON (``allow_nan=False``) can encode it; nothing else is converted."""
+    if isinstance(value, float):
+        return finite_or_text(value)
+    if isinstance(value, dict):
+        return {key: finite_floats(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_floats(item) for item in value]
+    return value
+
+
 def to_json_value(value: Any) -> tuple[bool, Any]:
     """(True, value as plain JSON) when ``value`` can be recorded as a result, else (False, None).
 

@@ -161,6 +161,8 @@ class DeletionPlan:
             return DeletionResult([], 0)
         drivers = {r.driver for r in self.runs if r.state in OPEN and r.driver}
         deleted, artifacts = store.delete_runs(uids, keep_open_of=store.live_drivers(drivers))
+        reused = {r.uid for r in self.runs if r.cached_from}  # a cached run's files are its source run's
+        artifacts = [a for a in artifacts if a.run_uid not in reused]
         removed, outside, problems = _remove_files(self.project, deleted, artifacts)
         return DeletionResult(deleted, removed, outside, problems)
 

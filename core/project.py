@@ -15,7 +15,7 @@ import os
 import pathlib
 import re
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from .errors import CodeError, NotFoundError, ParamError, ProjectError, ShoalError, SpecError
 from .function import Function
@@ -35,6 +35,8 @@ __all__ = [
 if TYPE_CHECKING:  # pragma: no cover
     from datetime import date, datetime
 
+    from typing_extensions import Unpack
+
     from shoal.backends.base import Backend
 
     from .artifacts import ArtifactStore
@@ -44,6 +46,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from .store import FunctionRecord, Store
 
 log = logging.getLogger("shoal.project")
+
+
+class RunSelection(TypedDict, total=False):
+    """Which runs a deletion is about, besides uids: the keywords of :meth:`RunRegistry.delete`."""
+
+    state: "str | builtins.list[str] | None"
+    before: "str | date | datetime | None"
+    function: str | None
 
 
 class FunctionRegistry:
@@ -162,17 +172,12 @@ class RunRegistry:
         return cancel(self._project, [u for item in uids for u in ([item] if isinstance(item, str) else item)])
 
     def plan_delete(
-        self,
-        uids: "str | builtins.list[str] | None" = None,
-        *,
-        state: "str | builtins.list[str] | None" = None,
-        before: "str | date | datetime | None" = None,
-        function: str | None = None,
+        self, uids: "str | builtins.list[str] | None" = None, **selection: "Unpack[RunSelection]"
     ) -> "DeletionPlan":
         """What :meth:`delete` would remove (and skip), without changing anything."""
         from .lifecycle import plan_delete
 
-        return plan_delete(self._project, uids, state=state, before=before, function=function)
+        return plan_delete(self._project, uids, **selection)
 
     def delete(
         self,
@@ -359,32 +364,26 @@ _projects: dict[tuple, Project] = {}
 _projects_lock = threading.Lock()
 
 
-def project(
-    path: str | os.PathLike = ".",
-    *,
-    name: str | None = None,
-    home: str | os.PathLike | None = None,
-    database: str | None = None,
-    artifacts: str | None = None,
-    backend: str | None = None,
-) -> Project:
-    """Open (or create on first write) the project at ``path``; one instance per settings and process."""
+class ProjectSettings(TypedDict, total=False):
+    """The keywords of :class:`Project` besides its folder, as :func:`project` takes them."""
+
+    name: str | None
+    home: "str | os.PathLike | None"
+    database: str | None
+    artifacts: str | None
+    backend: str | None
+
+
+def project(path: str | os.PathLike = ".", **settings: "Unpack[ProjectSettings]") -> Project:
+    """Open (or create on first write) the project at ``path`` with ``Project``'s keywords (``name``,
+    ``home``, ``database``, ``artifacts``, ``backend``); one instance per settings and process."""
     environment = (os.environ.get("SHOAL_DATABASE"), os.environ.get("SHOAL_ARTIFACTS"))
-    key = (
-        str(pathlib.Path(path).resolve()),
-        name,
-        str(home) if home else None,
-        database,
-        artifacts,
-        backend,
-        environment,
-    )
+    given = frozenset((key, str(value)) for key, value in settings.items() if value is not None)
+    key = (str(pathlib.Path(path).resolve()), given, environment)
     with _projects_lock:
         found = _projects.get(key)
         if found is None:
-            found = _projects[key] = Project(
-                path, name=name, home=home, database=database, artifacts=artifacts, backend=backend
-            )
+            found = _projects[key] = Project(path, **settings)
         return found
 
 

@@ -35,10 +35,11 @@ SCALING_PULL_INTERVAL = 1.0  # seconds between pulls of scaling events triggered
 START_DELAY = 0.5  # seconds before a start is written: runs that end sooner are never written "running"
 # While more outcomes are on their way, a batch waits up to this long for them: a stream of 2,000
 # short runs then costs a few dozen transactions instead of one per run (measured here: ~1,500
-# transactions of 1-4 runs, each slower than the run itself, when every arrival was written at once).
+# transactions of 1-4 runs, each slower than the run itself, when every arrival was written at once;
+# still ~500 when a gap of 10 ms between arrivals ended the wait, as on a busy machine they come
+# further apart).
 LINGER = 0.05
-LINGER_GAP = 0.01  # ... but stops as soon as nothing arrives for this long (no stream, no wait)
-LINGER_MIN_DUE = 16  # ... and only with this many outcomes due: a few runs in flight (a tuning
+LINGER_MIN_DUE = 16  # ... only with this many outcomes due: a few runs in flight (a tuning
 # search of parallelism 2) want each outcome written at once, since the next trial waits on it
 
 
@@ -112,12 +113,9 @@ class Recorder:
     def finished(
         self, uid: str, fields: dict[str, Any], artifacts: list[dict], then: Callable[[Exception | None], None]
     ) -> None:
-        with self._lock:
+        item = _Item(uid, fields, list(artifacts), then)
+        with self._lock:  # held with _loop's exit check: an item is never left without a thread
             self._expected = max(0, self._expected - 1)
-        self._enqueue(_Item(uid, fields, list(artifacts), then))
-
-    def _enqueue(self, item: _Item) -> None:
-        with self._lock:  # with _loop's exit check: an item is never left without a thread
             self._queue.put(item)
             self._ensure_thread()
 
@@ -233,8 +231,8 @@ class Recorder:
                     self._queue.task_done()
 
     def _gather(self, first: _Item) -> list[_Item]:
-        """``first`` and what else is queued; while more outcomes are expected and they keep
-        arriving, what comes within LINGER too (group commit)."""
+        """``first`` and what else is queued; while many more outcomes are expected, what comes
+        within LINGER too (group commit)."""
         batch = [first]
         deadline = time.monotonic() + LINGER
         while len(batch) < MAX_WRITES_PER_TRANSACTION:
@@ -247,7 +245,7 @@ class Recorder:
             if self._expected < LINGER_MIN_DUE or left <= 0:
                 break
             try:
-                batch.append(self._queue.get(timeout=min(left, LINGER_GAP)))
+                batch.append(self._queue.get(timeout=left))
             except queue.Empty:
                 break
         return batch

@@ -17,14 +17,16 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from . import batching, secrets
 from .artifacts import KEY_PATTERN, Artifact
+from .cached_launch import launch_cached, submit_cached
 from .dispatch import Dispatcher, recordable
 from .errors import CodeError, ParamError
 from .execution import error_dict
 from .inputs import store_input
 from .numpy_params import refuse_table_items
 from .params import bind, function_label, values_as_params
-from .runs import Run, RunHandle
+from .runs import OK_STATES, Run, RunHandle
 from .spec import gpus_per_run
+from .step_cache import CacheOptions
 
 if TYPE_CHECKING:  # pragma: no cover
     from shoal.backends.base import Backend
@@ -209,9 +211,11 @@ def submit_function(
     from_text: bool = False,
     labels: Mapping[str, str] | None = None,
     call: str = "fn.submit",
+    cache: CacheOptions = CacheOptions.OFF,
 ) -> RunHandle:
     """``params``: a mapping of name -> value, or one value of another type for the parameter
-    ``f(value)`` would fill (Ray's ``f.remote(x)``)."""
+    ``f(value)`` would fill (Ray's ``f.remote(x)``). ``cache``: reuse a completed run of the same
+    key instead of running (``shoal.cached_runs``)."""
     driver = open_driver(fn, backend, project)
     plain = params is not None and not isinstance(params, Mapping)
     if plain:
@@ -229,23 +233,16 @@ def submit_function(
         ) from None
     driver.save_function()
     record = driver.new_record(bound, staged, labels=labels)
+    if cache.enabled:
+        return submit_cached(driver, record, staged, bound, cache, watch=watch)
     driver.project.store.create_runs([record])
     return driver.launch(record, staged, watch=watch, params=bound)
 
 
-def run_function(
-    fn: "Function",
-    params: Mapping[str, Any] | None,
-    inputs: Mapping[str, Any] | None,
-    *,
-    backend: Any = None,
-    project: "Project | None" = None,
-    watch: bool = True,
-    from_text: bool = False,
-) -> Run:
-    handle = submit_function(
-        fn, params, inputs, backend=backend, project=project, watch=watch, from_text=from_text, call="fn.run"
-    )
+def run_function(fn: "Function", params: Any, inputs: Mapping[str, Any] | None, **options: Any) -> Run:
+    """``submit_function`` with the same options (``watch`` defaults to True), then the run once it
+    has ended: what ``fn.run`` and ``shoal run`` call."""
+    handle = submit_function(fn, params, inputs, **{"watch": True, "call": "fn.run", **options})
     return _wait_all([handle])[0]
 
 
@@ -274,6 +271,7 @@ def map_function(
     watch: bool = False,
     batch_size: int | str = "auto",
     iterables: tuple[Iterable[Any], ...] = (),
+    cache: CacheOptions = CacheOptions.OFF,
 ) -> list[Run]:
     """One parent run and one child run per item; children come back in input order.
 
@@ -298,8 +296,12 @@ def map_function(
     parent["state"] = "running"
     parent["started_at"] = datetime.now(timezone.utc)
     children = [driver.new_record(p, staged, parent=parent["uid"], iteration=i) for i, p in enumerate(checked)]
-    driver.project.store.create_runs([parent] + children)
-    handles = driver.launch_many(children, staged, checked, watch=watch, batch_size=batch_size)
+    if cache.enabled:  # children of the same key as a completed run are recorded cached, not run
+        driver.project.store.create_runs([parent])
+        handles = launch_cached(driver, children, staged, checked, cache, watch=watch, batch_size=batch_size)
+    else:
+        driver.project.store.create_runs([parent] + children)
+        handles = driver.launch_many(children, staged, checked, watch=watch, batch_size=batch_size)
     try:
         runs = _wait_all(handles)
     except KeyboardInterrupt:
@@ -341,7 +343,7 @@ def _finish_parent(driver: Driver, parent: dict, runs: list, interrupted: bool =
     for run in runs:
         state = run.state if run is not None else "cancelled"
         counts[state] = counts.get(state, 0) + 1
-    ended_well = counts["completed"] + counts.get("pruned", 0)  # pruned is a normal end, not a failure
+    ended_well = sum(counts.get(state, 0) for state in OK_STATES)  # pruned, cached: normal ends, not failures
     # Every run that did not complete was cancelled (Ctrl-C, or ``shoal runs cancel`` of the map): cancelled.
     cancelled = interrupted or (counts["cancelled"] > 0 and ended_well + counts["cancelled"] == len(runs))
     state = "cancelled" if cancelled else ("completed" if ended_well == len(runs) else "failed")

@@ -16,7 +16,10 @@ from .errors import RunFailedError, RunTimeoutError
 class RunState(str, Enum):
     """Where a run is. ``pruned``: a tuning trial stopped early by its search's pruner (the handler
     raised ``optuna.TrialPruned``, or ``ctx.report`` decided so); as in Optuna, a normal end, not a
-    failure: it is never retried and ``raise_for_state`` lets it pass."""
+    failure: it is never retried and ``raise_for_state`` lets it pass. ``cached``: not run, because a
+    completed run with the same cache key was found (``cached_from`` names it, its outputs are this
+    run's); a normal end. ``upstream_failed``: a pipeline step never started because a step it
+    depends on failed; a failure."""
 
     PENDING = "pending"
     RUNNING = "running"
@@ -24,6 +27,8 @@ class RunState(str, Enum):
     PRUNED = "pruned"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    CACHED = "cached"
+    UPSTREAM_FAILED = "upstream_failed"
 
     @property
     def finished(self) -> bool:
@@ -31,12 +36,12 @@ class RunState(str, Enum):
 
     @property
     def ok(self) -> bool:
-        """Ended normally: completed, or pruned by its search."""
+        """Ended normally: completed, pruned by its search, or cached."""
         return self.value in OK_STATES
 
 
-FINAL_STATES = ("completed", "pruned", "failed", "cancelled")
-OK_STATES = ("completed", "pruned")  # ended normally: no error to raise
+FINAL_STATES = ("completed", "pruned", "cached", "failed", "cancelled", "upstream_failed")
+OK_STATES = ("completed", "pruned", "cached")  # ended normally: no error to raise
 STATES = tuple(s.value for s in RunState)
 
 
@@ -63,6 +68,8 @@ class Run:
     created_at: datetime | None = None
     started_at: datetime | None = None
     ended_at: datetime | None = None
+    cache_key: str | None = None  # the step cache key it ran under (``shoal.step_cache``)
+    cached_from: str | None = None  # a ``cached`` run: the uid of the run whose outputs it reuses
 
     @property
     def duration(self) -> float | None:
@@ -73,7 +80,7 @@ class Run:
 
     @property
     def ok(self) -> bool:
-        """Ended normally: ``completed``, or ``pruned`` (a trial its search stopped early)."""
+        """Ended normally: ``completed``, ``pruned`` (a trial its search stopped early) or ``cached``."""
         return self.state in OK_STATES
 
     def output(self, key: str) -> Any:
@@ -85,8 +92,8 @@ class Run:
         raise KeyError(f"run {self.uid[:12]} has no result or artifact {key!r}")
 
     def raise_for_state(self) -> "Run":
-        """Raise RunFailedError unless the run ended normally: ``completed``, or ``pruned`` (pruning
-        is a normal outcome of a tuning trial, as in Optuna; check ``state`` to tell them apart)."""
+        """Raise RunFailedError unless the run ended normally: ``completed``, ``cached``, or ``pruned``
+        (pruning is a normal outcome of a tuning trial, as in Optuna; check ``state`` to tell them apart)."""
         if self.state not in OK_STATES:
             error = self.error or {}
             detail = f": {error.get('type')}: {error.get('message')}" if error else ""
@@ -115,6 +122,8 @@ class Run:
             created_at=record.created_at,
             started_at=record.started_at,
             ended_at=record.ended_at,
+            cache_key=record.cache_key,
+            cached_from=record.cached_from,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -141,6 +150,8 @@ class Run:
             "started_at": iso(self.started_at),
             "ended_at": iso(self.ended_at),
             "duration": self.duration,
+            "cache_key": self.cache_key,
+            "cached_from": self.cached_from,
         }
 
     def __repr__(self) -> str:

@@ -20,7 +20,9 @@ The per-run overhead of each pair is (shoal - raw) / N from that pair's own fast
 CPU-bound tasks (a busy loop on ``time.thread_time()``: CPU time, so a task sharing its core with
 other load takes longer, as real work would) through ``fn.map`` and through the raw engine, each
 against its ideal time on 2 workers. Engine ``dask-in-driver`` (not run by default): shoal on a
-LocalCluster whose scheduler runs in the driver's interpreter. Writes ``dispatch.json``/``.png``.
+LocalCluster whose scheduler runs in the driver's interpreter. Dask's "Sending large graph" warnings
+raised by shoal's maps are kept in ``large_graph_warnings`` (none expected: code travels once per
+function, see ``shoal.backends.dask.shipping``). Writes ``dispatch.json``/``.png``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import math
 import sys
 import tempfile
 import time
+import warnings
 
 from harness import Session, Timing, bars, options, pyplot, ratio_line, timed
 
@@ -147,9 +150,13 @@ def measure(engine: str, args) -> dict:
         project = shoal.Project(folder, name="perf")
         fn_noop, fn_burn = shoal.function(noop), shoal.function(burn)
         raw = RawRay(backend) if engine == "ray" else RawDask(backend)
+        graph_warnings: list[str] = []  # Dask's "Sending large graph" from shoal's maps: none expected
 
         def shoal_map(batch_size) -> None:
-            results = fn_noop.map(items, backend=backend, project=project, batch_size=batch_size)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                results = fn_noop.map(items, backend=backend, project=project, batch_size=batch_size)
+            graph_warnings.extend(str(w.message).splitlines()[0] for w in caught if "large graph" in str(w.message))
             assert [r.state for r in results] == ["completed"] * runs, "a no-op run did not complete"
 
         cases = {
@@ -191,6 +198,7 @@ def measure(engine: str, args) -> dict:
 
     return {
         "engine": engine, "runs": runs, "chunk": chunk, "recorded_runs": recorded, "expected_recorded_runs": expected,
+        "large_graph_warnings": sorted(set(graph_warnings)),
         "one_task_per_run": pair("shoal_each", "raw_each"),
         "batched": pair("shoal_chunks", "raw_chunks"),
         "auto_vs_raw_batched": pair("shoal_auto", "raw_chunks"),
@@ -213,7 +221,7 @@ def describe(row: dict) -> list[str]:
         f"{row['engine']}: {row['recorded_runs']} runs recorded completed (expected {row['expected_recorded_runs']}); "
         f"{cpu['tasks']} x {cpu['seconds']} s CPU: shoal {cpu['shoal_s']:.2f} s (efficiency {cpu['shoal_efficiency']:.2f}), "
         f"raw {cpu['raw_s']:.2f} s (efficiency {cpu['raw_efficiency']:.2f}), ideal {cpu['ideal_s']:.2f} s",
-    ]
+    ] + [f"{row['engine']}: shoal's map sent a large graph: {text}" for text in row["large_graph_warnings"]]
 
 
 def plot(report: dict, path) -> None:

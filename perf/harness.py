@@ -139,3 +139,25 @@ def bars(axis, labels: Iterable[str], values: list[float], colors: list[str] | N
     for bar, value in zip(drawn, values):
         axis.annotate(fmt.format(value), (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=7)
     axis.tick_params(axis="x", labelsize=7)
+
+
+def processes_behind_barrier(target: Callable[..., None], args: list[tuple], timeout: float = 600) -> tuple[float, list[Any]]:
+    """Start one spawned process per ``args``, calling ``target(*args, barrier, out)``; time from the
+    moment all of them reach ``barrier.wait()`` (their imports and set-up are not timed) until each
+    has put its one result in ``out``. Returns the seconds and the results; a process that exits
+    with an error fails the measurement."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(len(args) + 1), ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*one, barrier, out)) for one in args]
+    for proc in procs:
+        proc.start()
+    barrier.wait(timeout=120)
+    began = time.perf_counter()
+    results = [out.get(timeout=timeout) for _ in procs]
+    seconds = time.perf_counter() - began
+    for proc in procs:
+        proc.join()
+        assert proc.exitcode == 0, f"{target.__name__} process exited with {proc.exitcode}"
+    return seconds, results

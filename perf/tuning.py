@@ -21,15 +21,16 @@ class shoal opens for a project on SQLite, handed to every system.
 
 Short trials (a 10 ms sleeping objective: dispatch cost dominates) run once per seed (``--seeds``,
 default 3): throughput (fastest and median) and search quality (median over seeds of the best value
-found) for every system. CPU-bound trials (a busy loop on the thread's CPU time) run ``--repeats``
+found) for every system, with what explains quality apart from luck: how many trials were sampled but
+not yet told at each sampling (read back from the journal; 2 Optuna processes: 0.5). CPU-bound trials (a busy loop on the thread's CPU time) run ``--repeats``
 times: parallel efficiency is ``trials x seconds / 2`` over the wall time. Writes ``tuning.json``/``.png``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-import multiprocessing as mp
 import os
 import pathlib
 import statistics
@@ -37,7 +38,7 @@ import sys
 import tempfile
 import time
 
-from harness import Session, bars, options, pyplot, timed
+from harness import Session, bars, options, processes_behind_barrier, pyplot, timed
 
 WORKERS = 2
 SHORT_SECONDS = 0.01
@@ -80,8 +81,28 @@ def storage(path: pathlib.Path):
     return JournalStorage(JournalFileBackend(str(path), lock_obj=QueuedJournalLock(str(path))))
 
 
-def outcome(seconds: float, completed: int, busy: float, best: float) -> dict:
-    return {"seconds": seconds, "completed": completed, "busy_s": busy, "best": best}
+def outcome(seconds: float, completed: int, busy: float, best: float, journal: pathlib.Path) -> dict:
+    return {"seconds": seconds, "completed": completed, "busy_s": busy, "best": best, "untold_at_sampling": untold(journal)}
+
+
+def untold(journal: pathlib.Path) -> float:
+    """What the sampler could not learn from, read back from the journal: at each trial's sampling (its
+    first parameter written), the mean number of other trials already sampled but not yet told. Asked
+    trials not yet sampled carry no information, so they do not count (TPE ignores them too)."""
+    running, sampled, counts, created = set(), set(), [], 0
+    with open(journal) as lines:
+        for op in map(json.loads, lines):
+            code = op["op_code"]  # Optuna's journal operations: 4 create trial, 5 set param, 6 set state
+            if code == 4:
+                if op.get("state") in (None, 0):  # RUNNING (0), or a plain create (a RUNNING trial)
+                    running.add(created)
+                created += 1
+            elif code == 5 and op["trial_id"] not in sampled:
+                counts.append(len((sampled & running) - {op["trial_id"]}))
+                sampled.add(op["trial_id"])
+            elif code == 6:
+                (running.add if op["state"] == 0 else running.discard)(op["trial_id"])
+    return statistics.mean(counts) if counts else 0.0
 
 
 # -- shoal -----------------------------------------------------------------------------------------
@@ -97,7 +118,8 @@ def shoal_search(fn, project, backend, folder: pathlib.Path, study: str, trials:
     from shoal.tuning import Float
 
     space = {name: Float(low, high) for name, (low, high) in SPACE.items()} | constants
-    held = storage(folder / f"{project.name}-{study}.journal")  # a fresh file per search and system
+    held_path = folder / f"{project.name}-{study}.journal"
+    held = storage(held_path)  # a fresh file per search and system
     seconds, result = timed(lambda: fn.tune(space, objective="max.accuracy", n_trials=trials, parallelism=WORKERS,
                                             backend=backend, project=project, study=study, seed=seed, storage=held))
     states = [t["state"] for t in result.trials]
@@ -106,7 +128,7 @@ def shoal_search(fn, project, backend, folder: pathlib.Path, study: str, trials:
     runs = project.runs.list(parent=result.parent, state="completed", limit=None)
     assert len(runs) == trials, f"shoal {study}: {len(runs)} of {trials} trials recorded as completed runs"
     assert {t["run"] for t in result.trials} == {r.uid for r in runs}, f"shoal {study}: trials and recorded runs differ"
-    return outcome(seconds, len(runs), sum(r.results["busy_s"] for r in runs), result.best_value)
+    return outcome(seconds, len(runs), sum(r.results["busy_s"] for r in runs), result.best_value, held_path)
 
 
 def measure_shoal(engine: str, backend, args, folder: pathlib.Path) -> dict:
@@ -155,35 +177,26 @@ def optuna_processes(folder: pathlib.Path, study: str, trials: int, seed: int, c
 
     path = folder / f"{study}.journal"
     optuna.create_study(study_name=study, storage=storage(path), direction="maximize")
-    ctx = mp.get_context("spawn")
-    barrier, out = ctx.Barrier(WORKERS + 1), ctx.Queue()
-    procs = [ctx.Process(target=optuna_worker, args=(str(path), study, trials, seed * 1000 + i, cpu_seconds, barrier, out))
-             for i in range(WORKERS)]
-    for proc in procs:
-        proc.start()
-    barrier.wait(timeout=120)  # every worker has imported optuna and loaded the study
-    began = time.perf_counter()
-    busy = sum(out.get(timeout=600) for _ in procs)
-    seconds = time.perf_counter() - began
-    for proc in procs:
-        proc.join()
-        assert proc.exitcode == 0, f"optuna worker exited with {proc.exitcode}"
+    args = [(str(path), study, trials, seed * 1000 + i, cpu_seconds) for i in range(WORKERS)]
+    seconds, busy_per_worker = processes_behind_barrier(optuna_worker, args)
+    busy = sum(busy_per_worker)
     made = optuna.load_study(study_name=study, storage=storage(path))
     completed = sum(t.state.name == "COMPLETE" for t in made.get_trials(deepcopy=False))
     assert completed >= trials, f"optuna processes {study}: {completed} of {trials} trials complete"
-    return outcome(seconds, completed, busy, made.best_value)
+    return outcome(seconds, completed, busy, made.best_value, path)
 
 
 def optuna_threads(folder: pathlib.Path, study: str, trials: int, seed: int) -> dict:
     import optuna
 
     busy: list[float] = []
-    made = optuna.create_study(study_name=study, storage=storage(folder / f"{study}.journal"), direction="maximize",
+    path = folder / f"{study}.journal"
+    made = optuna.create_study(study_name=study, storage=storage(path), direction="maximize",
                                sampler=optuna.samplers.TPESampler(seed=seed))
     seconds, _ = timed(lambda: made.optimize(optuna_objective(short, busy), n_trials=trials, n_jobs=WORKERS))
     completed = sum(t.state.name == "COMPLETE" for t in made.get_trials(deepcopy=False))
     assert completed == trials, f"optuna threads {study}: {completed} of {trials} trials complete"
-    return outcome(seconds, completed, sum(busy), made.best_value)
+    return outcome(seconds, completed, sum(busy), made.best_value, path)
 
 
 def measure_optuna(args, folder: pathlib.Path) -> dict:
@@ -213,7 +226,8 @@ def raytune_search(folder: pathlib.Path, study: str, trials: int, seed: int, sec
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
-    searcher = OptunaSearch(metric="accuracy", mode="max", study_name=study, storage=storage(folder / f"{study}.journal"),
+    path = folder / f"{study}.journal"
+    searcher = OptunaSearch(metric="accuracy", mode="max", study_name=study, storage=storage(path),
                             sampler=optuna.samplers.TPESampler(seed=seed))
     space = {name: tune.uniform(low, high) for name, (low, high) in SPACE.items()} | {"seconds": seconds}
     tuner = tune.Tuner(
@@ -224,7 +238,7 @@ def raytune_search(folder: pathlib.Path, study: str, trials: int, seed: int, sec
     elapsed, grid = timed(tuner.fit)
     metrics = [r.metrics for r in grid if r.error is None and "accuracy" in (r.metrics or {})]
     assert len(metrics) == trials, f"ray tune {study}: {len(metrics)} of {trials} trials completed"
-    return outcome(elapsed, len(metrics), sum(m["busy_s"] for m in metrics), max(m["accuracy"] for m in metrics))
+    return outcome(elapsed, len(metrics), sum(m["busy_s"] for m in metrics), max(m["accuracy"] for m in metrics), path)
 
 
 def measure_raytune(args, folder: pathlib.Path) -> dict:
@@ -257,6 +271,7 @@ def summarise(found: dict, args) -> dict:
         "trials": args.short_trials, "searches": short_rows, "trials_per_s": max(rates),
         "trials_per_s_median": statistics.median(rates), "best_values": [r["best"] for r in short_rows],
         "median_best": statistics.median(r["best"] for r in short_rows),
+        "untold_at_sampling": statistics.mean(r["untold_at_sampling"] for r in short_rows),
         "occupancy": max(r["busy_s"] / (r["seconds"] * WORKERS) for r in short_rows),
     }
     if "cpu" in found:
@@ -275,7 +290,7 @@ def describe(name: str, result: dict) -> str:
     s = result["short"]
     line = (f"{name:17s} short: {s['trials_per_s']:6.1f} trials/s (median {s['trials_per_s_median']:.1f}); "
             f"median best {s['median_best']:.4f} (optimum {OPTIMUM}; per seed "
-            + ", ".join(f"{v:.4f}" for v in s["best_values"]) + ")")
+            + ", ".join(f"{v:.4f}" for v in s["best_values"]) + f"), {s['untold_at_sampling']:.2f} trials untold at each sampling")
     if "cpu" in result:
         c = result["cpu"]
         line += (f"; CPU-bound: {c['seconds']:.2f} s vs ideal {c['ideal_s']:.2f} s, efficiency {c['parallel_efficiency']:.2f} "

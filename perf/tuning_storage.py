@@ -11,15 +11,13 @@ per second and errors per storage and writer count (the median over ``--repeats`
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import pathlib
 import sqlite3
 import statistics
 import sys
 import tempfile
-import time
 
-from harness import Session, options, pyplot
+from harness import Session, options, processes_behind_barrier, pyplot
 
 KINDS = ("sqlite", "journal")
 
@@ -63,17 +61,8 @@ def measure(kind: str, writers: int, trials: int, folder: pathlib.Path, round_: 
     if kind == "sqlite":
         sqlite3.connect(path).execute("PRAGMA journal_mode=WAL").fetchall()
     optuna.create_study(study_name="bench", storage=_storage(kind, path))
-    ctx = mp.get_context("spawn")
-    barrier, out = ctx.Barrier(writers + 1), ctx.Queue()
-    procs = [ctx.Process(target=_writer, args=(kind, path, trials, barrier, out)) for _ in range(writers)]
-    for proc in procs:
-        proc.start()
-    barrier.wait(timeout=120)  # every writer has imported optuna and opened the storage
-    began = time.perf_counter()
-    errors = sum(out.get(timeout=600) for _ in procs)
-    elapsed = time.perf_counter() - began
-    for proc in procs:
-        proc.join()
+    elapsed, errors_per_writer = processes_behind_barrier(_writer, [(kind, path, trials)] * writers)
+    errors = sum(errors_per_writer)
     done = len(optuna.load_study(study_name="bench", storage=_storage(kind, path)).get_trials(deepcopy=False))
     return {"trials": done, "errors": errors, "seconds": elapsed, "trials_per_s": done / elapsed}
 

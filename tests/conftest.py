@@ -9,6 +9,7 @@ import uuid
 import pytest
 
 import shoal
+from shoal.testing.conformance import scratch_project
 
 PG_ADMIN_URL = os.environ.get("SHOAL_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -28,18 +29,27 @@ def postgres_available() -> str | None:
 
 
 _PG_REASON = postgres_available()
+
+REDIS_URL = os.environ.get("SHOAL_TEST_REDIS", "redis://127.0.0.1:6379")
+
+
+def redis_available() -> str | None:
+    """None when the Redis server answers, else the reason it does not."""
+    try:
+        import redis
+
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+        return None
+    except Exception as exc:  # noqa: BLE001 - any failure: skip with the reason
+        return f"Redis not reachable at {REDIS_URL}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+
 requires_postgres = pytest.mark.skipif(_PG_REASON is not None, reason=_PG_REASON or "")
 
 
 @pytest.fixture
 def project(tmp_path, monkeypatch) -> shoal.Project:
     """A fresh project (SQLite + local artifact folder) in a temporary working folder."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("SHOAL_DATABASE", raising=False)
-    monkeypatch.delenv("SHOAL_ARTIFACTS", raising=False)
-    proj = shoal.Project(tmp_path, name="test")
-    yield proj
-    proj.close()
+    yield from scratch_project(tmp_path, monkeypatch)
 
 
 @pytest.fixture

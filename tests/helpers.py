@@ -13,8 +13,9 @@ import signal
 import subprocess
 import sys
 import uuid
+from datetime import datetime
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 import psutil
 
@@ -31,6 +32,35 @@ def alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def functions_from(path: Path, text: str) -> Callable[..., shoal.Function]:
+    """``fn(handler, **options)``: a Function made from the handler source ``text``, written to ``path``."""
+    path.write_text(text)
+    return lambda handler, **options: shoal.Function.from_file(path, handler, **options)
+
+
+def reaped_pid() -> int:
+    """The PID of a process that has exited and been reaped: what a driver that died leaves."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    return gone.pid
+
+
+def dead_search_driver(study, fn: shoal.Function, project: shoal.Project) -> tuple[dict, Any, dict]:
+    """What a search driver killed mid-search leaves in ``study``: its owner entry (an exited
+    process's PID), still marked active, naming a running parent run. Returns the owner, a
+    ``Driver`` to make the search's run records with, and the parent record (not stored yet)."""
+    import socket
+
+    from shoal.runner import open_driver
+    from shoal.tuning.driver import ATTR_DRIVER
+
+    owner = {"host": socket.gethostname(), "pid": reaped_pid(), "start": "0"}
+    driver = open_driver(fn, "local", project)
+    parent = {**driver.new_record({}, {}), "state": "running", "started_at": datetime.now().astimezone()}
+    study.set_user_attr(f"{ATTR_DRIVER}{owner['host']}:{owner['pid']}", {**owner, "active": True, "parent": parent["uid"]})
+    return owner, driver, parent
 
 
 def descendants(pid: int) -> list[int]:

@@ -7,7 +7,6 @@ import hashlib
 import io
 import tarfile
 import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -18,6 +17,8 @@ import pytest
 
 import shoal
 from shoal.artifacts import PACKAGERS, Artifact, ArtifactStore, Packager, register_packager
+
+from helpers import functions_from, wait_for
 
 HANDLERS = '''
 import pathlib
@@ -108,9 +109,7 @@ def input_facts(ctx: shoal.Context, data):
 
 @pytest.fixture
 def fn(tmp_path):
-    path = tmp_path / "handlers.py"
-    path.write_text(HANDLERS)
-    return lambda handler, **options: shoal.Function.from_file(path, handler, **options)
+    return functions_from(tmp_path / "handlers.py", HANDLERS)
 
 
 @pytest.fixture
@@ -357,9 +356,7 @@ def test_cancel_while_an_artifact_is_written(project, fn, tmp_path):
     try:
         handle = fn("slow_artifact").submit(project=project)
         marker = tmp_path / "dump-started"
-        end = time.monotonic() + 20
-        while not marker.exists() and time.monotonic() < end:
-            time.sleep(0.01)
+        wait_for(marker.exists, what="the artifact's write begun")
         assert handle.cancel() is True
         run = handle.result(30)
         assert run.state == "cancelled" and run.error["type"] == "CancelledError"  # not an artifact failure

@@ -13,8 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
-import time
 
 import pytest
 
@@ -175,28 +173,33 @@ def test_cluster_object_passed_in(project, fn):
 
 
 # -- autoscaling ----------------------------------------------------------------------------------
+def peak_membership(backend: DaskBackend) -> int:
+    """The most workers the scheduler ever had at once, replayed from its own log of every worker
+    that joined or left (nothing sampled, so no short peak is missed)."""
+    now = peak = 0
+    for _, event in backend.client.get_events("all"):
+        action = event.get("action") if isinstance(event, dict) else None
+        now += {"add-worker": 1, "remove-worker": -1}.get(action, 0)
+        peak = max(peak, now)
+    return peak
+
+
 def test_adaptive_scales_up_under_backlog_and_back_to_zero(project, fn, tmp_path):
-    counter = tmp_path / "counter.json"
-    counter.write_text("{}")
+    release = tmp_path / "release"
     backend = DaskBackend(adapt_interval=0.1, adapt_wait_count=3, adapt_target_duration=0.5)
     try:
         backend.adapt(0, 2)
         assert backend.workers() == []  # it starts at the lower bound
-        counted = fn("concurrent", replicas=(0, 2))  # pair=1: counts, never waits for company
-        items = [{"counter": str(counter), "pair": 1, "hold": 0.02}] * 300
-        runs: list = []
-        mapping = threading.Thread(target=lambda: runs.extend(counted.map(items, backend=backend, project=project)))
-        mapping.start()
-        most = 0
-        end = time.monotonic() + 180
-        while mapping.is_alive() and time.monotonic() < end:
-            most = max(most, len(backend.workers()))
-            time.sleep(0.05)
-        mapping.join(60)
-        assert not mapping.is_alive(), "the map did not finish"
-        assert len(runs) == 300 and all(r.state == "completed" for r in runs)
-        assert most == 2  # up to the maximum under backlog, never beyond
-        assert json.loads(counter.read_text())["peak"] <= 2
+        gated = fn("gated", replicas=(0, 2))
+        handles = [gated.submit({"release": str(release)}, backend=backend, project=project) for _ in range(6)]
+        # The runs hold their workers until released, so the backlog lasts until Adaptive has
+        # scaled up, however long the workers take to start.
+        wait_for(lambda: len([w for w in backend.workers() if w.running]) == 2, timeout=120, what="two busy workers")
+        release.write_text("go")
+        runs = [handle.result(120) for handle in handles]
+        assert all(r.state == "completed" and r.results["released"] for r in runs), [r.error for r in runs]
+        assert len({r.results["pid"] for r in runs}) == 2  # both workers took runs
+        assert peak_membership(backend) == 2  # up to the maximum under backlog, never beyond
         wait_for(lambda: backend.workers() == [], timeout=120, what="scale down to zero")
         events = backend.scaling_events()
         assert any(e.direction == "up" for e in events) and any(e.direction == "down" for e in events)

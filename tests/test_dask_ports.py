@@ -18,6 +18,8 @@ import shoal
 import shoal.backends
 from shoal.numpy_params import MAX_ARRAY_ELEMENTS
 
+from helpers import functions_from
+
 
 HANDLERS = '''
 import random
@@ -87,9 +89,7 @@ def untyped_rows(row):
 
 @pytest.fixture
 def handlers(tmp_path):
-    path = tmp_path / "handlers.py"
-    path.write_text(HANDLERS)
-    return lambda handler, **options: shoal.Function.from_file(path, handler, **options)
+    return functions_from(tmp_path / "handlers.py", HANDLERS)
 
 
 def children(project: shoal.Project, runs: list[shoal.Run]) -> list[shoal.Run]:

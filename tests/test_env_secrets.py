@@ -26,7 +26,7 @@ import shoal.backends
 from shoal.errors import SecretError
 from shoal.secrets import SecretsFile, SecretValues, env_var_name, secrets_file
 
-from helpers import task
+from helpers import functions_from, task
 
 SECRET = "s3cr3t-" + uuid.uuid4().hex  # unique, so finding it anywhere is a leak
 VARIABLE = "SHOAL_TEST_SHARED"
@@ -65,9 +65,7 @@ def uses_secret(ctx: shoal.Context, fail: bool = False):
 
 @pytest.fixture
 def fn(tmp_path):
-    path = tmp_path / "env_handlers.py"
-    path.write_text(HANDLERS)
-    return lambda handler, **options: shoal.Function.from_file(path, handler, **options)
+    return functions_from(tmp_path / "env_handlers.py", HANDLERS)
 
 
 def _barrier(tmp_path: Path) -> Path:

@@ -25,26 +25,15 @@ import xml.etree.ElementTree as ElementTree
 import optuna
 import pytest
 
-from conftest import _PG_REASON, PG_ADMIN_URL
+from conftest import _PG_REASON, PG_ADMIN_URL, REDIS_URL, redis_available
 
 TESTS = pathlib.Path(__file__).parent
-REDIS_URL = os.environ.get("SHOAL_TEST_REDIS", "redis://127.0.0.1:6379")
 CACHE = pathlib.Path(
     os.environ.get("SHOAL_OPTUNA_TESTS")
     or pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "shoal" / "optuna-tests"
 )
 #: What is taken from the source distribution: the storage tests and the test package around them.
 WANTED = ("tests/__init__.py", "tests/conftest.py", "tests/storages_tests/")
-
-
-def _redis_reason() -> str | None:
-    try:
-        import redis
-
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
-        return None
-    except Exception as exc:  # noqa: BLE001 - any failure: skip with the reason
-        return f"Redis not reachable at {REDIS_URL}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +120,7 @@ def test_optuna_journal_tests_pass_with_shoals_lock(optuna_tests, tmp_path):
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("storage", ["journal", "sqlite", "postgresql", "redis"])
 def test_optuna_storage_tests_pass_on_every_storage_shoal_resolves(optuna_tests, tmp_path, storage):
-    reason = _PG_REASON if storage == "postgresql" else _redis_reason() if storage == "redis" else None
+    reason = _PG_REASON if storage == "postgresql" else redis_available() if storage == "redis" else None
     if reason:
         pytest.skip(reason)
     outcomes, _ = run_suite(optuna_tests, tmp_path, ["tests/storages_tests/test_storages.py"], storage)

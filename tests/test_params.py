@@ -12,6 +12,8 @@ import shoal
 from shoal.params import bind, signature_of
 from shoal.runner import run_function
 
+from helpers import functions_from
+
 HANDLERS = '''
 from typing import Optional
 
@@ -65,9 +67,7 @@ def optional(limit: Optional[int] = None):
 
 @pytest.fixture
 def fn(tmp_path):
-    path = tmp_path / "handlers.py"
-    path.write_text(HANDLERS)
-    return lambda handler, **options: shoal.Function.from_file(path, handler, **options)
+    return functions_from(tmp_path / "handlers.py", HANDLERS)
 
 
 def nothing_recorded(project: shoal.Project) -> bool:

@@ -25,6 +25,8 @@ from shoal.tuning import Float
 
 from conftest import PG_ADMIN_URL, _PG_REASON
 
+from helpers import functions_from
+
 HANDLERS = '''
 import pathlib
 
@@ -63,9 +65,7 @@ def score(x: float):
 
 @pytest.fixture
 def fn(tmp_path):
-    path = tmp_path / "handlers.py"
-    path.write_text(HANDLERS)
-    return lambda handler, **options: shoal.Function.from_file(path, handler, **options)
+    return functions_from(tmp_path / "handlers.py", HANDLERS)
 
 
 # -- the state ---------------------------------------------------------------------------------------
@@ -127,23 +127,15 @@ def test_a_resume_records_a_trial_a_dead_driver_left_pruned_as_pruned(project, f
     """A worker told its trial pruned, then the driver died before recording the run (set up as a
     SIGKILL leaves it); the next search finishes that run ``pruned`` from the study. A trial whose
     run was recorded pruned but never told is told pruned."""
-    import socket
-
+    from helpers import dead_search_driver
     from optuna.trial import TrialState
 
-    from shoal.runner import open_driver
     from shoal.tuning import load_study
-    from shoal.tuning.driver import ATTR_DRIVER
 
     handler, space = fn("score"), {"x": Float(0, 1)}
     handler.tune(space, objective="max.score", n_trials=1, project=project)
     study = load_study("score", project=project)
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
-    owner = {"host": socket.gethostname(), "pid": gone.pid, "start": "0"}
-    driver = open_driver(handler, "local", project)
-    parent = {**driver.new_record({}, {}), "state": "running", "started_at": datetime.now().astimezone()}
-    study.set_user_attr(f"{ATTR_DRIVER}{owner['host']}:{owner['pid']}", {**owner, "active": True, "parent": parent["uid"]})
+    owner, driver, parent = dead_search_driver(study, handler, project)
     trial = study.ask()
     trial.suggest_float("x", 0, 1)
     record = {

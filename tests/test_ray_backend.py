@@ -177,8 +177,9 @@ def test_cancel_pending_and_running(ray_backend, project, fn, tmp_path):
     assert cancelled.state == "cancelled" and cancelled.started_at is None and cancelled.attempts == 0
     for handle in running:
         run = handle.result(60)
-        assert run.state == "cancelled" and run.error["type"] == "CancelledError"
-        assert run.started_at is not None and 1 <= len(run.metrics["step"]) < 3000
+        assert run.state == "cancelled" and run.error["type"] == "CancelledError", run.error
+        # The marker is written after the first metric: what the run logged before it was stopped is kept.
+        assert run.started_at is not None and 1 <= len(run.metrics.get("step", ())) < 3000, (run.error, run.attempts)
     assert not never.exists()
 
 
@@ -308,7 +309,6 @@ with backend:
     unfinished = nap.submit({"seconds": 60}, backend=backend, project=project)
 left_behind = unfinished.result(30)  # closing does not leave it waiting forever
 events = [(e.direction, e.workers_before, e.workers_after) for e in backend.scaling_events()]
-time.sleep(0.5)
 project.close()
 print(json.dumps({"state": run.state, "sum": run.results.get("sum"), "pids": pids, "address": address,
                   "left": [p for p in pids if os.path.exists(f"/proc/{p}")], "init_s": init_s, "events": events,
@@ -330,54 +330,41 @@ def test_own_instance_ignores_ray_address_and_close_leaves_no_process(tmp_path):
 
 
 AUTOSCALING = '''
-import json, os, sys, threading, time
+import json, os, sys, threading
 import shoal, shoal.backends
+from shoal.testing import wait_for
 
 folder = sys.argv[1]
 project = shoal.Project(folder, name="elastic")
-fn = shoal.Function.from_file(os.path.join(folder, "handlers.py"), "nap", replicas=(0, 2))
+fn = shoal.Function.from_file(os.path.join(folder, "handlers.py"), "gated", replicas=(0, 2))
+release = os.path.join(folder, "release")
 backend = shoal.backends.shared("ray")
-counts, stop = [], threading.Event()
-
-seen_pids = set()
-
-def watch():
-    while not stop.is_set():
-        try:
-            counts.append(len(backend.workers()))
-            seen_pids.update(backend.pids())  # the worker nodes' processes too, while they exist
-        except Exception:
-            pass
-        time.sleep(0.5)
-
-started = time.monotonic()
 runs = []
-threading.Thread(target=lambda: runs.extend(fn.map([{"seconds": 2.0}] * 12, backend="ray", project=project))).start()
-threading.Thread(target=watch, daemon=True).start()
-deadline = time.monotonic() + 120
-while len(runs) < 12 and time.monotonic() < deadline:
-    time.sleep(0.2)
-busy_s = time.monotonic() - started
+mapping = threading.Thread(target=lambda: runs.extend(fn.map([{"release": release}] * 6, backend="ray", project=project)))
+mapping.start()
+# The runs hold their workers until released: the backlog lasts until the autoscaler has added
+# both workers, however long they take to start.
+wait_for(lambda: sum(1 for w in backend.workers() if w.state == "busy") == 2, timeout=150, what="two busy workers")
+peak = len(backend.workers())
+pids = set(backend.pids())  # the worker nodes' processes too, while they exist
+open(release, "w").close()
+mapping.join(120)
 
 def scaled_down():
     events = backend.scaling_events()
     return not backend.workers() and events and events[-1].workers_after == 0
 
-while time.monotonic() < deadline and not scaled_down():
-    time.sleep(0.5)
+wait_for(scaled_down, timeout=120, what="scale down to zero")
 idle = len(backend.workers())
-stop.set()
 events = [(e.direction, e.workers_before, e.workers_after, e.reason) for e in backend.scaling_events()]
-pids = sorted(seen_pids | set(backend.pids()))
+pids = sorted(pids | set(backend.pids()))
 slots = backend.slots
-peak_concurrency = max(counts) if counts else 0
 shoal.backends.close_shared()
-time.sleep(0.5)
 project.flush()
 stored = [(e.direction, e.reason) for e in project.store.list_scaling_events(limit=None)]
 project.close()
-print(json.dumps({"states": sorted({r.state for r in runs}), "n": len(runs), "peak": peak_concurrency,
-                  "idle": idle, "events": events, "slots": slots, "pids": pids, "busy_s": busy_s,
+print(json.dumps({"states": sorted({r.state for r in runs}), "n": len(runs), "peak": peak,
+                  "idle": idle, "events": events, "slots": slots, "pids": pids,
                   "workers_pids": sorted({r.results.get("pid") for r in runs}), "stored": stored,
                   "left": [p for p in pids if os.path.exists(f"/proc/{p}")]}))
 '''
@@ -385,10 +372,10 @@ print(json.dumps({"states": sorted({r.state for r in runs}), "n": len(runs), "pe
 
 def test_autoscaling_between_0_and_2_workers(tmp_path):
     write_handlers(tmp_path)
-    out = run_script(AUTOSCALING, tmp_path, timeout=180)
-    assert out["n"] == 12 and out["states"] == ["completed"]
+    out = run_script(AUTOSCALING, tmp_path, timeout=420)  # a safety net: the script waits on events
+    assert out["n"] == 6 and out["states"] == ["completed"]
     assert out["slots"] == 2
-    assert out["peak"] == 2, f"worker counts never reached 2: {out}"
+    assert out["peak"] == 2, f"more than 2 workers: {out}"  # two were busy at once: the maximum
     assert out["idle"] == 0, "the idle workers were not removed"
     ups = [e for e in out["events"] if e[0] == "up"]
     downs = [e for e in out["events"] if e[0] == "down"]
@@ -397,6 +384,27 @@ def test_autoscaling_between_0_and_2_workers(tmp_path):
     assert any(reason.startswith("ray autoscaler:") for _, reason in out["stored"])  # in the project's records
     still = [pid for pid in out["left"] if alive(pid)]
     assert still == [], f"processes left after close: {still}"
+
+
+FAILED_START = """
+import json
+import shoal.backends
+from shoal.errors import BackendError
+
+try:
+    shoal.backends.get("ray", num_cpus=1, surely_not_a_ray_option=1).start()
+    error = None
+except BackendError as exc:
+    error = str(exc)
+print(json.dumps({"error": error}))
+"""
+
+
+def test_a_start_that_fails_is_a_backend_error_not_a_hang(tmp_path):
+    """Stopping what a failed start began takes the same lock the start holds (a hang, seen when
+    Ray could not start on a busy machine); it must end in the error instead."""
+    out = run_script(FAILED_START, tmp_path)
+    assert out["error"] and out["error"].startswith("could not start a local ray instance"), out
 
 
 JOIN = '''

@@ -13,6 +13,8 @@ import shoal
 from shoal.context import Context
 from shoal.tuning import Float, TuneResult
 
+from helpers import functions_from
+
 HANDLERS = '''
 import optuna
 
@@ -61,9 +63,7 @@ XS = (0.9, 0.8, 0.7, 0.1, 0.85, 0.05)
 
 @pytest.fixture
 def fn(project, tmp_path):
-    path = tmp_path / "handlers.py"
-    path.write_text(HANDLERS)
-    return lambda handler, **options: shoal.Function.from_file(path, handler, **options)
+    return functions_from(tmp_path / "handlers.py", HANDLERS)
 
 
 def _storage(project):
@@ -131,14 +131,9 @@ def test_ctx_report_and_trial_report_mixed_are_recorded_once_each(project, fn):
 
 
 def test_pruning_decides_as_plain_optuna_does_on_the_same_values(project, fn):
-    def objective(trial):
-        x = trial.suggest_float("x", 0, 1)
-        for step in range(5):
-            trial.report(x * (step + 1), step)
-            if trial.should_prune():
-                raise optuna.TrialPruned()
-        return x * 5
-
+    handlers: dict = {}
+    exec(HANDLERS, handlers)  # the very objective shoal runs as "optuna_form", here for plain Optuna
+    objective = handlers["optuna_form"]
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     plain = optuna.create_study(
         study_name="plain", storage=_storage(project), direction="maximize",

@@ -10,6 +10,7 @@ check reads the database, the artifact folder or what the CLI printed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import sys
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -137,6 +139,17 @@ def sqlite_place(tmp_path, monkeypatch):
     return place
 
 
+def open_project(place: tuple[Path, str, str]) -> shoal.Project:
+    folder, name, database = place
+    return shoal.Project(folder, name=name, database=database or None)
+
+
+def submit_wait(project: shoal.Project, folder: Path) -> shoal.RunHandle:
+    """The ``wait`` handler submitted on the local backend: it runs until ``release`` exists."""
+    fn = shoal.Function.from_file(folder / "handlers.py", "wait")
+    return fn.submit({"i": 0, "folder": str(folder)}, project=project, backend="local")
+
+
 def database_of(folder: Path, database: str) -> str:
     return database or f"sqlite:///{folder / '.shoal' / 'shoal.db'}"
 
@@ -162,6 +175,23 @@ def wait_running(driver: subprocess.Popen, store: Store, folder: Path, count: in
         return started >= count and len(running) >= count
 
     wait_for(ready, timeout=120, what="runs started and recorded running")
+
+
+@contextlib.contextmanager
+def running_driver(place: tuple[Path, str, str], backend: str, count: int, started: int) -> Iterator[tuple[Store, subprocess.Popen]]:
+    """A driver process mapping ``count`` runs of ``wait``, once ``started`` of them run; with the
+    project's store. Killed if it still runs at the end, and the store closed."""
+    folder, name, database = place
+    store = raw_store(folder, name, database)
+    driver = start_driver(folder, name, database, backend, count)
+    try:
+        wait_running(driver, store, folder, count=started)
+        yield store, driver
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.communicate(timeout=60)
+        store.close()
 
 
 # -- a driver that died ------------------------------------------------------------------------------
@@ -242,11 +272,8 @@ def test_shoal_runs_list_ends_the_runs_of_a_driver_that_died(sqlite_place):
 
 def test_a_live_driver_keeps_its_runs_and_beats(place):
     folder, name, database = place
-    store = raw_store(folder, name, database)
-    driver = start_driver(folder, name, database, "local", 3)
-    try:
-        wait_running(driver, store, folder, count=2)
-        project = shoal.Project(folder, name=name, database=database or None)
+    with running_driver(place, "local", count=3, started=2) as (store, driver):
+        project = open_project(place)
         before = {r.uid: r.state for r in project.runs.list(limit=None)}  # opened and listed
         assert sorted(before.values()) == ["pending", "running", "running", "running"]
         [owner] = {r.driver for r in store.list_runs()}
@@ -262,11 +289,6 @@ def test_a_live_driver_keeps_its_runs_and_beats(place):
         assert "STATES completed completed completed" in out
         assert {r.state for r in project.runs.list(limit=None)} == {"completed"}
         project.close()
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-            driver.communicate(timeout=60)
-        store.close()
 
 
 def test_what_makes_a_driver_lost():
@@ -309,10 +331,8 @@ def test_a_driver_on_another_machine_is_lost_only_when_its_heartbeat_is_stale(pl
 
 # -- cancel ------------------------------------------------------------------------------------------
 def test_cancel_stops_a_run_of_this_process_through_its_handle(place):
-    folder, name, database = place
-    project = shoal.Project(folder, name=name, database=database or None)
-    fn = shoal.Function.from_file(folder / "handlers.py", "wait")
-    handle = fn.submit({"i": 0, "folder": str(folder)}, project=project, backend="local")
+    folder, project = place[0], open_project(place)
+    handle = submit_wait(project, folder)
     wait_for(lambda: (folder / "started-0").exists(), what="the handler's start")
     [outcome] = project.runs.cancel(handle.uid[:10])
     assert (outcome.uid, outcome.outcome) == (handle.uid, "stopping")
@@ -325,8 +345,7 @@ def test_cancel_stops_a_run_of_this_process_through_its_handle(place):
 
 
 def test_cancel_marks_a_run_nobody_drives(place):
-    folder, name, database = place
-    project = shoal.Project(folder, name=name, database=database or None)
+    project = open_project(place)
     uid = uuid.uuid4().hex
     project.store.create_runs([{"uid": uid, "function": "f", "function_hash": "0" * 64, "driver": None}])
     [outcome] = project.runs.cancel(uid)
@@ -339,11 +358,8 @@ def test_cancel_marks_a_run_nobody_drives(place):
 
 
 def test_shoal_runs_cancel_reaches_a_map_of_another_live_driver(sqlite_place):
-    folder, name, database = sqlite_place
-    store = raw_store(folder, name, database)
-    driver = start_driver(folder, name, database, "local", 2)
-    try:
-        wait_running(driver, store, folder, count=2)
+    folder = sqlite_place[0]
+    with running_driver(sqlite_place, "local", count=2, started=2) as (store, driver):
         [parent] = [r for r in store.list_runs() if r.parent is None]
         proc = cli(folder, "runs", "cancel", parent.uid)
         assert proc.returncode == 0, proc.stderr
@@ -357,11 +373,6 @@ def test_shoal_runs_cancel_reaches_a_map_of_another_live_driver(sqlite_place):
         children = store.list_runs(parent=parent.uid)
         assert {r.state for r in children} == {"cancelled"}
         assert store.get_run(parent.uid).state == "cancelled"  # as its driver recorded it at the end
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-            driver.communicate(timeout=60)
-        store.close()
     proc = cli(folder, "runs", "cancel", "nosuchuid")
     assert proc.returncode == 2 and "UID" in proc.stderr and "nosuchuid" in proc.stderr
 
@@ -372,8 +383,7 @@ def artifact_files(folder: Path) -> list[Path]:
 
 
 def test_delete_removes_records_children_and_artifact_files(place):
-    folder, name, database = place
-    project = shoal.Project(folder, name=name, database=database or None)
+    (folder, name, _), project = place, open_project(place)
     fn = shoal.Function.from_file(folder / "handlers.py", "art")
     single = fn.run({"i": 7}, project=project, backend="local", watch=False)
     mapped = fn.map([{"i": i} for i in range(3)], project=project, backend="local")
@@ -396,10 +406,8 @@ def test_delete_removes_records_children_and_artifact_files(place):
 
 
 def test_delete_skips_open_runs_of_a_live_driver(place):
-    folder, name, database = place
-    project = shoal.Project(folder, name=name, database=database or None)
-    fn = shoal.Function.from_file(folder / "handlers.py", "wait")
-    handle = fn.submit({"i": 0, "folder": str(folder)}, project=project, backend="local")
+    folder, project = place[0], open_project(place)
+    handle = submit_wait(project, folder)
     wait_for(lambda: project.store.get_run(handle.uid).state == "running", what="the run recorded running")
     plan = project.runs.plan_delete(state="running")
     assert plan.runs == [] and [r.uid for r, _ in plan.skipped] == [handle.uid]

@@ -16,6 +16,7 @@ import traceback
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import sqlalchemy as sa
@@ -321,26 +322,34 @@ def test_create_runs_rejects_bad_input(store):
         store.update_run("nope", state="running")
 
 
-def test_store_is_thread_safe(store):
+def errors_in_threads(work: Callable[[int], None], count: int) -> list[BaseException]:
+    """Run ``work(0)`` ... ``work(count - 1)`` in threads of their own; what they raised."""
     errors: list[BaseException] = []
 
-    def work(t: int) -> None:
+    def guarded(i: int) -> None:
         try:
-            for i in range(15):
-                uid = f"t{t}-{i}"
-                store.create_runs([{"uid": uid, "function": "f", "function_hash": h("f")}])
-                store.finish_run(uid, {"state": "completed"}, [{"key": "k", "url": f"file:///{uid}", "kind": "b"}])
-                store.save_function("f", h(f"{t}-{i % 3}"), {})
-                store.list_runs(limit=3)
-        except BaseException as error:  # noqa: BLE001 - reported below
+            work(i)
+        except BaseException as error:  # noqa: BLE001 - returned to the test
             errors.append(error)
 
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(6)]
+    threads = [threading.Thread(target=guarded, args=(i,)) for i in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert errors == []
+    return errors
+
+
+def test_store_is_thread_safe(store):
+    def work(t: int) -> None:
+        for i in range(15):
+            uid = f"t{t}-{i}"
+            store.create_runs([{"uid": uid, "function": "f", "function_hash": h("f")}])
+            store.finish_run(uid, {"state": "completed"}, [{"key": "k", "url": f"file:///{uid}", "kind": "b"}])
+            store.save_function("f", h(f"{t}-{i % 3}"), {})
+            store.list_runs(limit=3)
+
+    assert errors_in_threads(work, 6) == []
     assert store.count_runs(state="completed") == 90
     assert len(store.function_history("f")) == 18
 
@@ -491,7 +500,7 @@ def test_head_constant_matches_migration_scripts():
     scripts = ScriptDirectory.from_config(config)
     assert scripts.get_heads() == [migrate.HEAD]
     assert [s.revision for s in scripts.walk_revisions()] == [
-        "0005_pruned_state", "0004_run_drivers", "0003_scaling_events", "0002_artifacts", "0001_initial"
+        "0006_step_cache", "0005_pruned_state", "0004_run_drivers", "0003_scaling_events", "0002_artifacts", "0001_initial"
     ]
 
 
@@ -529,7 +538,9 @@ def test_migrations_fresh_upgraded_and_model_are_identical(new_db):
         engine.dispose()
 
     head = schema_of(fresh)
-    assert set(head) == {"functions", "function_tags", "runs", "artifacts", "scaling_events", "drivers", migrate.VERSION_TABLE}
+    assert set(head) == {
+        "functions", "function_tags", "runs", "artifacts", "scaling_events", "drivers", "cache_claims", migrate.VERSION_TABLE
+    }
     assert "driver" in [c[0] for c in head["runs"]["columns"]]
     assert head["scaling_events"]["uniques"] == [
         ("uq_scaling_events_event", ("project", "backend", "time", "direction", "reason"))
@@ -552,23 +563,14 @@ def test_migrations_fresh_upgraded_and_model_are_identical(new_db):
 @pytest.mark.timeout(60)  # without the migration lock, threads can deadlock on PostgreSQL
 def test_concurrent_first_opens_migrate_once(url):
     """Threads hold separate connections, so they contend for the flock / advisory lock like processes."""
-    errors: list[BaseException] = []
     barrier = threading.Barrier(6)
 
     def open_and_write(i: int) -> None:
         barrier.wait()
-        try:
-            with Store(url, project="concurrent") as store:
-                store.create_runs([{"uid": f"c{i}", "function": "f", "function_hash": h("f")}])
-        except BaseException as error:  # noqa: BLE001 - reported below
-            errors.append(error)
+        with Store(url, project="concurrent") as store:
+            store.create_runs([{"uid": f"c{i}", "function": "f", "function_hash": h("f")}])
 
-    threads = [threading.Thread(target=open_and_write, args=(i,)) for i in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    assert errors_in_threads(open_and_write, 6) == []
     with Store(url, project="concurrent") as store:
         assert store.count_runs() == 6
         with store.engine.connect() as connection:
@@ -664,10 +666,10 @@ def _dead_driver(store: Store) -> str:
     """Register a driver on this machine whose process has exited (a real PID, reaped)."""
     from shoal.store import drivers
 
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
+    from helpers import reaped_pid
+
     me = drivers.current()
-    ghost = drivers.Identity(uuid.uuid4().hex, me.host, me.machine, gone.pid, None)
+    ghost = drivers.Identity(uuid.uuid4().hex, me.host, me.machine, reaped_pid(), None)
     with store.engine.begin() as connection:
         drivers.register(connection, store.project, ghost)
     return ghost.id

@@ -15,6 +15,8 @@ from shoal.tuning import Categorical, Float, Int, TuneResult, delete_study, load
 from shoal.tuning.objective import Objective, StopWhen
 from shoal.tuning.space import parse_assignment, parse_entry
 
+from helpers import functions_from, wait_for
+
 HANDLERS = '''
 import time
 
@@ -79,9 +81,7 @@ def pruned_at_once(ctx, x: float):
 
 @pytest.fixture
 def fn(project, tmp_path):
-    path = tmp_path / "handlers.py"
-    path.write_text(HANDLERS)
-    return lambda handler, **options: shoal.Function.from_file(path, handler, **options)
+    return functions_from(tmp_path / "handlers.py", HANDLERS)
 
 
 def children(project, result: TuneResult):
@@ -526,23 +526,42 @@ def test_load_study(project, fn):
         load_study("nope", project=project)
 
 
-def test_ctrl_c_cancels_runs_fails_their_trials_and_cancels_the_parent(project, fn, tmp_path):
+SLEEPY = """
+import os
+import time
+
+
+def sleepy(x: float, folder: str):
+    open(os.path.join(folder, f"started-{x}"), "w").close()
+    end = time.monotonic() + 120  # bounded: a search that is never interrupted still ends
+    while time.monotonic() < end:
+        time.sleep(0.02)
+    return {"score": x}
+"""
+
+
+def test_ctrl_c_cancels_runs_fails_their_trials_and_cancels_the_parent(project, tmp_path):
     import threading
     import _thread
 
-    (tmp_path / "sleepy.py").write_text("import time\ndef sleepy(x: float):\n    time.sleep(20)\n    return {'score': x}\n")
-    sleepy = shoal.Function.from_file(tmp_path / "sleepy.py", "sleepy", replicas=(0, 2))
-    started = threading.Event()
+    sleepy = functions_from(tmp_path / "sleepy.py", SLEEPY)("sleepy", replicas=(0, 2))
+    folder = tmp_path / "markers"
+    folder.mkdir()
 
-    def progress(state):
-        if state.running == 2:
-            started.set()
+    def press_ctrl_c_once_both_trials_run():
+        """Ctrl-C only once both trials' handlers are running (a trial interrupted before it began
+        would go back to the study, not fail); pressed in any case, so a failed wait ends the test."""
+        try:
+            wait_for(lambda: len(list(folder.glob("started-*"))) == 2, timeout=120, what="both trials running")
+        finally:
+            _thread.interrupt_main()
 
-    timer = threading.Thread(target=lambda: started.wait(30) and _thread.interrupt_main())
-    timer.start()
+    presser = threading.Thread(target=press_ctrl_c_once_both_trials_run)
+    presser.start()
     with pytest.raises(KeyboardInterrupt):
-        sleepy.tune({"x": Float(0, 1)}, objective="max.score", n_trials=4, project=project, progress=progress)
-    timer.join()
+        sleepy.tune({"x": Float(0, 1), "folder": str(folder)}, objective="max.score", n_trials=4, project=project)
+    presser.join()
+    assert len(list(folder.glob("started-*"))) == 2, "interrupted before both trials ran"
     study = load_study("sleepy", project=project)
     assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]
     parent = [r for r in project.runs.list(limit=None) if r.parent is None][0]

@@ -8,9 +8,10 @@ from __future__ import annotations
 import optuna
 import pytest
 
-import shoal
 from shoal.errors import SearchFailedError
 from shoal.tuning import Float
+
+from helpers import functions_from
 
 HANDLERS = '''
 import os
@@ -60,9 +61,7 @@ def engine(request):
 
 @pytest.fixture
 def fn(project, tmp_path):
-    path = tmp_path / "handlers.py"
-    path.write_text(HANDLERS)
-    return lambda handler, **options: shoal.Function.from_file(path, handler, **options)
+    return functions_from(tmp_path / "handlers.py", HANDLERS)
 
 
 def test_parallel_trials_on_worker_processes(project, fn, engine):
@@ -137,6 +136,29 @@ def test_short_trials_travel_in_batches_each_sampled_told_and_recorded(project, 
 
         keys = Counter(event["key"] for _, event in engine.client.get_events(START_TOPIC) if event["uid"] in runs)
         assert max(keys.values()) > 1 and sum(keys.values()) == 40
+
+
+def test_trials_are_asked_in_one_write_and_told_on_the_workers(project, fn, engine):
+    """The driver creates each trial with its run link in one journal line (no separate user-attr
+    write); every trial is told where it ran, so the driver itself writes no trial's end."""
+    import json
+
+    from shoal.tuning.storage import default_ref
+
+    create_trial, set_trial_state, set_trial_user_attr = 4, 6, 8  # Optuna's journal op codes
+
+    result = fn("brief").tune(
+        {"x": Float(0, 1)}, objective="max.score", n_trials=40, backend=engine, seed=3, project=project
+    )
+    assert [t["state"] for t in result.trials] == ["complete"] * 40
+    with open(default_ref(project).target) as journal:
+        ops = [json.loads(line) for line in journal]
+    created = [op for op in ops if op["op_code"] == create_trial]
+    assert len(created) == 40 and all(op["user_attrs"]["shoal"]["run"] for op in created)
+    assert not [op for op in ops if op["op_code"] == set_trial_user_attr and "shoal" in op["user_attr"]]
+    driver = {op["worker_id"] for op in created}
+    ended = [op for op in ops if op["op_code"] == set_trial_state and op["state"] != 0]
+    assert len(ended) == 40 and not driver & {op["worker_id"] for op in ended}
 
 
 def test_missing_objective_fails_on_the_worker(project, fn, engine):

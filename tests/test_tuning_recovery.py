@@ -14,6 +14,8 @@ import pytest
 
 from shoal.tuning.recovery import HOST, dead, owner
 
+from helpers import reaped_pid
+
 
 @pytest.fixture
 def child():
@@ -46,9 +48,7 @@ def test_a_live_process_is_alive_until_its_pid_names_another_start(child):
 
 
 def test_a_reaped_process_is_dead():
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
-    assert dead({"host": HOST, "pid": gone.pid, "start": None})
+    assert dead({"host": HOST, "pid": reaped_pid(), "start": None})
 
 
 def test_start_times_recorded_by_earlier_versions_as_clock_ticks_still_compare(child):

@@ -19,12 +19,11 @@ import optuna
 import pytest
 
 import shoal
-from conftest import _PG_REASON, PG_ADMIN_URL, requires_postgres
+from conftest import _PG_REASON, PG_ADMIN_URL, REDIS_URL, redis_available, requires_postgres
 from shoal.errors import TuningError
 from shoal.tuning import Float, load_study
 from shoal.tuning.storage import default_ref, resolve
 
-REDIS_URL = os.environ.get("SHOAL_TEST_REDIS", "redis://127.0.0.1:6379")
 
 HANDLERS = '''
 import time
@@ -34,16 +33,6 @@ def quad(x: float, pause: float = 0.0):
     time.sleep(pause)
     return {"score": -(x - 0.3) ** 2}
 '''
-
-
-def redis_available() -> str | None:
-    try:
-        import redis
-
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
-        return None
-    except Exception as exc:  # noqa: BLE001 - any failure: skip with the reason
-        return f"Redis not reachable at {REDIS_URL}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
 
 
 _REDIS_REASON = redis_available()
@@ -378,20 +367,14 @@ def test_driver_killed_with_sigkill_resumes_the_same_study(tmp_path, storage, re
 def test_a_resume_mends_what_a_dead_driver_left_open(project, quad):
     """A dead driver's records: a trial told on its worker, one queued that never started and one
     that was running; set up as a SIGKILL leaves them (the kill itself is tested above)."""
-    import socket
+    from helpers import dead_search_driver
 
-    from shoal.runner import open_driver
     from shoal.tuning.driver import ATTR_DRIVER
 
     space = {"x": Float(0, 1)}
     quad.tune(space, objective="max.score", n_trials=1, backend="local", project=project)
     study = load_study("quad", project=project)
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
-    owner = {"host": socket.gethostname(), "pid": gone.pid, "start": "0"}
-    driver = open_driver(quad, "local", project)
-    parent = {**driver.new_record({}, {}), "state": "running", "started_at": datetime.now().astimezone()}
-    study.set_user_attr(f"{ATTR_DRIVER}{owner['host']}:{owner['pid']}", {**owner, "active": True, "parent": parent["uid"]})
+    owner, driver, parent = dead_search_driver(study, quad, project)
     records, trials = [parent], {}
     for name, state in (("told", "running"), ("queued", "pending"), ("cut", "running")):
         trial = study.ask()

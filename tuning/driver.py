@@ -2,8 +2,9 @@
 
 Modules of a search, in the order it runs: ``options`` (the arguments, checked), ``study`` (opened
 and matched), ``recovery`` (crash recovery and process identity), ``loop`` (the ask/tell loop, and
-its ``progress`` counts), ``parent`` (the parent run's record), ``records`` (writing run records);
-Optuna's private attributes are used only in ``_optuna_compat``.
+its ``progress`` counts; ``asking``: each trial asked already linked to its run), ``parent`` (the
+parent run's record), ``records`` (writing run records); Optuna's private attributes are used only
+in ``_optuna_compat``.
 
 Resume: the study lives in shared storage, so re-running the same search continues it. Trials left
 RUNNING by a driver that died are failed first (at once when that driver ran on this machine and

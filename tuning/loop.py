@@ -28,6 +28,7 @@ from shoal.execution import error_dict
 from . import _optuna_compat as compat
 from . import records
 from . import storage as storages
+from .asking import Asker
 from .parent import ParentRun
 from .progress import Progress
 from .recovery import owner
@@ -73,6 +74,7 @@ class Loop:
         self.slots = max(1, slots)
         self.batching = backend.batches and not backend.in_process
         self.told_on_workers = search.tell_where_run and not backend.in_process
+        self.asker = Asker(self.study, self.storage, one_write=search.tell_where_run)
         self.durations: collections.deque[float] = collections.deque(maxlen=max(4, 2 * self.slots))
         self.tasks: dict[int, int] = {}  # engine task -> its trials in flight
         self.launched = 0
@@ -213,6 +215,7 @@ class Loop:
         trials: list[Any] = []
         runs: list[dict[str, Any]] = []
         scopes: list[TrialScope] = []
+        self.asker.refresh()
         for _ in range(self._batch_size()):
             if trials and compat.stop_requested(self.study):
                 break
@@ -235,22 +238,16 @@ class Loop:
     def _new_trial(self) -> tuple[Any, dict[str, Any], TrialScope]:
         """Ask a trial and prepare its run record; sampled where it runs (see TrialScope)."""
         s = self.s
-        trial = self.study.ask()
+        record = s.driver.new_record(
+            dict(s.space.constants), self.staged, parent=self.parent.uid, labels={"study": s.study_name}
+        )
+        # The trial is born linked to its run: a driver killed from here on leaves enough to mend both.
+        trial = self.asker.ask({"run": record["uid"], "parent": self.parent.uid, "driver": self.owner})
         trial_id = compat.trial_id(trial)
+        record["iteration"] = trial.number
         self.asked += 1
         if s.heartbeat:
             self.storage.record_heartbeat(trial_id)
-        record = s.driver.new_record(
-            dict(s.space.constants),
-            self.staged,
-            parent=self.parent.uid,
-            iteration=trial.number,
-            labels={"study": s.study_name},
-        )
-        # Link trial and run first: a driver killed from here on leaves enough to mend both at resume.
-        self.storage.set_trial_user_attr(
-            trial_id, "shoal", {"run": record["uid"], "parent": self.parent.uid, "driver": self.owner}
-        )
         in_process = s.driver.backend.in_process
         scope = TrialScope(
             storage=s.ref,
@@ -318,7 +315,7 @@ class Loop:
             if frozen.state.is_finished():  # told where it ran
                 return frozen
         try:
-            return self.study.tell(trial, **kwargs)
+            return self.study.tell(trial.number, **kwargs)  # an asked Trial, or the FrozenTrial of one
         except optuna.exceptions.UpdateFinishedTrialError:
             log.warning("study %s: trial %d was already finished (failed as stale?)", self.s.study_name, trial.number)
             return None

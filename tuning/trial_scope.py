@@ -118,17 +118,16 @@ class TrialScope:
 
         from .recorded_trial import METRIC, RecordedTrial
 
-        def report(value: float, step: int) -> None:
-            # Context.report gives the step; the trial records the value in ctx's metrics
-            trial = ctx._trial if ctx._trial is not None else ctx.trial  # (the property costs a call)
+        def report(value: float, step: int | None) -> None:
+            # Context.report always gives the step; the trial records the value in ctx's metrics
+            trial = ctx.trial
             trial.report(value, step)
             if not isinstance(trial, RecordedTrial):  # a trial the handler put there itself
                 ctx.log_metric(METRIC, value, step)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"trial {trial.number} pruned at step {step} (value {float(value):g})")
 
-        ctx._trial_factory = lambda: self._trial().bind(ctx)
-        ctx._reporter = report
+        ctx.attach_trial(lambda: self._trial().bind(ctx), report)
         if self.distributions:
             trial, params = self._sampled()
             ctx.trial = trial.bind(ctx)
@@ -174,7 +173,7 @@ class TrialScope:
 def _record_suggested(ctx: Any) -> None:
     """Parameters the handler suggested through its trial (define-by-run) go into its run's record,
     beside those sampled from the space: every trial's run records what it ran with."""
-    trial = ctx._trial  # only a trial the handler (or sampling) built: never built here
+    trial = ctx.built_trial  # only a trial the handler (or sampling) built: never built here
     suggested = getattr(trial, "params", None) if trial is not None else None
     if suggested and any(ctx.params.get(name, _UNSET) != value for name, value in suggested.items()):
         ctx.set_params(suggested)

@@ -13,11 +13,11 @@ from shoal.execution import RunBatch, RunTask
 
 from ..base import Backend, BackendFuture, OnStart, ScalingEvent, WorkerInfo
 from ..batching import BatchedRuns
-from ..task_codec import encode
 from .clusters import EMBEDDED_CONFIG, connect, scheduler_workers, start_local_cluster
 from .collector import Collector
 from .future import DaskFuture, resources
 from .requirements import check_workers, install_requirements
+from .shipping import CodeShipper
 from .worker import MAX_REFUSED, START_TOPIC, cancel_on_worker, run_on_worker
 
 SCALE_DOWN_WAIT = 30.0  # seconds scale() waits for Dask to retire workers
@@ -79,6 +79,7 @@ class DaskBackend(Backend):
         self._futures: dict[str, DaskFuture] = {}  # Dask key -> future of the attempt, until done
         self._cancelled: dict[str, None] = {}  # uids cancelled before they announced a start, newest last
         self._stops: list[str] = []  # single runs of batches to stop, sent together (stop_batched_run)
+        self._shipper = CodeShipper()  # each function's code, once per cluster
         self._lock = threading.RLock()
         self._closed = False
 
@@ -121,7 +122,9 @@ class DaskBackend(Backend):
                     self._owns_cluster = True
                 self._client = Client(self._cluster, set_as_default=False)
             self._client.subscribe_topic(START_TOPIC, self._on_start_event)
-            self._collector = Collector(self._client)
+            # The embedded cluster's workers are on this machine: outcomes come straight from them.
+            direct = True if self._owns_cluster else None
+            self._collector = Collector(self._client, lambda: len(self._futures), direct)
             return self
 
     def _local_cluster(self) -> Any:
@@ -145,6 +148,7 @@ class DaskBackend(Backend):
                 client.close()
             except Exception:  # noqa: BLE001 - closing must not fail at exit
                 pass
+            self._shipper.clear()
             for future in list(self._futures.values()):  # not settled in time: never left hanging
                 future._resolve(None, cf.CancelledError(f"run {future.uid} was cancelled: the backend closed"))
         if cluster is not None:
@@ -185,21 +189,24 @@ class DaskBackend(Backend):
         starts = on_start if on_start is not None else [None] * len(tasks)
         futures = [DaskFuture(task, self, start) for task, start in zip(tasks, starts)]
         keys = [future._next_key() for future in futures]
-        by_need: dict[int, list[int]] = {}  # one client.map per GPU count (resources apply to a whole map)
+        by_need: dict[tuple[int, str], list[int]] = {}  # one client.map per GPU count and code
         for index, task in enumerate(tasks):
-            by_need.setdefault(task.gpus, []).append(index)
+            by_need.setdefault((task.gpus, task.function_hash), []).append(index)
         for indexes in by_need.values():
-            submitted = self._client.map(
-                run_on_worker,
-                [encode(tasks[i]) for i in indexes],
-                [keys[i] for i in indexes],
-                key=[keys[i] for i in indexes],
-                pure=False,
-                resources=resources(tasks[indexes[0]]),
+            group = [tasks[i] for i in indexes]
+            submitted, holds_code = self._shipper.map(
+                self._client, run_on_worker, group, [keys[i] for i in indexes], resources=resources(group[0])
             )
             for i, dask_future in zip(indexes, submitted):
+                futures[i]._holds_code = holds_code
                 futures[i]._attach(dask_future)
         return list(futures)
+
+    def submit_after(self, task: RunTask, after: Any, prepare: Any, on_start: OnStart | None = None) -> BackendFuture:
+        """The producers' Dask futures are the task's dependencies (see ``.dependencies``)."""
+        from .dependencies import submit_after
+
+        return submit_after(self, task, after, prepare, on_start)
 
     def submit_batch(self, tasks: list[RunTask], on_start: list[OnStart | None] | None = None) -> list[BackendFuture]:
         """The runs as one Dask task; each can still be cancelled on its own (``stop_batched_run``)."""

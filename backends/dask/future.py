@@ -11,7 +11,6 @@ from shoal.errors import BackendError, WorkerLostError
 from shoal.execution import RunBatch, RunOutcome, RunTask
 
 from ..base import OnStart, SettledFuture
-from ..task_codec import encode
 from .worker import run_on_worker
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -38,6 +37,7 @@ class DaskFuture(SettledFuture):
         self._future: Any = None
         self._key = ""
         self._submissions = 0
+        self._holds_code = False  # its Dask task uses a code future of the backend's (``.shipping``)
         self.started = False
         self.worker = ""
         self.cancel_requested = False
@@ -46,11 +46,18 @@ class DaskFuture(SettledFuture):
     def _launch(self) -> None:
         """Submit the attempt (again, after a loss before it started) under a fresh key."""
         key = self._next_key()
-        self._attach(
-            self._backend.client.submit(
-                run_on_worker, encode(self._task), key, key=key, pure=False, resources=resources(self._task)
+        client = self._backend.client
+        packed, code = self._backend._shipper.payload(client, self._task)
+        try:
+            future = client.submit(
+                run_on_worker, packed, key, code, key=key, pure=False, resources=resources(self._task)
             )
-        )
+        except BaseException:
+            if code is not None:  # never submitted: it holds no code
+                self._backend._shipper.release(self._task.function_hash)
+            raise
+        self._holds_code = code is not None
+        self._attach(future)
 
     def _next_key(self) -> str:
         """A new Dask key per submission: a resubmission must not reuse the erred one."""
@@ -82,6 +89,9 @@ class DaskFuture(SettledFuture):
         collector fetched it in a batch) or error, release Dask's copy and resolve. Dask's copy
         goes at once so idle workers can be retired, and ``result()`` needs no client later."""
         self._backend._futures.pop(str(future.key), None)
+        if self._holds_code:
+            self._holds_code = False
+            self._backend._shipper.release(self._task.function_hash)
         if self._lost_before_start(future) and self._resubmit(future):
             return
         if gathered is not None:

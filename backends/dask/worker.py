@@ -8,7 +8,7 @@ Workers import this module (by the reference in each pickled task, and as the pr
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shoal.execution import (
     RunBatch,
@@ -21,15 +21,20 @@ from shoal.execution import (
 )
 
 from ..task_codec import decode
+from .shipping import with_code
+
+if TYPE_CHECKING:  # pragma: no cover
+    from shoal.code import Code
 
 START_TOPIC = "shoal-run-start"  # the Dask event topic of run starts (see ``run_on_worker``)
 MAX_REFUSED = 10_000  # cancelled-before-start uids a worker remembers
 
 
-def run_on_worker(packed: bytes, key: str) -> RunOutcome | list[RunOutcome]:
+def run_on_worker(packed: bytes, key: str, code: Code | None = None) -> RunOutcome | list[RunOutcome]:
     """The task Dask executes: one attempt (or a batch of short runs), announcing each start (and
-    where) to the driver. The attempt arrives encoded (``shoal.backends.task_codec``)."""
-    task: RunTask | RunBatch = decode(packed)
+    where) to the driver. The attempt arrives encoded (``shoal.backends.task_codec``); its code,
+    when it travels once per function (``.shipping``), arrives as ``code``."""
+    task: RunTask | RunBatch = with_code(decode(packed), code)
 
     def announce(uid: str, started: float) -> None:
         from distributed import get_worker

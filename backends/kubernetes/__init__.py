@@ -9,7 +9,8 @@ Engines and the kubernetes client are imported lazily.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 __all__ = [
     "DaskKubernetes",
@@ -99,8 +100,61 @@ def shared_for(name: str, fn, project: Any = None, **options: Any):
 
 class OneClusterPerFunction:
     """Mixin of the Kubernetes launchers: a function run by name gets a cluster of its own pods,
-    one per function version and project (``shared_for``), already bounded by its replicas."""
+    one per function version and project (``shared_for``), already bounded by its replicas.
+
+    It takes the options every launcher shares and renders the launcher's cluster object
+    (``_render``) before the engine's backend is made, so a bad spec fails before anything exists.
+    """
+
+    name: ClassVar[str]
+    pod_secrets = True  # env secret references reach the pods as secretKeyRef
+    _render: Callable[..., dict[str, Any]]  # the launcher's cluster object for (fn, namespace, project, spot)
+
+    def __init__(
+        self,
+        fn=None,
+        *,
+        namespace: str | None = None,
+        keep: bool = False,
+        context: str | None = None,
+        spot: Any = None,
+        project: Any = None,
+        **options: Any,
+    ) -> None:
+        """``fn``: the function whose pods make the cluster; ``namespace``: default the current
+        context's; ``keep``: leave the cluster running on close; ``context``: the kubeconfig
+        context; ``spot``: spot placement; ``project``: where the pods record (default the current
+        project; its database and artifact store must be reachable from pods)."""
+        from .reachability import launcher_project
+
+        project = launcher_project(fn, project, self.name, type(self).__name__)
+        self.fn = fn
+        self.keep = keep
+        self._namespace = namespace
+        self._context = context
+        self.spec = self._render(fn, namespace=namespace, project=project.name, spot=spot)
+        super().__init__(**options)
+
+    @property
+    def cluster_name(self) -> str:
+        return self.spec["metadata"]["name"]
+
+    @property
+    def namespace(self) -> str:
+        """The namespace given, or the kubeconfig context's (the service account's in a cluster)."""
+        if self._namespace is None:
+            from .config import current_namespace
+
+            self._namespace = current_namespace()
+        return self._namespace
+
+    @property
+    def remote(self) -> bool:
+        return True
 
     @classmethod
     def for_function(cls, name: str, fn, project: Any) -> Any:
         return shared_for(name, fn, project)
+
+    def __repr__(self) -> str:
+        return f"<shoal {type(self).__name__} {self.cluster_name} namespace={self._namespace or '(current)'}>"

@@ -30,8 +30,7 @@ def load_config(context: str | None = None) -> str:
             config.load_kube_config(config_file=kubeconfig_path(), context=context)  # read now, not at import
             return "kubeconfig"
         except Exception as exc:  # noqa: BLE001 - a broken kubeconfig: say which and why
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise KubernetesError(f"cannot load the kubeconfig {os.pathsep.join(paths)}: {first}") from None
+            raise KubernetesError(f"cannot load the kubeconfig {os.pathsep.join(paths)}: {first_line(exc)}") from None
     if os.environ.get(IN_CLUSTER_ENV):
         try:
             config.load_incluster_config()
@@ -44,6 +43,13 @@ def load_config(context: str | None = None) -> str:
         f"cluster's kubeconfig (e.g. `gcloud container clusters get-credentials`, `aws eks update-kubeconfig`) "
         f"or run shoal inside the cluster"
     )
+
+
+def first_line(exc: BaseException) -> str:
+    """The exception's type and first line: how a refusal of the client or the API server reads in
+    a one-line error."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def current_namespace(default: str = "default") -> str:

@@ -17,6 +17,7 @@ from shoal.spec import kubernetes_replicas
 
 from ..dask import DaskBackend
 from . import OneClusterPerFunction, naming
+from .config import first_line
 from .pods import pod_template
 from .validation import validate
 
@@ -112,38 +113,16 @@ class DaskKubernetes(OneClusterPerFunction, DaskBackend):
     """
 
     name = "dask-k8s"
-    pod_secrets = True  # env secret references reach the pods as secretKeyRef
 
-    def __init__(
-        self,
-        fn=None,
-        *,
-        namespace: str | None = None,
-        keep: bool = False,
-        context: str | None = None,
-        spot: Any = None,
-        project: Any = None,
-        threads_per_worker: int = 1,
-        resource_timeout: int = 300,
-        **options: Any,
-    ):
-        from .reachability import launcher_project
-
-        project = launcher_project(fn, project, "dask-k8s", "DaskKubernetes")
-        self.fn = fn
-        self.namespace = namespace
-        self.keep = keep
-        self._context = context
+    def __init__(self, fn=None, *, threads_per_worker: int = 1, resource_timeout: int = 300, **options: Any) -> None:
+        """The launcher's options (``namespace``, ``keep``, ``context``, ``spot``, ``project``:
+        see ``OneClusterPerFunction``), then the Dask backend's."""
+        self._threads_per_worker = threads_per_worker
         self._resource_timeout = resource_timeout
-        # Rendered and validated now: a bad spec fails before anything is created.
-        self.spec = dask_cluster(
-            fn, namespace=namespace, project=project.name, spot=spot, threads_per_worker=threads_per_worker
-        )
-        super().__init__(threads_per_worker=threads_per_worker, **options)
+        super().__init__(fn, threads_per_worker=threads_per_worker, **options)
 
-    @property
-    def remote(self) -> bool:
-        return True
+    def _render(self, fn, **where: Any) -> dict[str, Any]:
+        return dask_cluster(fn, threads_per_worker=self._threads_per_worker, **where)
 
     def _local_cluster(self) -> Any:
         """Instead of the embedded LocalCluster: the DaskCluster on Kubernetes."""
@@ -159,16 +138,16 @@ class DaskKubernetes(OneClusterPerFunction, DaskBackend):
         try:
             return KubeCluster(
                 custom_cluster_spec=self.spec,
-                namespace=self.namespace,
+                namespace=self._namespace,
                 shutdown_on_close=not self.keep,
                 resource_timeout=self._resource_timeout,
                 quiet=True,
             )
         except Exception as exc:  # noqa: BLE001 - the operator's or the API server's refusal
-            _forget_failed(KubeCluster, self.spec["metadata"]["name"])
+            _forget_failed(KubeCluster, self.cluster_name)
             raise KubernetesError(
-                f"could not create DaskCluster {self.spec['metadata']['name']} "
-                f"in namespace {self.namespace or '(current)'}: {_first_line(exc)}; check KUBECONFIG, "
+                f"could not create DaskCluster {self.cluster_name} "
+                f"in namespace {self._namespace or '(current)'}: {first_line(exc)}; check KUBECONFIG, "
                 f"`kubectl cluster-info`, and that the dask-kubernetes operator is installed"
             ) from None
 
@@ -193,13 +172,6 @@ class DaskKubernetes(OneClusterPerFunction, DaskBackend):
             self.cluster.adapt(minimum=minimum, maximum=maximum)
             self._bounds = (minimum, maximum)
 
-    def close(self) -> None:
-        """Close the client; the DaskCluster is deleted by KubeCluster unless ``keep=True``."""
-        super().close()
-
-    def __repr__(self) -> str:
-        return f"<shoal DaskKubernetes {self.spec['metadata']['name']} namespace={self.namespace or '(current)'}>"
-
 
 def _forget_failed(kube_cluster: Any, name: str) -> None:
     """A KubeCluster whose creation failed still registers itself for closing at exit, which would
@@ -209,8 +181,3 @@ def _forget_failed(kube_cluster: Any, name: str) -> None:
     for instance in list(getattr(kube_cluster, "_instances", ())):
         if getattr(instance, "name", None) == name and instance.status != Status.running:
             kube_cluster._instances.discard(instance)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__

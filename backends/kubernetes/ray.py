@@ -17,11 +17,12 @@ import logging
 import time
 from typing import Any
 
-from shoal.errors import BackendError, KubernetesError
+from shoal.errors import KubernetesError
 from shoal.spec import kubernetes_replicas
 
 from ..ray import RayBackend
 from . import OneClusterPerFunction, naming
+from .config import first_line
 from .pods import pod_template
 from .validation import validate
 
@@ -104,17 +105,11 @@ class RayKubernetes(OneClusterPerFunction, RayBackend):
     """
 
     name = "ray-k8s"
-    pod_secrets = True  # env secret references reach the pods as secretKeyRef
 
     def __init__(
         self,
         fn=None,
         *,
-        namespace: str | None = None,
-        keep: bool = False,
-        context: str | None = None,
-        spot: Any = None,
-        project: Any = None,
         idle_timeout: int = 60,
         service_type: str = "ClusterIP",
         client_address: str | None = None,
@@ -122,45 +117,21 @@ class RayKubernetes(OneClusterPerFunction, RayBackend):
         request_timeout: float = 30.0,
         install_requirements: bool | None = None,
         **options: Any,
-    ):
-        from .reachability import launcher_project
-
-        project = launcher_project(fn, project, "ray-k8s", "RayKubernetes")
-        self.fn = fn
-        self.keep = keep
-        self._namespace = namespace
-        self._context = context
+    ) -> None:
+        """The launcher's options (``namespace``, ``keep``, ``context``, ``spot``, ``project``:
+        see ``OneClusterPerFunction``), these, then the Ray backend's."""
+        self._cluster_idle_timeout = idle_timeout
+        self._service_type = service_type
         self._client_address = client_address
         self._ready_timeout = ready_timeout
         self._request_timeout = request_timeout
         self._created = False
-        self.spec = ray_cluster(
-            fn,
-            namespace=namespace,
-            project=project.name,
-            spot=spot,
-            idle_timeout=idle_timeout,
-            service_type=service_type,
-        )
-        if install_requirements is None:
-            install_requirements = not fn.spec.image
-        super().__init__(install_requirements=install_requirements, **options)
+        if install_requirements is None:  # a function with an image of its own has them in it
+            install_requirements = fn is not None and not fn.spec.image
+        super().__init__(fn, install_requirements=install_requirements, **options)
 
-    @property
-    def cluster_name(self) -> str:
-        return self.spec["metadata"]["name"]
-
-    @property
-    def namespace(self) -> str:
-        if self._namespace is None:
-            from .config import current_namespace
-
-            self._namespace = current_namespace()
-        return self._namespace
-
-    @property
-    def remote(self) -> bool:
-        return True
+    def _render(self, fn, **where: Any) -> dict[str, Any]:
+        return ray_cluster(fn, idle_timeout=self._cluster_idle_timeout, service_type=self._service_type, **where)
 
     def _api(self) -> tuple[Any, Any]:
         from kubernetes import client
@@ -171,12 +142,9 @@ class RayKubernetes(OneClusterPerFunction, RayBackend):
         return client.CustomObjectsApi(), client.CoreV1Api()
 
     def start(self) -> "RayKubernetes":
+        """Create the RayCluster and wait for its head (first call), then join it as RayBackend does."""
         with self._lock:
-            if self._closed:
-                raise BackendError("this ray-k8s backend is closed; create a new one")
-            if self._mode is not None:
-                return self
-            if self._address is None:
+            if self._address is None and not self._closed:
                 custom, core = self._api()
                 body = copy.deepcopy(self.spec)
                 body["metadata"]["namespace"] = self.namespace
@@ -202,7 +170,7 @@ class RayKubernetes(OneClusterPerFunction, RayBackend):
         except Exception as exc:  # noqa: BLE001 - connection refused, DNS, TLS...
             raise KubernetesError(
                 f"could not create RayCluster {self.cluster_name}: the Kubernetes API server did not answer "
-                f"({_first_line(exc)}); check KUBECONFIG and `kubectl cluster-info`"
+                f"({first_line(exc)}); check KUBECONFIG and `kubectl cluster-info`"
             ) from None
         self._created = True
 
@@ -262,7 +230,7 @@ class RayKubernetes(OneClusterPerFunction, RayBackend):
             )
         except Exception as exc:  # noqa: BLE001
             raise KubernetesError(
-                f"could not change the bounds of RayCluster {self.cluster_name}: {_first_line(exc)}"
+                f"could not change the bounds of RayCluster {self.cluster_name}: {first_line(exc)}"
             ) from None
         self.spec["spec"].update(patch["spec"])
         self._bounds = (minimum, maximum)
@@ -282,13 +250,5 @@ class RayKubernetes(OneClusterPerFunction, RayBackend):
                     "ray-k8s: could not delete RayCluster %s in %s (%s); delete it with kubectl",
                     self.cluster_name,
                     self.namespace,
-                    _first_line(exc),
+                    first_line(exc),
                 )
-
-    def __repr__(self) -> str:
-        return f"<shoal RayKubernetes {self.cluster_name} namespace={self._namespace or '(current)'}>"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__

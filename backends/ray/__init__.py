@@ -18,7 +18,8 @@ The modules, by side:
   fixed, autoscale, join, adopted), ``connect`` (addresses, probing, ``ray.init``), ``future``
   (``RayFuture``, Ray's errors as the contract's), ``start`` (the start pipe's reader), ``autoscaling``
   (the local autoscaling cluster), ``processes`` (finding and stopping Ray's processes by PID, the
-  watchdog), ``_compat`` (Ray's non-public APIs shoal relies on);
+  watchdog), ``fifo`` (how the start and echo pipes are made and opened), ``_compat`` (Ray's
+  non-public APIs shoal relies on);
 - worker: ``worker`` (``run_on_worker``, the Ray task);
 - both ends: ``echo`` (watched runs' output through a pipe).
 

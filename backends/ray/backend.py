@@ -111,9 +111,12 @@ class RayBackend(RayLifecycle, Backend):
         return f"ray://{self._gcs_address}" if self._gcs_address else None
 
     # -- running --------------------------------------------------------------------------------
-    def submit(self, task: RunTask | RunBatch, on_start: OnStart | None = None) -> BackendFuture:
+    def submit(
+        self, task: RunTask | RunBatch, on_start: OnStart | None = None, *, upstream: tuple = ()
+    ) -> BackendFuture:
         """One Ray task per attempt (or per batch); ``on_start`` is called when a run starts on a
-        worker of this machine (the own instance), not for joined clusters."""
+        worker of this machine (the own instance), not for joined clusters. ``upstream``: a
+        pipeline step's ``prepare`` and its producers' ObjectRefs (see ``.dependencies``)."""
         self.start()
         starts = self._starts if on_start is not None else None
         if starts is not None:
@@ -123,8 +126,11 @@ class RayBackend(RayLifecycle, Backend):
         shipped, code = self._code_arguments(task)
         echo = self._echo if any(member.echo for member in members(task)) else None
         payload = encode((shipped, starts.path if starts else None, echo.path if echo else None))
-        remote = self._remote_for(task)
-        ref = remote.remote(payload, code) if code else remote.remote(payload)
+        remote = self._remote_for(task, step=bool(upstream))
+        if upstream:
+            ref = remote.remote(payload, code, *upstream)
+        else:
+            ref = remote.remote(payload, code) if code else remote.remote(payload)
         future = RayFuture(task, ref, self, echo)
         with self._lock:
             self._inflight.add(future)
@@ -167,11 +173,17 @@ class RayBackend(RayLifecycle, Backend):
                 self._on_start.pop(uid, None)
                 self._running.pop(uid, None)
 
-    def _remote_for(self, task: RunTask | RunBatch) -> Any:
+    def submit_after(self, task: RunTask, after: Any, prepare: Any, on_start: OnStart | None = None) -> BackendFuture:
+        """The producers' ObjectRefs are the task's arguments (see ``.dependencies``)."""
+        from .dependencies import submit_after
+
+        return submit_after(self, task, after, prepare, on_start)
+
+    def _remote_for(self, task: RunTask | RunBatch, step: bool = False) -> Any:
         """The Ray remote function with this task's options (cached: ``.options()`` is not free)."""
         requirements = tuple(getattr(task, "requirements", None) or self._pip) if self._install else ()
         gpus = task.gpus
-        key = (task.function, requirements, gpus)
+        key = (task.function, requirements, gpus, step)
         remote = self._remotes.get(key)
         if remote is None:
             import ray
@@ -181,7 +193,9 @@ class RayBackend(RayLifecycle, Backend):
                 options["num_gpus"] = gpus
             if requirements:
                 options["runtime_env"] = {"pip": list(requirements)}
-            remote = self._remotes[key] = ray.remote(run_on_worker).options(**options)
+            from .dependencies import run_after
+
+            remote = self._remotes[key] = ray.remote(run_after if step else run_on_worker).options(**options)
         return remote
 
     def _kill_later(self, future: RayFuture) -> None:

@@ -22,6 +22,8 @@ import threading
 import time
 from typing import Callable
 
+from .fifo import open_fifo
+
 log = logging.getLogger("shoal.backends.ray")
 
 _HEADER = struct.Struct(">cI")  # b"o" (stdout) or b"e" (stderr), payload length
@@ -35,15 +37,7 @@ class EchoPipe:
     """The driver's end: a named pipe in ``folder`` and a thread copying its frames to sys.stdout/err."""
 
     def __init__(self, folder: str):
-        self.path = os.path.join(folder, "echo.pipe")
-        os.mkfifo(self.path, 0o600)
-        self._fd = os.open(self.path, os.O_RDWR)  # read-write: no end-of-file while workers come and go
-        try:
-            import fcntl
-
-            fcntl.fcntl(self._fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
-        except OSError:
-            pass
+        self.path, self._fd = open_fifo(folder, "echo.pipe")
         self._marked = threading.Condition()
         self._sent = self._passed = 0  # marks written by flush, marks the reader passed
         self._done = False  # the reader stopped

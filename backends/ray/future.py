@@ -12,7 +12,7 @@ from shoal.errors import BackendError, WorkerLostError
 from shoal.execution import RunBatch, RunOutcome, RunTask, error_dict
 
 from ..base import SettledFuture
-from ..task_codec import decode
+from .worker import returned_outcome
 
 if TYPE_CHECKING:  # pragma: no cover
     from .backend import RayBackend
@@ -25,7 +25,7 @@ _LOST = frozenset(
 
 
 class RayFuture(SettledFuture):
-    """A Ray ObjectRef of a RunOutcome (encoded outcomes for a batch); settled on Ray's callback
+    """A Ray ObjectRef of an encoded RunOutcome (a batch's list of them); settled on Ray's callback
     thread when the task ends, or by the backend closing (cancelled)."""
 
     def __init__(self, task: RunTask | RunBatch, ref: Any, backend: "RayBackend", echo: "EchoPipe | None" = None):
@@ -49,16 +49,15 @@ class RayFuture(SettledFuture):
         self._settle(error if error is not None else done.result())
 
     def _settle(self, value: Any) -> None:
-        """Ray's answer (an outcome, encoded outcomes, or Ray's error) as the future's result."""
+        """Ray's answer (an encoded outcome or list of outcomes, or Ray's error) as the future's result."""
         if self.done():
             return  # already settled (the backend closed before Ray answered)
         if self._echo is not None:
             self._echo.flush()
-        if isinstance(value, bytes):  # a batch's outcomes
-            try:
-                value = decode(value)
-            except Exception as exc:  # noqa: BLE001 - reported as the engine's failure
-                value = exc
+        try:
+            value = returned_outcome(value)
+        except Exception as exc:  # noqa: BLE001 - reported as the engine's failure
+            value = exc
         self._ref = None  # let Ray free the stored outcome
         if isinstance(value, (RunOutcome, list)):
             self._resolve(value)  # type: ignore[arg-type]

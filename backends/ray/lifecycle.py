@@ -36,7 +36,7 @@ log = logging.getLogger("shoal.backends.ray")
 
 _owner: "RayLifecycle | None" = None  # Ray allows one connection per process
 _Self = TypeVar("_Self", bound="RayLifecycle")  # typing.Self needs Python 3.11
-_owner_lock = threading.Lock()
+_owner_lock = threading.RLock()  # re-entered when a failed start stops what it began (_stop_engine)
 
 
 class RayLifecycle:

@@ -13,6 +13,8 @@ import os
 import threading
 from typing import Callable
 
+from .fifo import open_fifo
+
 log = logging.getLogger("shoal.backends.ray")
 
 
@@ -21,15 +23,7 @@ class StartPipe:
     thread reads; ``deliver(uid, started, node)`` is called on that thread."""
 
     def __init__(self, folder: str, deliver: Callable[[str, float, str], None]):
-        self.path = os.path.join(folder, "starts.pipe")
-        os.mkfifo(self.path, 0o600)
-        self._fd = os.open(self.path, os.O_RDWR)  # read-write: no end-of-file while workers come and go
-        try:
-            import fcntl
-
-            fcntl.fcntl(self._fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
-        except OSError:
-            pass  # the default 64 KiB holds about a thousand lines
+        self.path, self._fd = open_fifo(folder, "starts.pipe")
         self._deliver = deliver
         self._closed = False
         self._thread = threading.Thread(target=self._read, name="shoal-ray-starts", daemon=True)

@@ -42,6 +42,9 @@ app.add_typer(worker_app, name="worker")
 from .secrets import secrets_app  # noqa: E402
 
 app.add_typer(secrets_app, name="secrets")
+from .pipelines import pipelines_app  # noqa: E402 - list, graph, resume
+
+app.add_typer(pipelines_app, name="pipelines")
 from . import tune as _tune  # noqa: E402 - typer only; Optuna is imported when a command runs
 
 _tune.register(app)
@@ -165,9 +168,12 @@ def run(
         project = _project()
         params = _pairs(param, "--param")
         inputs = _input_paths(_pairs(input, "--input"))
-        result = run_function(
-            fn, params, inputs, backend=backend, project=project, watch=watch and not as_json, from_text=True
-        )
+        if getattr(fn, "document_kind", "function") == "pipeline":  # its body runs here, its steps on the backend
+            result = fn.run(params, inputs, backend=backend, project=project, from_text=True)
+        else:
+            result = run_function(
+                fn, params, inputs, backend=backend, project=project, watch=watch and not as_json, from_text=True
+            )
     if as_json:
         output.print_json(result.to_dict())
     else:

@@ -7,16 +7,19 @@ paths) is passed to rich as ``Text``, never as a markup string: a value such as 
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
 import os
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 from rich.console import Console
 from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
+
+from shoal.json_values import finite_floats
 
 #: Width without a terminal: rich would cut everything to 80 columns (values ending in "…") when
 #: output goes to a pipe, a file or CI logs; there, tables and lines print whole instead.
@@ -41,6 +44,8 @@ STATE_STYLE = {
     "pruned": "blue",
     "failed": "red",
     "cancelled": "yellow",
+    "cached": "green",
+    "upstream_failed": "red",
     "running": "cyan",
     "pending": "dim",
 }
@@ -57,17 +62,6 @@ def error(message: str) -> None:
     errors.print(Text.assemble(("error:", "bold red"), " ", one_line(message)), soft_wrap=True)
 
 
-def _finite(value: Any) -> Any:
-    """Non-finite floats as the strings the store uses ("NaN", "Infinity"), so output is strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(item) for item in value]
-    return value
-
-
 def note(message: str) -> None:
     """A one-line remark for people (never on the JSON path)."""
     console.print(_text(one_line(message), "dim"), soft_wrap=True)
@@ -75,7 +69,7 @@ def note(message: str) -> None:
 
 def json_text(data: Any) -> str:
     """Strict JSON (no NaN tokens, which jq and JavaScript reject); unknown objects as strings."""
-    return json.dumps(_finite(data), indent=2, default=str, allow_nan=False)
+    return json.dumps(finite_floats(data), indent=2, default=str, allow_nan=False)
 
 
 def print_json(data: Any) -> None:
@@ -91,7 +85,7 @@ def _text(value: Any, style: str = "") -> Text:
 
 def _short(value: Any, width: int = 60) -> Text:
     """A value for a table cell; shortened to ``width`` on a terminal only (elsewhere printed whole)."""
-    text = value if isinstance(value, str) else json.dumps(_finite(value), default=str)
+    text = value if isinstance(value, str) else json.dumps(finite_floats(value), default=str)
     cut = console.is_terminal and len(text) > width
     return _text(text[: width - 1] + "…" if cut else text)
 
@@ -113,8 +107,9 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
-def _state(state: str) -> Text:
-    return _text(state, STATE_STYLE.get(state, ""))
+def _state(state: str, cached_from: str | None = None) -> Text:
+    shown = f"{state} from {cached_from[:12]}" if cached_from else state
+    return _text(shown, STATE_STYLE.get(state, ""))
 
 
 def _metric(series: list) -> str:
@@ -123,7 +118,26 @@ def _metric(series: list) -> str:
     return f"{shown} (step {step}, {len(series)} points)"
 
 
+def print_table(title: str, columns: Iterable[str], rows: Iterable[Iterable[str | Text]]) -> None:
+    """A titled table on stdout; the title and plain-string cells print literally (they hold
+    names and values from users), ``Text`` cells keep their style."""
+    table = Table(title=_text(title))
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(cell if isinstance(cell, Text) else _text(cell) for cell in row))
+    console.print(table)
+
+
 # -- runs -------------------------------------------------------------------------------------------
+def _listed_results(run) -> dict:
+    """A run's results as tables show them: a pipeline run's graph is left to its steps table and
+    ``shoal pipelines graph`` (it lists every step and reference, too long for a cell)."""
+    if (run.labels or {}).get("shoal.kind") == "pipeline":
+        return {key: value for key, value in run.results.items() if key != "graph"}
+    return run.results
+
+
 def run_summary(run, detail: bool = False) -> None:
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
@@ -131,6 +145,8 @@ def run_summary(run, detail: bool = False) -> None:
     table.add_row("run", run.uid)
     table.add_row("function", _text(f"{run.function}@{run.function_hash[:12]}"))
     table.add_row("state", _state(run.state))
+    if run.cached_from:
+        table.add_row("cached from", run.cached_from)
     table.add_row("duration", _duration(run.duration))
     if run.attempts > 1:
         table.add_row("attempts", str(run.attempts))
@@ -143,7 +159,7 @@ def run_summary(run, detail: bool = False) -> None:
             table.add_row(_text(f"param {key}"), _short(value))
         for key, value in run.inputs.items():
             table.add_row(_text(f"input {key}"), _short(value))
-    for key, value in run.results.items():
+    for key, value in _listed_results(run).items():
         table.add_row(_text(f"result {key}"), _short(value))
     for key, series in (run.metrics or {}).items():
         if series:
@@ -159,19 +175,18 @@ def run_summary(run, detail: bool = False) -> None:
 
 
 def runs_table(runs) -> None:
-    table = Table(title=f"runs ({len(runs)})")
-    for column in ("uid", "function", "state", "started", "duration", "results"):
-        table.add_column(column)
-    for run in runs:
-        table.add_row(
+    rows = (
+        (
             run.uid[:12],
             _text(run.function + (f" #{run.iteration}" if run.iteration is not None else "")),
-            _state(run.state),
+            _state(run.state, run.cached_from),
             _when(run.started_at),
             _duration(run.duration),
-            _short(run.results, 50) if run.results else "",
+            _short(_listed_results(run), 50) if run.results else "",
         )
-    console.print(table)
+        for run in runs
+    )
+    print_table(f"runs ({len(runs)})", ("uid", "function", "state", "started", "duration", "results"), rows)
 
 
 # -- functions --------------------------------------------------------------------------------------
@@ -190,18 +205,17 @@ def function_dict(record, full: bool = False) -> dict[str, Any]:
 
 
 def functions_table(records, title: str) -> None:
-    table = Table(title=_text(title))
-    for column in ("name", "hash", "tags", "created", "description"):
-        table.add_column(column)
-    for record in records:
-        table.add_row(
+    rows = (
+        (
             _text(record.name),
             record.hash[:12],
             _text(", ".join(record.tags)),
             _when(record.created_at),
             _text(record.description or ""),
         )
-    console.print(table)
+        for record in records
+    )
+    print_table(title, ("name", "hash", "tags", "created", "description"), rows)
 
 
 def function_document(record) -> None:
@@ -237,44 +251,37 @@ def event_dict(record) -> dict[str, Any]:
 
 
 def worker_dict(worker) -> dict[str, Any]:
-    return {
-        "name": worker.name,
-        "address": worker.address,
-        "state": worker.state,
-        "slots": worker.slots,
-        "running": list(worker.running),
-        "resources": dict(worker.resources),
-    }
+    """A ``WorkerInfo`` as JSON data."""
+    return dataclasses.asdict(worker)
 
 
 def events_table(records) -> None:
     if not records:
         note("no scaling events recorded")
         return
-    table = Table(title=f"scaling events ({len(records)})")
-    for column in ("time (UTC)", "backend", "direction", "before -> after", "reason"):
-        table.add_column(column)
-    for record in records:
-        table.add_row(
+    rows = (
+        (
             _when(record.time),
             _text(record.backend),
             _text(record.direction, "green" if record.direction == "up" else "yellow"),
             f"{_count(record.workers_before)} -> {_count(record.workers_after)}",
             _text(record.reason),
         )
-    console.print(table)
+        for record in records
+    )
+    columns = ("time (UTC)", "backend", "direction", "before -> after", "reason")
+    print_table(f"scaling events ({len(records)})", columns, rows)
 
 
 def workers_table(workers, title: str) -> None:
-    table = Table(title=_text(f"{title} ({len(workers)})"))
-    for column in ("name", "address", "state", "slots", "running"):
-        table.add_column(column)
-    for worker in workers:
-        table.add_row(
+    rows = (
+        (
             _text(worker.name),
             _text(worker.address),
             _text(worker.state),
             str(worker.slots),
             _text(", ".join(uid[:12] for uid in worker.running) or "-"),
         )
-    console.print(table)
+        for worker in workers
+    )
+    print_table(f"{title} ({len(workers)})", ("name", "address", "state", "slots", "running"), rows)

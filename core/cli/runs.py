@@ -64,6 +64,10 @@ def runs_show(uid: str, as_json: bool = typer.Option(False, "--json")) -> None:
         output.print_json(found.to_dict())
     else:
         output.run_summary(found, detail=True)
+        if found.labels.get("shoal.kind") == "pipeline":
+            from .pipelines import print_steps
+
+            print_steps(_project(), found)
 
 
 @runs_app.command("logs")

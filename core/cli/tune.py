@@ -270,16 +270,16 @@ def studies_list(
     if as_json:
         output.print_json(rows)
         return
-    from rich.table import Table
-
-    table = Table(title=f"studies in {ref.describe()}")
-    for column in ("name", "directions", "trials", "best value"):
-        table.add_column(column)
-    for row in rows:
-        trials = ", ".join(f"{n} {state}" for state, n in sorted(row["trials"].items())) or "none"
-        best = "-" if row["best_value"] is None else f"{row['best_value']:.6g}"
-        table.add_row(row["name"], ", ".join(row["directions"]), trials, best)
-    output.console.print(table)
+    cells = (
+        (
+            row["name"],
+            ", ".join(row["directions"]),
+            ", ".join(f"{n} {state}" for state, n in sorted(row["trials"].items())) or "none",
+            "-" if row["best_value"] is None else f"{row['best_value']:.6g}",
+        )
+        for row in rows
+    )
+    output.print_table(f"studies in {ref.describe()}", ("name", "directions", "trials", "best value"), cells)
 
 
 @studies_app.command("show")
@@ -306,19 +306,20 @@ def studies_show(
         output.console.print(f"best value {best['values'][0]:.6g}: trial {best['number']}, run {best['run']}")
         for key, value in best["params"].items():
             output.console.print(f"  {key} = {value!r}")
-    from rich.table import Table
-
-    rows = data.get("top") or data.get("best_trials") or []
-    if rows:
-        table = Table(title="top trials" if "top" in data else "pareto front")
-        for column in ("trial", "values", "params", "duration", "run"):
-            table.add_column(column)
-        for trial in rows:
-            duration = "-" if trial["duration"] is None else f"{trial['duration']:.2f}s"
-            table.add_row(
-                str(trial["number"]), str(trial["values"]), str(trial["params"]), duration, (trial["run"] or "-")[:12]
+    trials_shown = data.get("top") or data.get("best_trials") or []
+    if trials_shown:
+        cells = (
+            (
+                str(trial["number"]),
+                str(trial["values"]),
+                str(trial["params"]),
+                "-" if trial["duration"] is None else f"{trial['duration']:.2f}s",
+                (trial["run"] or "-")[:12],
             )
-        output.console.print(table)
+            for trial in trials_shown
+        )
+        title = "top trials" if "top" in data else "pareto front"
+        output.print_table(title, ("trial", "values", "params", "duration", "run"), cells)
 
 
 @studies_app.command("delete")

@@ -9,39 +9,22 @@ NumPy values become plain Python numbers and lists.
 from __future__ import annotations
 
 import json
-import math
 from datetime import date, datetime
 from pathlib import PurePath
 from typing import Any
 
-
-def _finite(value: float) -> float | str:
-    if math.isfinite(value):
-        return value
-    if math.isnan(value):
-        return "NaN"
-    return "Infinity" if value > 0 else "-Infinity"
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, float):
-        return _finite(value)
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
+from ..json_values import finite_floats
 
 
 def _default(value: Any) -> Any:
     if hasattr(value, "tolist") and callable(value.tolist):  # NumPy scalars and arrays
-        return _clean(value.tolist())
+        return finite_floats(value.tolist())
     if isinstance(value, (datetime, date)):
         return value.isoformat()
     if isinstance(value, PurePath):
         return str(value)
     if isinstance(value, (set, frozenset)):
-        return _clean(sorted(value, key=repr))
+        return finite_floats(sorted(value, key=repr))
     raise TypeError(f"{type(value).__name__} value {value!r} cannot be stored as JSON")
 
 
@@ -55,7 +38,7 @@ def dumps(value: Any) -> str:
     try:
         return _STRICT.encode(value)  # fast path: no non-finite float anywhere
     except ValueError:
-        return _STRICT.encode(_clean(value))
+        return _STRICT.encode(finite_floats(value))
 
 
 def loads(text: str | bytes) -> Any:

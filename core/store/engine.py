@@ -25,6 +25,10 @@ from ..errors import StoreError
 from . import codec
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
+# WAL pages written before a commit checkpoints them into the database file (SQLite's default is
+# 1,000, 4 MB): a map of 2,000 runs writes about that much, so every map paid a checkpoint inside a
+# commit. At 4,000 (16 MB of WAL at most) recording 2,000 runs and their outcomes cost ~20% less here.
+SQLITE_WAL_AUTOCHECKPOINT_PAGES = 4000
 POSTGRES_CONNECT_TIMEOUT_S = 5
 BEGIN_MODES = frozenset({"DEFERRED", "IMMEDIATE", "EXCLUSIVE"})
 # Execution option naming how a SQLite transaction begins; reads pass "DEFERRED".
@@ -197,6 +201,7 @@ def _install_sqlite_events(engine: Engine, *, wal: bool) -> None:
             cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
             if wal:
                 _switch_to_wal(cursor)
+                cursor.execute(f"PRAGMA wal_autocheckpoint = {SQLITE_WAL_AUTOCHECKPOINT_PAGES}")
             cursor.execute("PRAGMA synchronous = NORMAL")
             cursor.execute("PRAGMA foreign_keys = ON")
         finally:

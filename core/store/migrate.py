@@ -1,15 +1,16 @@
 """Bring a database to the schema this code expects, safely when many processes open it at once.
 
 Opening a store is frequent and usually finds the schema current, so the fast path only reads the
-recorded revision and never imports alembic. Otherwise one process at a time migrates: an
-``fcntl.flock`` on a lock file next to a SQLite database, ``pg_advisory_lock`` on PostgreSQL; the
-winner re-checks under the lock (another process may have just finished) and runs alembic.
+recorded revision and never imports alembic. Otherwise one process at a time migrates: a
+``filelock`` lock file next to a SQLite database (an OS lock, so a holder that crashed leaves
+nothing held), ``pg_advisory_lock`` on PostgreSQL; the winner re-checks under the lock (another
+process may have just finished) and runs alembic. A process that has to wait says so in the log.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
+import logging
 import time
 import zlib
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 from ..errors import StoreError
 from .engine import SQLITE_BEGIN, first_line, mask, sqlite_path
 
-HEAD = "0005_pruned_state"
+HEAD = "0006_step_cache"
 """The newest revision in ``migrations/versions`` (a test keeps the two in step)."""
 
 VERSION_TABLE = "shoal_alembic_version"
@@ -31,6 +32,8 @@ VERSION_TABLE = "shoal_alembic_version"
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 LOCK_TIMEOUT_S = 300.0
 _PG_LOCK_KEY = zlib.crc32(b"shoal.store.migrate")
+
+log = logging.getLogger("shoal.store")
 
 
 def current_revision(connection: Connection) -> str | None:
@@ -103,11 +106,15 @@ def _locked_connection(engine: Engine) -> Iterator[Connection]:
 
 def _pg_lock(connection: Connection, engine: Engine) -> None:
     deadline = time.monotonic() + LOCK_TIMEOUT_S
+    waiting = False
     while True:
         got = connection.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": _PG_LOCK_KEY}).scalar()
         connection.commit()  # the advisory lock is session-level; end the read transaction
         if got:
             return
+        if not waiting:
+            _say_waiting(engine, "the advisory lock")
+            waiting = True
         if time.monotonic() > deadline:
             raise StoreError(
                 f"timed out after {LOCK_TIMEOUT_S:.0f} s waiting for another process to migrate "
@@ -118,30 +125,31 @@ def _pg_lock(connection: Connection, engine: Engine) -> None:
 
 @contextlib.contextmanager
 def _file_lock(path: Path | None, engine: Engine) -> Iterator[None]:
-    try:
-        import fcntl
-    except ImportError:  # Windows: BEGIN IMMEDIATE in the migration transaction still serialises
-        fcntl = None  # type: ignore[assignment]
-    if path is None or fcntl is None:
+    """The migration lock of a SQLite database: a new lock object (and descriptor) per call, so
+    threads of one process exclude each other as processes do."""
+    if path is None:  # an in-memory database: no other process can open it
         yield
         return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    from filelock import FileLock, Timeout  # only when migrating: opening a current store skips it
+
+    lock = FileLock(path, timeout=LOCK_TIMEOUT_S)
     try:
-        deadline = time.monotonic() + LOCK_TIMEOUT_S
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise StoreError(
-                        f"timed out after {LOCK_TIMEOUT_S:.0f} s waiting for the migration lock {path} "
-                        f"of {mask(engine.url)}; check for a stuck shoal process"
-                    ) from None
-                time.sleep(0.02)
+        lock.acquire(blocking=False)
+    except Timeout:
+        _say_waiting(engine, f"the lock file {path}")
         try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            lock.acquire()
+        except Timeout:
+            raise StoreError(
+                f"timed out after {LOCK_TIMEOUT_S:.0f} s waiting for the migration lock {path} "
+                f"of {mask(engine.url)}; check for a stuck shoal process"
+            ) from None
+    try:
+        yield
     finally:
-        os.close(fd)
+        lock.release()
+
+
+def _say_waiting(engine: Engine, lock: str) -> None:
+    """Why opening a store pauses: another process holds the migration lock."""
+    log.info("waiting for another process to migrate %s (it holds %s)", mask(engine.url), lock)

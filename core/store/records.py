@@ -71,6 +71,8 @@ class RunRecord:
     updated_at: datetime
     artifacts: tuple[ArtifactRecord, ...] = ()
     driver: str | None = None  # the id of the process that drives it (see ``shoal.store.drivers``)
+    cache_key: str | None = None  # the step cache key it ran under (see ``shoal.step_cache``)
+    cached_from: str | None = None  # for a ``cached`` run: the uid of the run whose outputs it reuses
 
 
 @dataclass(frozen=True, slots=True)

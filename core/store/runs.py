@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..errors import AmbiguousError, NotFoundError, StoreError
+from .bulk import execute_rows
 from .drivers import OPEN_STATES
 from .records import ArtifactRecord, RunRecord
 from .refs import check_prefix
@@ -25,11 +26,14 @@ from .upsert import upsert
 
 REQUIRED_RUN_FIELDS = ("uid", "function", "function_hash")
 JSON_MAPS = ("params", "inputs", "results", "metrics", "labels")
+KNOWN_RUN_FIELDS = frozenset(RUN_FIELDS)
 NULLABLE_RUN_FIELDS = frozenset(c.name for c in runs.columns if c.nullable)
 UPDATABLE_RUN_FIELDS = frozenset(RUN_FIELDS) - {"uid", "created_at"}
+BIND_NAMES = {field: f"v_{field}" for field in UPDATABLE_RUN_FIELDS}  # parameters of _update_statement
 REQUIRED_ARTIFACT_FIELDS = ("key", "url", "kind")
 CHUNK = 500  # bound on IN (...) lists, well under SQLite's and PostgreSQL's parameter limits
 LIST_HINT = "run `shoal runs list` to see recent runs"
+INSERT_RUN = runs.insert()  # one object, so its compiled form is reused (``shoal.store.bulk``)
 
 
 def _unknown(fields: Iterable[str], known: Iterable[str], what: str) -> None:
@@ -48,30 +52,37 @@ def new_run_rows(
     project: str, items: Sequence[dict[str, Any]], now: datetime, driver: str | None = None
 ) -> list[dict[str, Any]]:
     """Complete run dicts with defaults ({} maps, "" logs, 0 attempts, now, ``driver``) into
-    insertable rows (an explicit ``"driver": None`` records a run nobody drives yet)."""
+    insertable rows (an explicit ``"driver": None`` records a run nobody drives yet).
+
+    The defaults are one template per call, copied per row (the empty maps are shared: rows are
+    only written, never changed), so a map of thousands of runs pays a dict copy per run."""
+    template: dict[str, Any] = {
+        "project": project,
+        "parent": None,
+        "iteration": None,
+        "state": "pending",
+        "error": None,
+        "logs": "",
+        "attempts": 0,
+        "backend": "",
+        "created_at": now,
+        "started_at": None,
+        "ended_at": None,
+        "updated_at": now,
+        "driver": driver,
+        "cache_key": None,
+        "cached_from": None,
+        **{field: {} for field in JSON_MAPS},
+    }
     rows = []
     for item in items:
-        _unknown(item, RUN_FIELDS, "run")
+        if not KNOWN_RUN_FIELDS.issuperset(item):
+            _unknown(item, RUN_FIELDS, "run")
         missing = [field for field in REQUIRED_RUN_FIELDS if item.get(field) in (None, "")]
         if missing:
             raise StoreError(f"run {item.get('uid')!r} lacks required field(s) {', '.join(missing)}")
         _check_uid(item["uid"])
-        row: dict[str, Any] = {
-            "project": project,
-            "parent": None,
-            "iteration": None,
-            "state": "pending",
-            "error": None,
-            "logs": "",
-            "attempts": 0,
-            "backend": "",
-            "created_at": now,
-            "started_at": None,
-            "ended_at": None,
-            "updated_at": now,
-            "driver": driver,
-            **{field: {} for field in JSON_MAPS},
-        }
+        row = template.copy()
         # None means "use the default" except where None is a real value.
         row.update({key: value for key, value in item.items() if value is not None or key in NULLABLE_RUN_FIELDS})
         rows.append(row)
@@ -81,7 +92,7 @@ def new_run_rows(
 def insert_runs(connection: Connection, rows: list[dict[str, Any]]) -> None:
     """Insert new runs (a uid that already exists is an IntegrityError, by design)."""
     if rows:
-        connection.execute(runs.insert(), rows)
+        execute_rows(connection, INSERT_RUN, rows)
 
 
 def require_runs(connection: Connection, project: str, uids: Iterable[str]) -> None:
@@ -111,18 +122,16 @@ def update_runs(
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
     for uid, fields in items:
         _check_uid(uid)
-        _unknown(fields, UPDATABLE_RUN_FIELDS, "run")
-        values = {"updated_at": now, **fields}
-        for field in JSON_MAPS:
-            if field in values and values[field] is None:
-                values[field] = {}
-        groups[tuple(sorted(values))].append(
-            {"_uid": uid, "_project": project, **{f"v_{k}": v for k, v in values.items()}}
-        )
+        if not UPDATABLE_RUN_FIELDS.issuperset(fields):
+            _unknown(fields, UPDATABLE_RUN_FIELDS, "run")
+        row = {"_uid": uid, "_project": project, "v_updated_at": now}  # fields may set updated_at
+        for key, value in fields.items():
+            row[BIND_NAMES[key]] = {} if value is None and key in JSON_MAPS else value
+        groups[tuple(sorted({*fields, "updated_at"}))].append(row)
     updated = 0
     countable = connection.dialect.supports_sane_multi_rowcount
     for names, params in groups.items():
-        result = connection.execute(_update_statement(names), params)
+        result = execute_rows(connection, _update_statement(names), params)
         updated += result.rowcount if countable or len(params) == 1 else 0
     return updated if countable else -1
 
@@ -137,7 +146,9 @@ def _update_statement(names: tuple[str, ...]) -> sa.Update:
         still_open = sa.or_(*(runs.c.state == s for s in OPEN_STATES))
         where.append(sa.or_(still_open, sa.and_(*(new != s for s in OPEN_STATES))))
     return (
-        runs.update().where(*where).values({name: sa.bindparam(f"v_{name}", type_=runs.c[name].type) for name in names})
+        runs.update()
+        .where(*where)
+        .values({name: sa.bindparam(BIND_NAMES[name], type_=runs.c[name].type) for name in names})
     )
 
 

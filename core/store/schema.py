@@ -102,12 +102,29 @@ runs = sa.Table(
     # Added by 0004: the process that drives the run (``drivers.id``); NULL for a run nobody drives
     # yet (recorded for a Kubernetes Job, which claims it when it starts).
     sa.Column("driver", sa.String(32), nullable=True),
+    # Added by 0006: the step cache key a run was made under, and the run a ``cached`` run reuses.
+    sa.Column("cache_key", sa.String(64), nullable=True),
+    sa.Column("cached_from", sa.String(32), nullable=True),
     sa.PrimaryKeyConstraint("uid", name="pk_runs"),
     sa.Index("ix_runs_parent", "parent"),
     sa.Index("ix_runs_project_created", "project", "created_at"),
     sa.Index("ix_runs_project_function_created", "project", "function", "created_at"),
     sa.Index("ix_runs_project_state", "project", "state"),
     sa.Index("ix_runs_driver_state", "driver", "state"),
+    sa.Index("ix_runs_project_cache_key", "project", "cache_key"),
+)
+
+# Which driver is running a cache key right now (``shoal.store.cache``): the primary key decides.
+cache_claims = sa.Table(
+    "cache_claims",
+    metadata,
+    _project(),
+    sa.Column("key", sa.String(64), nullable=False),
+    sa.Column("run_uid", sa.String(32), nullable=False),
+    sa.Column("driver", sa.String(32), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.PrimaryKeyConstraint("project", "key", name="pk_cache_claims"),
+    sa.Index("ix_cache_claims_driver", "driver"),
 )
 
 drivers = sa.Table(

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from sqlalchemy import exc
 from sqlalchemy.engine import Connection, Engine
@@ -23,6 +23,7 @@ from . import drivers as driver_sql
 from . import functions as fn_sql
 from . import runs as run_sql
 from . import scaling as scaling_sql
+from .cache import StepCache, release_driver
 from .engine import SQLITE_BEGIN, first_line, is_memory, mask, open_engine
 from .heartbeat import Heartbeat
 from .migrate import upgrade
@@ -30,8 +31,19 @@ from .records import ArtifactRecord, FunctionRecord, RunRecord, ScalingEventReco
 from .refs import LATEST, check_hash, check_name, check_tag, parse_function_ref
 from .schema import utcnow
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
 FinishItem = tuple[str, dict[str, Any], Sequence[dict[str, Any]]]
 log = logging.getLogger("shoal.store")
+
+
+class RunFilter(TypedDict, total=False):
+    """Which runs a query is about; every filter given must match (a sequence of states: any of them)."""
+
+    function: str | None
+    state: str | Sequence[str] | None
+    parent: str | None
 
 
 class Store:
@@ -56,6 +68,7 @@ class Store:
         self._closed = False
         self._registered = float("-inf")  # when this process last wrote its driver row (monotonic)
         self.heartbeat = Heartbeat(self._beat)
+        self.cache = StepCache(self)  # step-cache lookups and claims (``shoal.store.cache``)
         try:
             upgrade(self._engine)
         except BaseException:
@@ -197,6 +210,8 @@ class Store:
             if updated != len({uid for uid, _ in updates}):
                 run_sql.require_runs(connection, self.project, (uid for uid, _ in updates))
             run_sql.upsert_artifacts(connection, artifact_rows)
+            # A run's cache claim ends with its recorded outcome, in the same transaction.
+            self.cache.release_finished(connection, updates)
 
     def get_run(self, uid: str) -> RunRecord:
         """The run with this uid or unique uid prefix (at least 4 characters), with its artifacts."""
@@ -204,26 +219,16 @@ class Store:
             return run_sql.get(connection, self.project, uid)
 
     def list_runs(
-        self,
-        function: str | None = None,
-        state: str | Sequence[str] | None = None,
-        parent: str | None = None,
-        limit: int | None = None,
-        created_before: datetime | None = None,
+        self, *, limit: int | None = None, created_before: datetime | None = None, **where: Unpack[RunFilter]
     ) -> list[RunRecord]:
         """Runs matching every given filter, newest first (ties ordered by uid), with artifacts."""
         with self._transaction(write=False) as connection:
-            return run_sql.query(connection, self.project, function, state, parent, limit, created_before)
+            return run_sql.query(connection, self.project, limit=limit, created_before=created_before, **where)
 
-    def count_runs(
-        self,
-        function: str | None = None,
-        state: str | Sequence[str] | None = None,
-        parent: str | None = None,
-    ) -> int:
+    def count_runs(self, **where: Unpack[RunFilter]) -> int:
         """How many runs :meth:`list_runs` would return without a limit."""
         with self._transaction(write=False) as connection:
-            return run_sql.count(connection, self.project, function, state, parent)
+            return run_sql.count(connection, self.project, **where)
 
     def get_runs(self, uids: Sequence[str]) -> list[RunRecord]:
         """The runs with these exact uids, with artifacts (unknown uids are left out)."""
@@ -291,6 +296,7 @@ class Store:
             with self._transaction(write=True) as connection:
                 for key, why in lost.items():
                     ended.extend(driver_sql.end_runs(connection, self.project, key, why))
+                    release_driver(connection, self.project, key)
         if ended:
             log.warning(
                 "ended %d run(s) of project %s as failed (DriverLost): %s",

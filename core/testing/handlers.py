@@ -193,6 +193,15 @@ def victim(ctx, pidfile: str, seconds: float = 120.0):
     return {"pid": os.getpid(), "attempt": ctx.attempt}
 
 
+def gated(release: str, limit: float = 120.0):
+    """Holds its worker until the file ``release`` exists (at most ``limit`` s): a backlog that
+    lasts exactly as long as the test needs it."""
+    end = time.monotonic() + limit
+    while not os.path.exists(release) and time.monotonic() < end:
+        time.sleep(0.02)
+    return {"pid": os.getpid(), "released": os.path.exists(release)}
+
+
 def bystander(i: int, log: str, hold: float = 0.3):
     with open(log, "a") as handle:
         handle.write(f"{i}\\n")

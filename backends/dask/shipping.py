@@ -1,0 +1,112 @@
+"""What a Dask task of shoal carries: the run (or batch) encoded without its code, and the code by
+reference, as the result of a task of its own that enters the cluster's graph once per function.
+
+Why: a function's code is its whole source file, and a driver's script also travels as a
+by-value pickle; inside every task that made ~13 KB per run (a 25 MiB graph for 2,000 runs) that
+the driver pickled, the scheduler held and forwarded, and every worker unpickled once per run. As a
+dependency the code reaches each worker once and stays in its memory while runs of the function
+are in flight. It is computed, not scattered: a worker lost with it makes Dask compute it again
+from the graph, so no run ever lacks its code. It is released when the function's last task ends:
+data held in the cluster would keep Dask's ``Adaptive`` from retiring the last worker (scaling to
+zero), and the next map sends it again, once.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import uuid
+from typing import Any
+
+from shoal.code import Code
+from shoal.execution import RunBatch, RunTask
+
+from ..task_codec import decode, encode
+
+CODE_KEY_PREFIX = "shoal-code-"
+
+
+def code_on_worker(packed: bytes) -> Code:
+    """The task that holds a function's code in the cluster: its result is the ``Code``."""
+    code: Code = decode(packed)
+    return code
+
+
+def with_code(task: RunTask | RunBatch, code: Code | None) -> RunTask | RunBatch:
+    """Put the code shipped by reference back into the run(s) that travelled without it (worker)."""
+    if code is not None:
+        for member in _members(task):
+            if member.code is None:
+                member.code = code
+    return task
+
+
+class CodeShipper:
+    """The Dask future of the code of each function with tasks in flight, and how many tasks use
+    it; the payload of a task: ``(run encoded without its code, code future)``."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, tuple[Any, int]] = {}  # function hash -> (code future, tasks using it)
+        self._lock = threading.Lock()
+
+    def payload(self, client: Any, task: RunTask | RunBatch) -> tuple[bytes, Any]:
+        """The encoded run(s) and the future of their code (None when they carry none). A task
+        given a code future gives it back with :meth:`release` when it has ended."""
+        runs = _members(task)
+        code = runs[0].code
+        if code is None:
+            return encode(task), None
+        future = self._acquire(client, task.function_hash, code)
+        shipped = [copy.copy(member) for member in runs]
+        for member in shipped:
+            member.code = None
+        return encode(RunBatch(shipped) if isinstance(task, RunBatch) else shipped[0]), future
+
+    def map(
+        self, client: Any, func: Any, tasks: list[RunTask], keys: list[str], **options: Any
+    ) -> tuple[list[Any], bool]:
+        """``client.map`` of ``func(packed, key, code)`` over runs of one function: one graph
+        update in which the code appears once. Returns the Dask futures and whether they hold the
+        code future (each then gives it back with :meth:`release`)."""
+        payloads = [self.payload(client, task) for task in tasks]
+        code = payloads[0][1]
+        try:
+            submitted = client.map(
+                func, [packed for packed, _ in payloads], keys, key=keys, pure=False, code=code, **options
+            )
+        except BaseException:
+            if code is not None:  # never submitted: they hold no code
+                for task in tasks:
+                    self.release(task.function_hash)
+            raise
+        return submitted, code is not None
+
+    def _acquire(self, client: Any, function_hash: str, code: Code) -> Any:
+        with self._lock:
+            future, users = self._held.get(function_hash, (None, 0))
+            if future is None:
+                key = f"{CODE_KEY_PREFIX}{function_hash}-{uuid.uuid4().hex[:8]}"
+                future = client.submit(code_on_worker, encode(code), key=key, pure=False)
+            self._held[function_hash] = (future, users + 1)
+            return future
+
+    def release(self, function_hash: str) -> None:
+        """A task of this function ended; the last one lets go of the code future."""
+        with self._lock:
+            future, users = self._held.get(function_hash, (None, 0))
+            if users <= 1:
+                self._held.pop(function_hash, None)
+            else:
+                self._held[function_hash] = (future, users - 1)
+
+    def clear(self) -> None:
+        """Let go of every code future (the backend closes)."""
+        with self._lock:
+            self._held.clear()
+
+
+def _members(task: RunTask | RunBatch) -> list[RunTask]:
+    return task.tasks if isinstance(task, RunBatch) else [task]
+
+
+__all__ = ["CODE_KEY_PREFIX", "CodeShipper", "code_on_worker", "with_code"]

@@ -1,0 +1,62 @@
+"""Pipeline steps on Ray: a step's task gets its producers' ObjectRefs as arguments, so Ray starts
+it once they are done and hands it their outcomes; the driver does not wait.
+
+Workers import this module for ``run_after`` (Ray pickles it by reference), so it loads nothing of
+the driver side at import time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from shoal.execution import RunOutcome
+
+from ..task_codec import decode, encode
+from .worker import returned_outcome, run_on_worker
+
+if TYPE_CHECKING:  # pragma: no cover
+    from shoal.execution import RunTask
+
+    from ..base import BackendFuture, OnStart
+    from ..dependencies import Prepare
+    from .backend import RayBackend
+
+
+def run_after(payload: bytes, code: list | None, prepare: "Prepare", *upstream: Any) -> RunOutcome | bytes:
+    """The Ray task of a step: its producers' outcomes arrive as arguments (Ray resolved their
+    ObjectRefs); ``prepare`` swaps the references, or ends the step unrun."""
+    task, starts, echo = decode(payload)
+    received = [returned_outcome(value) for value in upstream]  # Ray resolved them: encoded outcomes
+    outcomes = [value if isinstance(value, RunOutcome) else None for value in received]
+    prepared = prepare(task, outcomes)
+    if isinstance(prepared, RunOutcome):
+        return prepared
+    return run_on_worker(encode((prepared, starts, echo)), code or None)
+
+
+def submit_after(
+    backend: "RayBackend",
+    task: "RunTask",
+    after: "Sequence[BackendFuture]",
+    prepare: "Prepare",
+    on_start: "OnStart | None",
+) -> "BackendFuture":
+    """``Backend.submit_after`` on Ray: each producer still running is its ObjectRef, one done is
+    its outcome; a producer that is neither (waiting for another driver) makes the driver wait."""
+    from ..dependencies import AfterFuture, outcome_or_none
+
+    upstream: list[Any] = []
+    for dep in after:
+        ref = getattr(dep, "_ref", None)  # held here: Ray keeps the object while a reference lives
+        if ref is not None:
+            upstream.append(ref)
+        elif dep.done() or hasattr(dep, "_ref"):  # done, or a RayFuture settling right now
+            dep._done.wait()  # type: ignore[attr-defined]  # set within that settling call
+            upstream.append(outcome_or_none(dep))
+        else:
+            return AfterFuture(task, after, prepare, lambda prepared: backend.submit(prepared, on_start))
+    return backend.submit(task, on_start, upstream=(prepare, *upstream))
+
+
+__all__ = ["run_after", "submit_after"]

@@ -1,0 +1,90 @@
+"""Executemany of one statement over many rows, with each row bound the cheapest way.
+
+SQLAlchemy's executemany builds every row's parameters through the compiled statement's generic
+``construct_params`` before running the per-type bind processors: measured here, about a quarter
+of inserting or finishing 2,000 runs on SQLite (on PostgreSQL psycopg's own per-row work dominates
+either way). The statements on the hot path (a map's run records,
+its outcomes) are fixed, so each is compiled once per dialect and every row goes to the DB-API as a
+tuple (or dict) run through the very bind processors SQLAlchemy would apply: the stored values are
+the same, and errors are still wrapped as SQLAlchemy's (``exec_driver_sql``).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, CursorResult, Dialect
+from sqlalchemy.sql.expression import ClauseElement
+
+Processor = Callable[[Any], Any]
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class _Bind:
+    name: str  # the key in a row
+    key: str  # the name the driver's SQL uses (differs where the dialect escapes it)
+    process: Processor | None
+    constant: Any  # a value fixed in the statement (a literal in a WHERE), already processed
+    timestamp: bool  # a run's timestamps repeat across a batch ("now"): each is processed once
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    sql: str
+    positional: bool
+    binds: tuple[_Bind, ...]
+
+
+@functools.lru_cache(maxsize=256)
+def _prepare(statement: ClauseElement, dialect: Dialect) -> _Prepared:
+    """Compile ``statement`` once per dialect (statements are cached by identity: pass the same object)."""
+    compiled: Any = statement.compile(dialect=dialect)
+    processors: dict[str, Processor] = compiled._bind_processors
+    escaped: dict[str, str] = compiled.escaped_bind_names or {}
+    by_name = {compiled.bind_names[bind]: bind for bind in compiled.binds.values()}
+    names = list(compiled.positiontup) if compiled.positional else list(by_name)
+    binds = []
+    for name in names:
+        bind = by_name[name]
+        process = processors.get(name)
+        constant = _MISSING
+        if not bind.required:
+            constant = bind.effective_value if process is None else process(bind.effective_value)
+        timestamp = isinstance(bind.type, sa.DateTime) or isinstance(getattr(bind.type, "impl", None), sa.DateTime)
+        binds.append(_Bind(name, escaped.get(name, name), process, constant, timestamp))
+    return _Prepared(compiled.string, bool(compiled.positional), tuple(binds))
+
+
+def execute_rows(connection: Connection, statement: ClauseElement, rows: Sequence[dict[str, Any]]) -> CursorResult[Any]:
+    """Run ``statement`` once per row in one executemany; a row must give every parameter the
+    statement does not fix (a missing one is a KeyError naming it)."""
+    if not rows:
+        raise ValueError("execute_rows needs at least one row")
+    prepared = _prepare(statement, connection.dialect)
+    columns = [_column(bind, rows) for bind in prepared.binds]  # column by column: one tight loop each
+    if prepared.positional:
+        return connection.exec_driver_sql(prepared.sql, list(zip(*columns)))
+    keys = [bind.key for bind in prepared.binds]
+    return connection.exec_driver_sql(prepared.sql, [dict(zip(keys, values)) for values in zip(*columns)])
+
+
+def _column(bind: _Bind, rows: Sequence[dict[str, Any]]) -> list[Any]:
+    """The processed values of one parameter across ``rows``."""
+    if bind.constant is not _MISSING and bind.name not in rows[0]:
+        return [bind.constant] * len(rows)
+    try:
+        values = [row[bind.name] for row in rows]
+    except KeyError:
+        raise KeyError(f"a row lacks parameter {bind.name!r}") from None
+    process = bind.process
+    if process is None:
+        return values
+    if bind.timestamp:
+        done: dict[Any, Any] = {}
+        return [done[v] if v in done else done.setdefault(v, process(v)) for v in values]
+    return list(map(process, values))
