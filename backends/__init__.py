@@ -11,7 +11,8 @@ from __future__ import annotations
 import atexit
 import importlib
 import threading
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from shoal.errors import BackendError, RegistryError, UnknownBackendError
 
@@ -45,7 +46,7 @@ _shared: dict[str, Backend] = {}
 _shared_lock = threading.Lock()
 
 
-def register(name: str, target: "str | type[Backend]", *, clobber: bool = False) -> None:
+def register(name: str, target: str | type[Backend], *, clobber: bool = False) -> None:
     """Register a backend class (or a lazy ``"module:Class"`` path) under ``name``.
 
     A name taken by another class is refused unless ``clobber=True`` (registering the same class
@@ -62,12 +63,12 @@ def register(name: str, target: "str | type[Backend]", *, clobber: bool = False)
     _REGISTRY[name] = target
 
 
-def _path(target: "str | type[Backend]") -> str:
+def _path(target: str | type[Backend]) -> str:
     """``"module:Class"`` of a registry entry, resolved or not."""
     return target if isinstance(target, str) else f"{target.__module__}:{target.__qualname__}"
 
 
-def _same(current: "str | type[Backend]", target: "str | type[Backend]") -> bool:
+def _same(current: str | type[Backend], target: str | type[Backend]) -> bool:
     """Whether two entries name one class (a path may name a re-export of the class given)."""
     if _path(current) == _path(target):
         return True
@@ -126,7 +127,7 @@ def _parse(spec: str) -> tuple[str, dict[str, Any]]:
 SCHEME_ALIASES = {"tcp": "dask", "tls": "dask"}
 
 
-def get(spec: "str | Backend | None" = "local", **options: Any) -> Backend:
+def get(spec: str | Backend | None = "local", **options: Any) -> Backend:
     """A new backend the caller owns (close it, or use it as a context manager)."""
     if isinstance(spec, Backend):
         if options:
@@ -144,7 +145,7 @@ def shared(spec: str) -> Backend:
     return shared_keyed(spec, lambda: get(spec))
 
 
-def shared_keyed(key: str, factory: "Callable[[], Backend]") -> Backend:
+def shared_keyed(key: str, factory: Callable[[], Backend]) -> Backend:
     """The process-wide backend kept under ``key``, made by ``factory()`` on first use (once, even
     when threads race) and closed at exit with the others. For engines that share per something
     else than their name (the Kubernetes launchers: one per function version and project)."""
@@ -155,7 +156,7 @@ def shared_keyed(key: str, factory: "Callable[[], Backend]") -> Backend:
         return backend
 
 
-def for_function(spec: str, fn: "Function", project: "Project | None") -> Backend:
+def for_function(spec: str, fn: Function, project: Project | None) -> Backend:
     """The backend ``fn.run(backend=spec)`` runs on: the engine class registered for the name in
     ``spec`` decides (``Backend.for_function``), so that core names no engine."""
     if not isinstance(spec, str) or not spec:

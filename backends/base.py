@@ -14,8 +14,9 @@ import queue
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, ClassVar, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, ClassVar
 
 from shoal.errors import BackendError, ScalingError
 from shoal.execution import RunOutcome, RunTask
@@ -72,7 +73,7 @@ class BackendFuture(ABC):
         """Cancel a pending task, or stop a running one; True if the request was delivered."""
 
     @abstractmethod
-    def add_done_callback(self, callback: Callable[["BackendFuture"], None]) -> None:
+    def add_done_callback(self, callback: Callable[[BackendFuture], None]) -> None:
         """Call ``callback(self)`` once the future is done (possibly in another thread)."""
 
 
@@ -189,7 +190,7 @@ class Backend(ABC):
     #: ``secretKeyRef``), so the driver does not resolve the function's secret references itself.
     pod_secrets: ClassVar[bool] = False
 
-    def start(self) -> "Backend":
+    def start(self) -> Backend:
         """Start or connect to the engine (idempotent). Submitting starts it implicitly."""
         return self
 
@@ -211,8 +212,8 @@ class Backend(ABC):
     def submit_after(
         self,
         task: RunTask,
-        after: "Sequence[BackendFuture]",
-        prepare: "Prepare",
+        after: Sequence[BackendFuture],
+        prepare: Prepare,
         on_start: OnStart | None = None,
     ) -> BackendFuture:
         """Queue ``task`` to run once every future in ``after`` is done (a pipeline step after the
@@ -278,7 +279,7 @@ class Backend(ABC):
         """The engine's autoscaling between bounds already checked."""
 
     @classmethod
-    def for_function(cls, name: str, fn: "Function", project: "Project | None") -> "Backend":
+    def for_function(cls, name: str, fn: Function, project: Project | None) -> Backend:
         """The backend ``fn.run(backend=name)`` uses: by default the process-wide one for ``name``
         (``shoal.backends.shared``), adapted to the function's replicas. Engines whose workers are
         made for one function (the Kubernetes launchers) override it."""
@@ -288,7 +289,7 @@ class Backend(ABC):
         backend.fit_replicas(fn.replicas)
         return backend
 
-    def fit_replicas(self, replicas: "Replicas | None") -> None:
+    def fit_replicas(self, replicas: Replicas | None) -> None:
         """Adapt to a function's replicas; a function that sets none gets every slot there is
         (``full_size``), or the engine as it is when that is None."""
         if replicas is not None:
@@ -330,7 +331,7 @@ class Backend(ABC):
         events.append(event)
         del events[:-1000]
 
-    def __enter__(self) -> "Backend":
+    def __enter__(self) -> Backend:
         return self.start()
 
     def __exit__(self, *exc_info) -> None:

@@ -13,7 +13,8 @@ import concurrent.futures as cf
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from shoal.errors import WorkerLostError
 from shoal.execution import RunBatch, RunOutcome, RunTask, error_dict
@@ -29,7 +30,7 @@ log = logging.getLogger("shoal.backends")
 class BatchedRun(SettledFuture):
     """One run of a batch: resolves when its batch's outcomes arrive (or from a resubmission)."""
 
-    def __init__(self, task: RunTask, batch: "BatchedRuns", on_start: OnStart | None):
+    def __init__(self, task: RunTask, batch: BatchedRuns, on_start: OnStart | None):
         super().__init__(task.uid)
         self.task = task
         self.on_start = on_start
@@ -61,7 +62,7 @@ class BatchedRun(SettledFuture):
 class BatchedRuns:
     """One engine task running a batch, and the futures of its runs."""
 
-    def __init__(self, backend: "Backend", tasks: list[RunTask], on_start: list[OnStart | None]):
+    def __init__(self, backend: Backend, tasks: list[RunTask], on_start: list[OnStart | None]):
         self.backend = backend
         self.batch = RunBatch(list(tasks))
         self.runs = [BatchedRun(task, self, start) for task, start in zip(tasks, on_start)]

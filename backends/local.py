@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from shoal.errors import BackendError
 from shoal.execution import RunOutcome, RunTask, StopSignal, execute

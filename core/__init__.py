@@ -21,6 +21,7 @@ from .errors import (
     RunCancelledError,
     RunFailedError,
     RunTimeoutError,
+    ServiceError,
     ShoalError,
     SpecError,
     StoreError,
@@ -47,9 +48,9 @@ def tune(fn, space=None, **options):
 
 
 #: Subpackages reachable as attributes after ``import shoal`` (``shoal.backends.get(...)``), imported
-#: on first use: neither of them imports an engine, but loading them only when asked keeps
+#: on first use: none of them imports an engine, but loading them only when asked keeps
 #: ``import shoal`` (and ``shoal --help``) fast.
-_SUBPACKAGES = ("backends", "tuning")
+_SUBPACKAGES = ("backends", "services", "tuning")
 
 
 def __getattr__(name: str):
@@ -84,6 +85,7 @@ __all__ = [
     "RunHandle",
     "RunState",
     "RunTimeoutError",
+    "ServiceError",
     "ShoalError",
     "SpecError",
     "StoreError",

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import pathlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .artifacts import ArtifactStore
 from .errors import ArtifactError, UnsupportedError

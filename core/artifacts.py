@@ -13,8 +13,9 @@ import os
 import pathlib
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 from .errors import ArtifactError, RunCancelledError, ShoalError
 from .packagers import PACKAGERS, Packager, _cache_dir, packager_for, register_packager
@@ -54,7 +55,7 @@ class Artifact:
         return asdict(self)
 
     @classmethod
-    def from_record(cls, record: Any) -> "Artifact":
+    def from_record(cls, record: Any) -> Artifact:
         get: Callable[..., Any] = record.get if isinstance(record, dict) else lambda k, d=None: getattr(record, k, d)
         return cls(
             key=get("key"),

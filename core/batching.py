@@ -11,7 +11,8 @@ of ``BATCH_SECONDS``, or that are not done within ``PROBE_WAIT``, go one per tas
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence, TypeVar
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 from .errors import ParamError
 

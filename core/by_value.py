@@ -15,8 +15,9 @@ import sys
 import threading
 import types
 import typing
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 log = logging.getLogger("shoal.code")
 

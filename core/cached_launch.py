@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def submit_cached(
-    driver: "Driver",
+    driver: Driver,
     record: dict[str, Any],
     inputs: dict[str, Artifact],
     params: dict[str, Any],
@@ -36,7 +36,7 @@ def submit_cached(
 
 
 def launch_cached(
-    driver: "Driver",
+    driver: Driver,
     records: list[dict[str, Any]],
     inputs: dict[str, Artifact],
     params: list[dict[str, Any]],
@@ -90,13 +90,13 @@ class _Waiting:
         inner = self.inner
         return inner.cancel() if inner is not None else True
 
-    def settle(self, driver: "Driver", inputs: dict[str, Artifact], watch: bool) -> None:
+    def settle(self, driver: Driver, inputs: dict[str, Artifact], watch: bool) -> None:
         store, uid = driver.project.store, self.record["uid"]
         try:
             outcome = self.busy.wait(self.stop)
             if isinstance(outcome, Busy):  # cancelled while it waited
                 store.cancel_runs([uid], "cancelled while it waited for another driver's run of its cache key")
-                self.handle._finish(Run.from_record(store.get_run(uid)))
+                self.handle.set_run(Run.from_record(store.get_run(uid)))
                 return
             inner = _after_wait(driver, self.record, inputs, self.params, outcome, watch)
         except Exception as exc:  # noqa: BLE001 - the store failed: the run fails, the handle resolves
@@ -105,7 +105,7 @@ class _Waiting:
         self.inner = inner
         if self.stop.is_set():
             inner.cancel()
-        inner.add_done_callback(lambda done: self.handle._finish(done.result()))
+        inner.add_done_callback(lambda done: self.handle.set_run(done.result()))
 
     def _fail(self, store: Any, exc: Exception) -> None:
         fields = {
@@ -117,11 +117,11 @@ class _Waiting:
             store.update_run(self.record["uid"], **fields)
         except Exception as problem:  # noqa: BLE001 - the handle must resolve all the same
             log.warning("could not record run %s as failed: %s", self.record["uid"][:12], problem)
-        self.handle._finish(run_from_row({**self.record, **fields}))
+        self.handle.set_run(run_from_row({**self.record, **fields}))
 
 
 def _follow(
-    driver: "Driver", busy: list[tuple[dict[str, Any], dict[str, Any], Busy]], inputs: dict[str, Artifact], watch: bool
+    driver: Driver, busy: list[tuple[dict[str, Any], dict[str, Any], Busy]], inputs: dict[str, Artifact], watch: bool
 ) -> list[_Waiting]:
     """Handles of the runs in ``busy``, settled in turn by one thread that waits for the other drivers."""
     waiting = [_Waiting(record, params, outcome, driver.fn.name) for record, params, outcome in busy]
@@ -135,7 +135,7 @@ def _follow(
 
 
 def _after_wait(
-    driver: "Driver",
+    driver: Driver,
     record: dict[str, Any],
     inputs: dict[str, Artifact],
     params: dict[str, Any],

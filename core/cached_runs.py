@@ -38,7 +38,7 @@ class Cached:
     """A completed run of the same key, every artifact of it present: reuse it, do not run."""
 
     key: str
-    source: "RunRecord"
+    source: RunRecord
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +47,7 @@ class Claim:
 
     key: str
     uid: str
-    cache: "StepCache" = dataclasses.field(repr=False)
+    cache: StepCache = dataclasses.field(repr=False)
 
     def stamp(self, record: dict[str, Any]) -> dict[str, Any]:
         """Put the key on the run record before it is created (the record is returned)."""
@@ -67,9 +67,9 @@ class Busy:
     holder: str
     uid: str
     not_before: datetime | None
-    cache: "StepCache" = dataclasses.field(repr=False)
+    cache: StepCache = dataclasses.field(repr=False)
 
-    def wait(self, stop: threading.Event | None = None) -> "Cached | Claim | Busy":
+    def wait(self, stop: threading.Event | None = None) -> Cached | Claim | Busy:
         """Poll the store until the holder's run ends: completed -> ``Cached``; failed, cancelled,
         or its driver lost -> this driver claims the key -> ``Claim``. ``stop`` set -> this Busy."""
         delay = FIRST_POLL
@@ -84,8 +84,8 @@ class Busy:
 
 
 def resolve_cached(
-    project: "Project",
-    fn: "Function",
+    project: Project,
+    fn: Function,
     params: Mapping[str, Any],
     inputs: Mapping[str, Any],
     options: CacheOptions,
@@ -100,14 +100,14 @@ def resolve_cached(
 class CacheCall(NamedTuple):
     """One call ``resolve_many`` looks up: the arguments of ``resolve_cached``."""
 
-    fn: "Function"
+    fn: Function
     params: Mapping[str, Any]
     inputs: Mapping[str, Any]
     options: CacheOptions
     uid: str
 
 
-def resolve_many(project: "Project", calls: Sequence[CacheCall]) -> list[Cached | Claim | Busy | None]:
+def resolve_many(project: Project, calls: Sequence[CacheCall]) -> list[Cached | Claim | Busy | None]:
     """``resolve_cached`` for many calls with one store transaction (a map, a pipeline's steps)."""
     keyed: list[tuple[int, str, str, datetime | None]] = []
     handlers: dict[str, Callable | None] = {}  # by function hash: loaded once per function
@@ -136,7 +136,7 @@ def resolve_many(project: "Project", calls: Sequence[CacheCall]) -> list[Cached 
     return outcomes
 
 
-def _handler(fn: "Function") -> Callable | None:
+def _handler(fn: Function) -> Callable | None:
     """The handler, or None where its code cannot load here (a package only the workers have)."""
     try:
         return fn.callable
@@ -156,7 +156,7 @@ def _not_before(options: CacheOptions) -> datetime | None:
     return max(bounds) if bounds else None
 
 
-def _attempt(cache: "StepCache", key: str, uid: str, not_before: datetime | None) -> Cached | Claim | Busy:
+def _attempt(cache: StepCache, key: str, uid: str, not_before: datetime | None) -> Cached | Claim | Busy:
     (found,) = cache.attempt([(key, uid, not_before)])
     outcome = _outcome(cache, key, uid, not_before, found)
     if found.held and isinstance(outcome, Cached):
@@ -165,7 +165,7 @@ def _attempt(cache: "StepCache", key: str, uid: str, not_before: datetime | None
 
 
 def _outcome(
-    cache: "StepCache", key: str, uid: str, not_before: datetime | None, found: "ClaimAttempt"
+    cache: StepCache, key: str, uid: str, not_before: datetime | None, found: ClaimAttempt
 ) -> Cached | Claim | Busy:
     """What a claim attempt means for the run (a claim that turns out not needed is the caller's to release)."""
     source = next((record for record in found.candidates if artifacts_present(record)), None)
@@ -177,7 +177,7 @@ def _outcome(
     return Busy(key, found.holder, uid, not_before, cache)
 
 
-def artifacts_present(record: "RunRecord") -> bool:
+def artifacts_present(record: RunRecord) -> bool:
     """True if every artifact the run recorded is still in its store (a run whose outputs were
     deleted is not reused)."""
     import fsspec
@@ -197,7 +197,7 @@ def artifacts_present(record: "RunRecord") -> bool:
 
 
 def record_cached(
-    project: "Project", records: Sequence[dict[str, Any]], outcomes: Sequence[Cached], *, new: bool = True
+    project: Project, records: Sequence[dict[str, Any]], outcomes: Sequence[Cached], *, new: bool = True
 ) -> list[Run]:
     """Record runs in state ``cached`` (one transaction), each reusing its outcome's source run: its
     results, metrics and artifacts, ``cached_from`` naming it. ``records`` are the dicts
@@ -232,7 +232,7 @@ _ARTIFACT_FIELDS = ("key", "url", "kind", "format", "size", "sha256", "meta")
 def finished_handle(run: Run) -> RunHandle:
     """A handle that is done already (a cached run: there is nothing to wait for or cancel)."""
     handle = RunHandle(run.uid, run.function, lambda handle: False)
-    handle._finish(run)
+    handle.set_run(run)
     return handle
 
 

@@ -25,8 +25,9 @@ import os
 import sys
 import threading
 import types
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from . import logcapture
 from .by_value import LOADED_PREFIX, defined_by_loaded_code, is_main_script, pickle_live, unpickled
@@ -86,7 +87,7 @@ class Code:
             object.__setattr__(self, "by_value", pickle_live(self.live, self.origin) or "")
         return self.by_value or None
 
-    def with_live(self, obj: Any) -> "Code":
+    def with_live(self, obj: Any) -> Code:
         """This source code, shipping ``obj`` (the handler as this process has it) by value too."""
         return replace(self, live=obj, by_value=None)
 
@@ -108,7 +109,7 @@ class Code:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Code":
+    def from_dict(cls, data: dict[str, Any]) -> Code:
         if not isinstance(data, dict) or data.get("kind") not in ("source", "pickle") or "text" not in data:
             raise CodeError("invalid 'code' section: expected {kind: source|pickle, text: ...}")
         if not isinstance(data["text"], str):

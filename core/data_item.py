@@ -33,6 +33,13 @@ def wants_data_item(hint: Any) -> bool:
     typed with MLRun's class gets one unchanged where MLRun is installed."""
     if hint is DataItem:
         return True
+    import typing
+
+    args = typing.get_args(hint)  # Optional[DataItem], DataItem | None: an optional input
+    if len(args) == 2 and type(None) in args:
+        return wants_data_item(next(arg for arg in args if arg is not type(None)))
+    if isinstance(hint, str) and hint.replace(" ", "").endswith("|None"):
+        hint = hint.replace(" ", "")[: -len("|None")]
     name = hint if isinstance(hint, str) else getattr(hint, "__name__", None)
     return isinstance(name, str) and name.rsplit(".", 1)[-1] == "DataItem"
 

@@ -12,7 +12,8 @@ import pickle
 import re
 import sys
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def bytecode_digest(func: Callable) -> str:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import concurrent.futures as cf
 import dataclasses
 import threading
+from collections.abc import Mapping
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from . import batching
 from .artifacts import Artifact
@@ -25,7 +26,7 @@ from .recorder import unrecordable
 from .runs import Run, RunHandle
 
 if TYPE_CHECKING:  # pragma: no cover
-    from shoal.backends.base import Backend, BackendFuture
+    from shoal.backends.base import Backend, BackendFuture, OnStart
 
     from .function import Function
     from .project import Project
@@ -54,13 +55,27 @@ class Dispatcher:
 
     It reads what the driver set up: ``fn``, ``project``, ``backend``, ``spec``, ``recorder`` and
     the per-task fields ``_env``, ``_secrets``, ``_gpus``, ``_callable``.
+
+    Subclasses (a pipeline's ``StepDriver``) change what happens to a run through three hooks,
+    each named for what it decides, and leave the private methods alone:
+
+    - ``shape_task(flight)``: once per run, before its first attempt; may change ``flight.task``.
+    - ``submit_attempt(flight, on_start)``: how an attempt reaches the engine; returns its future
+      (default: ``backend.submit``). An exception it raises records the attempt as failed. Runs
+      that override it are sent one by one, also by ``launch_many``.
+    - ``attempt_ended(flight, outcome)``: what an ended attempt means (default:
+      ``retry_or_record``). It runs on the thread that settled the future (see ``Backend``): it
+      must be short and never wait.
+
+    Hooks act through ``resend(flight)`` (send the current attempt again), ``retry_or_record`` and
+    ``record`` (the run's final outcome: recorded, then its handle resolves).
     """
 
-    fn: "Function"
-    project: "Project"
-    backend: "Backend"
-    spec: "FunctionSpec"
-    recorder: "Recorder"
+    fn: Function
+    project: Project
+    backend: Backend
+    spec: FunctionSpec
+    recorder: Recorder
     _env: dict[str, str]
     _secrets: Any
     _gpus: int
@@ -82,7 +97,7 @@ class Dispatcher:
         chosen = params if params is not None else record["params"]
         flight = self._flight(record, inputs, params=chosen, watch=watch, scope=scope)
         self.recorder.expect()  # its outcome will come: the recorder batches while more are due
-        self._submit(flight)
+        self.resend(flight)
         return flight.handle
 
     def launch_many(
@@ -114,7 +129,7 @@ class Dispatcher:
             self._submit_auto(flights)
         return handles
 
-    def _submit_auto(self, flights: list["_Flight"]) -> None:
+    def _submit_auto(self, flights: list[Flight]) -> None:
         """One run per slot first (the probes), then the rest sized by their durations."""
         slots = max(1, self.backend.slots)  # asks the engine: only where batching may apply
         if not batching.worth_batching(len(flights), slots):
@@ -126,7 +141,7 @@ class Dispatcher:
             target=self._dispatch_rest, args=(probes, rest, slots), name="shoal-map-dispatch", daemon=True
         ).start()
 
-    def _dispatch_rest(self, probes: list["_Flight"], rest: list["_Flight"], slots: int) -> None:
+    def _dispatch_rest(self, probes: list[Flight], rest: list[Flight], slots: int) -> None:
         """Wait briefly for the probe runs, then send the rest in batches sized by their durations."""
         futures = [f.future for f in probes if f.future is not None]
         try:
@@ -145,13 +160,17 @@ class Dispatcher:
         live = []
         for flight in rest:
             if flight.handle.cancel_requested:  # cancelled while the probes ran (Ctrl-C)
-                self._record(flight, never_started(flight.task))
+                self.record(flight, never_started(flight.task))
             else:
                 live.append(flight)
         self._submit_flights(live, batching.batch_size(durations, len(live), slots))
 
-    def _submit_flights(self, flights: list["_Flight"], size: int = 1) -> None:
+    def _submit_flights(self, flights: list[Flight], size: int = 1) -> None:
         """Hand flights to the engine: all in one submission, or in batches of ``size`` runs."""
+        if type(self).submit_attempt is not Dispatcher.submit_attempt:  # a subclass sends each its own way
+            for flight in flights:
+                self.resend(flight)
+            return
         groups = batching.chunks(flights, size) if size > 1 else [flights]
         for group in groups:
             if not group:
@@ -164,14 +183,14 @@ class Dispatcher:
                     futures = self.backend.submit_many(tasks, starts)
             except Exception as exc:  # noqa: BLE001 - the engine refused: record failures, never hang
                 for flight in group:
-                    self._record(flight, _failed_outcome(flight.task, exc))
+                    self.record(flight, _failed_outcome(flight.task, exc))
                 continue
             for flight, future in zip(group, futures):
                 self._attach(flight, future)
 
     def _flight(
         self, record: dict[str, Any], inputs: dict[str, Artifact], *, params: dict[str, Any], watch: bool, scope: Any
-    ) -> "_Flight":
+    ) -> Flight:
         """A run's task and handle, built the same way for one run and for a map's many."""
         spec = self.spec
         task = RunTask(
@@ -194,44 +213,65 @@ class Dispatcher:
             scope=scope,
             callable=self._callable,
         )
-        flight = _Flight(task=task, record=record)
+        flight = Flight(task=task, record=record)
         flight.handle = RunHandle(task.uid, self.fn.name, lambda handle: self._cancel(flight))
+        self.shape_task(flight)
         return flight
 
-    def _on_start(self, flight: "_Flight"):
+    # -- hooks for subclasses (see the class docstring) ------------------------------------------
+    def shape_task(self, flight: Flight) -> None:
+        """Change a run's task once, before its first attempt is sent. Default: nothing."""
+
+    def submit_attempt(self, flight: Flight, on_start: OnStart) -> BackendFuture:
+        """Hand ``flight.task`` (its current attempt) to the engine; its future."""
+        return self.backend.submit(flight.task, on_start)
+
+    def attempt_ended(self, flight: Flight, outcome: RunOutcome) -> None:
+        """Decide what an ended attempt means. Default: ``retry_or_record``."""
+        self.retry_or_record(flight, outcome)
+
+    # -- what hooks act through -------------------------------------------------------------------
+    def resend(self, flight: Flight) -> None:
+        """Send the run's current attempt through ``submit_attempt``; an engine that refuses it
+        records the run failed (never a hang)."""
+        try:
+            future = self.submit_attempt(flight, self._on_start(flight))
+        except Exception as exc:  # noqa: BLE001 - the engine refused: record a failure, never hang
+            self.record(flight, _failed_outcome(flight.task, exc))
+            return
+        self._attach(flight, future)
+
+    def retry_or_record(self, flight: Flight, outcome: RunOutcome) -> None:
+        """Send a failed attempt again while ``retries`` allow (and nobody cancelled the run);
+        else record the outcome as the run's."""
+        if (
+            outcome.state == "failed"
+            and flight.task.attempt <= self.spec.retries
+            and not flight.handle.cancel_requested
+        ):
+            flight.earlier_logs.append(outcome.logs)
+            flight.task = dataclasses.replace(flight.task, attempt=flight.task.attempt + 1)
+            self.resend(flight)
+            return
+        self.record(flight, outcome)
+
+    def _on_start(self, flight: Flight):
         def on_start(uid: str, started: float) -> None:
             if flight.started_at is None:
                 flight.started_at = started
-            flight.handle._set_state("running")
+            flight.handle.set_running()
             self.recorder.started(uid, {"state": "running", "started_at": utc(flight.started_at)})
 
         return on_start
 
-    def _submit(self, flight: "_Flight") -> None:
-        try:
-            future = self.backend.submit(flight.task, self._on_start(flight))
-        except Exception as exc:  # noqa: BLE001 - the engine refused: record a failure, never hang
-            self._record(flight, _failed_outcome(flight.task, exc))
-            return
-        self._attach(flight, future)
-
-    def _attach(self, flight: "_Flight", future: "BackendFuture") -> None:
+    def _attach(self, flight: Flight, future: BackendFuture) -> None:
         flight.future = future
         if flight.handle.cancel_requested:
             future.cancel()
-        future.add_done_callback(lambda f: self._on_done(flight, f))
+        future.add_done_callback(lambda f: self.attempt_ended(flight, _outcome_of(flight.task, f)))
 
-    def _on_done(self, flight: "_Flight", future: "BackendFuture") -> None:
-        outcome = _outcome_of(flight.task, future)
-        retries = self.spec.retries
-        if outcome.state == "failed" and flight.task.attempt <= retries and not flight.handle.cancel_requested:
-            flight.earlier_logs.append(outcome.logs)
-            flight.task = dataclasses.replace(flight.task, attempt=flight.task.attempt + 1)
-            self._submit(flight)
-            return
-        self._record(flight, outcome)
-
-    def _record(self, flight: "_Flight", outcome: RunOutcome) -> None:
+    def record(self, flight: Flight, outcome: RunOutcome) -> None:
+        """Record ``outcome`` as the run's final one; its handle resolves once it is stored."""
         logs = outcome.logs
         if flight.earlier_logs:
             parts = [f"--- attempt {i + 1} ---\n{text}" for i, text in enumerate(flight.earlier_logs + [logs])]
@@ -278,21 +318,22 @@ class Dispatcher:
 
         def resolve(problem: Exception | None) -> None:
             # If the outcome could not be stored, the handle reports what the recorder wrote instead.
-            flight.handle._finish(
+            flight.handle.set_run(
                 run if problem is None else dataclasses.replace(run, artifacts={}, **unrecordable(fields, problem))
             )
 
         self.recorder.finished(run.uid, fields, outcome.artifacts, resolve)
 
-    def _cancel(self, flight: "_Flight") -> bool:
+    def _cancel(self, flight: Flight) -> bool:
         if flight.future is None:
-            return True  # cancel_requested is set; _submit cancels as soon as the future exists
+            return True  # cancel_requested is set: _attach cancels as soon as the future exists
         return flight.future.cancel()
 
 
 @dataclasses.dataclass(eq=False)
-class _Flight:
-    """Driver-side state of one run across its attempts."""
+class Flight:
+    """Driver-side state of one run across its attempts: its current attempt's ``task`` and
+    engine ``future``, its pending ``record``, and the ``handle`` its caller holds."""
 
     task: RunTask
     record: dict[str, Any]
@@ -306,7 +347,7 @@ class _Flight:
         return self.record["created_at"]
 
 
-def _outcome_of(task: RunTask, future: "BackendFuture") -> RunOutcome:
+def _outcome_of(task: RunTask, future: BackendFuture) -> RunOutcome:
     try:
         return future.result()
     except cf.CancelledError:  # this attempt never started

@@ -181,3 +181,65 @@ class MissingOutputError(PipelineError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class ServiceError(ShoalError):
+    """A service cannot be deployed, reached or deleted, or answered a request with an HTTP error:
+    ``status`` is the HTTP status (None when no answer came), ``body`` its parsed JSON (or text),
+    ``state`` the engine's state when a deployment failed (Ray Serve's ``DEPLOY_FAILED``)."""
+
+    def __init__(self, message: str, *, status: int | None = None, body=None, state: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.body = body
+        self.state = state
+
+
+class ServiceSpecError(ServiceError, ValueError):
+    """Bad input to ``deploy``: a backend that cannot serve, a port in use, unknown scaling knobs, a
+    class handler without ``__call__`` or ``predict``."""
+
+    exit_code = 2
+
+
+class HubError(ShoalError):
+    """A function hub cannot be used: base class of the hub's errors (``shoal.hub``)."""
+
+
+class HubReferenceError(HubError, ValueError):
+    """A ``hub://[source/]name[:version][@hash]`` reference that does not parse."""
+
+    exit_code = 2
+
+
+class HubSourceError(HubError, ValueError):
+    """An unknown hub source, a ``hubs:`` entry of shoal.yaml that is invalid, or a function name
+    found in two sources without a source prefix."""
+
+    exit_code = 2
+
+
+class HubNotFoundError(HubError, NotFoundError):
+    """A function or version that a hub's index does not list."""
+
+
+class HubIndexError(HubError):
+    """A hub's ``index.json`` is missing, not JSON, or not schema 1."""
+
+
+class HubUnreachableError(HubError):
+    """A hub's files cannot be read (a missing folder, a refused connection, no answer in time)."""
+
+
+class HubVerificationError(HubError):
+    """Fetched bytes or a rebuilt function differ from the index or the ``@hash`` pin; nothing was saved."""
+
+
+class HubCompatibilityError(HubError):
+    """A hub function's ``requires_shoal`` excludes this shoal version."""
+
+
+class HubPublishError(HubError, ValueError):
+    """A publish refused: an existing version with other content, a bad version string."""
+
+    exit_code = 2

@@ -75,10 +75,10 @@ class Function:
 
     # Immutable, so a copy is the object itself. Pickling (cloudpickle for Dask and Ray) restores the
     # slots directly, since __setattr__ refuses.
-    def __copy__(self) -> "Function":
+    def __copy__(self) -> Function:
         return self
 
-    def __deepcopy__(self, memo: dict) -> "Function":
+    def __deepcopy__(self, memo: dict) -> Function:
         return self
 
     def __getstate__(self) -> dict[str, Any]:
@@ -185,7 +185,7 @@ class Function:
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def from_callable(cls, func: Callable, name: str | None = None, **options: Any) -> "Function":
+    def from_callable(cls, func: Callable, name: str | None = None, **options: Any) -> Function:
         """A function from a live Python callable; its code is captured on first use of ``code``/``hash``."""
         if isinstance(func, Function):  # decorating again: the new options apply on top
             return func.with_spec(**options, **({"name": name} if name else {}))
@@ -198,7 +198,7 @@ class Function:
         return cls(name or func.__name__, func.__qualname__, spec, callable=func, **metadata)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike, handler: str, name: str | None = None, **options: Any) -> "Function":
+    def from_file(cls, path: str | os.PathLike, handler: str, name: str | None = None, **options: Any) -> Function:
         """A function from ``handler`` in the source file ``path`` (the whole file is shipped).
 
         If the handler is decorated with ``@shoal.function(...)``, its options are the base that
@@ -229,7 +229,18 @@ class Function:
         spec = build_spec(spec_fields)
         return cls(name or handler.split(".")[-1], handler, spec, code=code, callable=found, **metadata)
 
-    def with_spec(self, **changes: Any) -> "Function":
+    @classmethod
+    def from_hub(cls, ref: str, *, project: Project | None = None) -> Function:
+        """A verified function from a hub: ``hub://[source/]name[:version][@hash]`` (``hub://`` optional).
+
+        Sources are the project's ``hubs:`` then the hub shipped in shoal; the resolved
+        ``hub://source/name:version@hash`` is in ``fn.labels["hub"]``. See ``shoal.hub``.
+        """
+        from .hub import load_function
+
+        return load_function(ref, project=project)
+
+    def with_spec(self, **changes: Any) -> Function:
         """A new Function with some spec fields (or name, description, labels) changed."""
         name = changes.pop("name", self._name)
         spec_fields, metadata = split_options(changes, self._spec)
@@ -249,7 +260,7 @@ class Function:
         return function_to_dict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, verify: bool = True) -> "Function":
+    def from_dict(cls, data: Mapping[str, Any], *, verify: bool = True) -> Function:
         """The Function a ``to_dict`` document describes; with ``verify``, a recorded ``hash`` must match."""
         return function_from_dict(cls, data, verify=verify)
 
@@ -258,7 +269,7 @@ class Function:
         return function_to_yaml(self, path)
 
     @classmethod
-    def from_yaml(cls, source: str | os.PathLike) -> "Function":
+    def from_yaml(cls, source: str | os.PathLike) -> Function:
         """From a YAML file path or YAML text."""
         return function_from_yaml(cls, source)
 
@@ -269,14 +280,14 @@ class Function:
         inputs: Mapping[str, Any] | None = None,
         *,
         backend: Any = None,
-        project: "Project | None" = None,
+        project: Project | None = None,
         watch: bool = True,
         cache: bool = False,
         refresh: bool = False,
         cache_ignore: Iterable[str] | None = None,
         cache_expires: float | timedelta | None = None,
         cache_version: str | int | None = None,
-    ) -> "Run":
+    ) -> Run:
         """Run once and wait; returns the recorded Run (state completed, failed, cancelled or cached).
 
         ``params`` is a mapping of name -> value, or one value of any other type for the parameter
@@ -299,14 +310,14 @@ class Function:
         inputs: Mapping[str, Any] | None = None,
         *,
         backend: Any = None,
-        project: "Project | None" = None,
+        project: Project | None = None,
         watch: bool = False,
         cache: bool | None = None,
         refresh: bool = False,
         cache_ignore: Iterable[str] | None = None,
         cache_expires: float | timedelta | None = None,
         cache_version: str | int | None = None,
-    ) -> "RunHandle":
+    ) -> RunHandle:
         """Start a run and return at once with a handle (``.result()``, ``.wait()``, ``.cancel()``);
         ``params`` and the cache options as for ``run``: ``fn.submit(x)`` is Dask's
         ``client.submit(f, x)``. With ``cache=True``, a run whose key another driver is running is
@@ -328,7 +339,7 @@ class Function:
         *iterables: Iterable[Any],
         inputs: Mapping[str, Any] | None = None,
         backend: Any = None,
-        project: "Project | None" = None,
+        project: Project | None = None,
         watch: bool = False,
         batch_size: int | str = "auto",
         cache: bool | None = None,
@@ -336,7 +347,7 @@ class Function:
         cache_ignore: Iterable[str] | None = None,
         cache_expires: float | timedelta | None = None,
         cache_version: str | int | None = None,
-    ) -> "list[Run]":
+    ) -> list[Run]:
         """One child run per item under one parent run; results come back in input order.
 
         Each item is one of:
@@ -382,6 +393,42 @@ class Function:
             batch_size=batch_size,
             iterables=iterables,
             cache=CacheOptions.from_call(cache, refresh, cache_ignore, cache_expires, cache_version),
+        )
+
+    def deploy(
+        self,
+        backend: Any = "local",
+        *,
+        name: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        project: Project | None = None,
+        scaling: Mapping[str, Any] | None = None,
+        max_ongoing_requests: int | None = None,
+        max_queued_requests: int | None = None,
+    ) -> Any:
+        """Serve this function over HTTP at ``http://host:port/<name>`` and return a ``shoal.services.Service``.
+
+        ``backend="ray"`` (or ``"ray://host:10001"``, or a shoal Ray backend object) makes a Ray Serve
+        application that autoscales between the function's replicas (min 0 scales to zero) with fast
+        defaults that ``scaling`` (Ray Serve autoscaling knobs) overrides; ``"local"`` serves it from
+        one uvicorn process. The JSON body of a request is the parameters, checked as a run's; the
+        return value is the answer. The same hash again is a no-op; a new hash rolls in place.
+        ``max_ongoing_requests`` / ``max_queued_requests`` bound a replica's concurrent and waiting
+        requests as Ray Serve's do; past both a request is answered HTTP 503.
+        """
+        from .services import deploy
+
+        return deploy(
+            self,
+            backend,
+            name=name,
+            host=host,
+            port=port,
+            project=project,
+            scaling=scaling,
+            max_ongoing_requests=max_ongoing_requests,
+            max_queued_requests=max_queued_requests,
         )
 
     def tune(self, space: Mapping[str, Any] | None = None, **options: Any) -> Any:

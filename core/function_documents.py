@@ -29,6 +29,9 @@ def function_to_dict(fn: Function) -> dict[str, Any]:
         "spec": spec_to_dict(fn._spec),  # the spec itself: ``fn.spec`` is a deep copy
         "code": fn.code.to_dict(),
     }
+    steps = getattr(fn, "step_hashes", None)  # a Pipeline: the hashes of the functions its body calls
+    if steps:
+        data["steps"] = steps
     metadata: dict[str, Any] = {}
     if fn.description:
         metadata["description"] = fn.description
@@ -43,7 +46,7 @@ def function_from_dict(cls: type[Function], data: Mapping[str, Any], *, verify: 
     """The ``cls`` a ``to_dict`` document describes; with ``verify``, a recorded ``hash`` must match."""
     if not isinstance(data, Mapping):
         raise SpecError("a function document must be a mapping with name, handler, code and spec")
-    unknown = sorted(set(data) - {"kind", "name", "handler", "hash", "spec", "code", "metadata"})
+    unknown = sorted(set(data) - {"kind", "name", "handler", "hash", "spec", "code", "metadata", "steps"})
     if unknown:
         raise SpecError(f"unknown function document field {unknown[0]!r}")
     if data.get("kind", "function") not in ("function", "pipeline"):
@@ -52,6 +55,8 @@ def function_from_dict(cls: type[Function], data: Mapping[str, Any], *, verify: 
         from .pipelines import Pipeline
 
         cls = Pipeline
+    elif "steps" in data:
+        raise SpecError("function document field 'steps' belongs to pipelines (kind: pipeline)")
     for required in ("name", "handler", "code"):
         if required not in data:
             raise SpecError(f"function document is missing {required!r}")
@@ -74,6 +79,9 @@ def function_from_dict(cls: type[Function], data: Mapping[str, Any], *, verify: 
         description=metadata.get("description"),
         labels=metadata.get("labels"),
     )
+    if "steps" in data or (data.get("kind") == "pipeline" and data.get("hash")):
+        # the step hashes its recorded hash covers (none: recorded before pipelines kept them)
+        fn.pin_steps(data.get("steps") or {})  # type: ignore[attr-defined]  # a Pipeline; SpecError on a bad mapping
     recorded = data.get("hash")
     if recorded is not None and not isinstance(recorded, str):
         raise SpecError("function document field 'hash' must be a string of 64 hex characters")

@@ -26,7 +26,8 @@ import subprocess
 import sys
 import threading
 import time
-from typing import IO, Any, Callable
+from collections.abc import Callable
+from typing import IO, Any
 
 KILL_GRACE = 5.0  # seconds past a run's timeout, or a stop request, before a silent child is killed
 POLL = 0.05  # how often the parent looks at its stop signal while it waits

@@ -85,7 +85,7 @@ class CancelOutcome:
     detail: str = ""
 
 
-def cancel(project: "Project", uids: str | Sequence[str]) -> list[CancelOutcome]:
+def cancel(project: Project, uids: str | Sequence[str]) -> list[CancelOutcome]:
     """Cancel the runs ``uids`` (uids or unique prefixes) and their open children."""
     store = project.store
     given = [store.get_run(uid) for uid in uid_list(uids)]  # NotFoundError names an unknown uid
@@ -138,9 +138,9 @@ class DeletionPlan:
     """The runs a delete would remove (children included) and those it leaves because a live
     driver still runs them. Nothing changes until :meth:`execute`."""
 
-    project: "Project"
-    runs: list["RunRecord"]
-    skipped: list[tuple["RunRecord", str]]
+    project: Project
+    runs: list[RunRecord]
+    skipped: list[tuple[RunRecord, str]]
     children: int = 0  # how many of ``runs`` are there because their parent is deleted
 
     @property
@@ -168,7 +168,7 @@ class DeletionPlan:
 
 
 def plan_delete(
-    project: "Project",
+    project: Project,
     uids: str | Sequence[str] | None = None,
     *,
     state: str | Sequence[str] | None = None,
@@ -217,12 +217,12 @@ def plan_delete(
     )
 
 
-def delete(project: "Project", uids: Any = None, **filters: Any) -> DeletionResult:
+def delete(project: Project, uids: Any = None, **filters: Any) -> DeletionResult:
     """:func:`plan_delete` then :meth:`DeletionPlan.execute`, without asking."""
     return plan_delete(project, uids, **filters).execute()
 
 
-def _remove_files(project: "Project", uids: list[str], artifacts: list[Any]) -> tuple[int, list[str], list[str]]:
+def _remove_files(project: Project, uids: list[str], artifacts: list[Any]) -> tuple[int, list[str], list[str]]:
     """Remove each deleted run's artifact folder, and any of its artifacts elsewhere in the store.
 
     Returns (artifacts removed, artifact URLs left in place, problems). Artifacts outside the

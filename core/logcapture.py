@@ -9,8 +9,9 @@ from __future__ import annotations
 import io
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator, TextIO, Tuple
+from typing import TextIO
 
 DEFAULT_LIMIT = 1 << 20  # bytes of log kept per run (the tail)
 
@@ -149,7 +150,7 @@ def capture_output(
         yield log
 
 
-Capture = Tuple[BoundedLog, bool]
+Capture = tuple[BoundedLog, bool]
 
 
 def current() -> Capture | None:

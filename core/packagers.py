@@ -40,7 +40,7 @@ class Packager:
     suffix: str
     matches: Callable[[Any], bool]
     dump: Callable[[Any, IO[bytes]], dict]
-    load: Callable[[IO[bytes], "Artifact"], Any]
+    load: Callable[[IO[bytes], Artifact], Any]
 
 
 def _type_is(value: Any, module: str, names: tuple[str, ...]) -> bool:
@@ -60,7 +60,7 @@ def _dump_numpy(value: Any, handle: IO[bytes]) -> dict:
     return {"shape": list(value.shape), "dtype": str(value.dtype)}
 
 
-def _load_numpy(handle: IO[bytes], artifact: "Artifact") -> Any:
+def _load_numpy(handle: IO[bytes], artifact: Artifact) -> Any:
     import numpy as np
 
     return np.load(io.BytesIO(handle.read()), allow_pickle=False)
@@ -74,7 +74,7 @@ def _dump_frame(value: Any, handle: IO[bytes]) -> dict:
     return {"shape": list(value.shape), "columns": [str(c) for c in value.columns][:100]}
 
 
-def _load_frame(handle: IO[bytes], artifact: "Artifact") -> Any:
+def _load_frame(handle: IO[bytes], artifact: Artifact) -> Any:
     import pandas as pd
 
     return pd.read_parquet(io.BytesIO(handle.read()))
@@ -90,7 +90,7 @@ def _dump_csv(value: Any, handle: IO[bytes]) -> dict:
     return {"shape": list(value.shape), "columns": [str(c) for c in value.columns][:100], "index_levels": levels}
 
 
-def _load_csv(handle: IO[bytes], artifact: "Artifact") -> Any:
+def _load_csv(handle: IO[bytes], artifact: Artifact) -> Any:
     import pandas as pd
 
     levels = int(artifact.meta.get("index_levels") or 0)
@@ -145,7 +145,7 @@ def _dump_folder(value: Any, handle: IO[bytes]) -> dict:
     return {"filename": os.path.basename(os.path.normpath(path))}
 
 
-def _load_folder(handle: IO[bytes], artifact: "Artifact") -> pathlib.Path:
+def _load_folder(handle: IO[bytes], artifact: Artifact) -> pathlib.Path:
     """The archive unpacked into the cache: shared per content hash, fresh when the hash is unknown
     (a folder given by path or URL), so two different folders never share one cache entry."""
     target = _cache_dir() / f"{artifact.sha256 or uuid.uuid4().hex}.d"
@@ -170,7 +170,7 @@ def _dump_pickle(value: Any, handle: IO[bytes]) -> dict:
     return {"type": f"{type(value).__module__}.{type(value).__qualname__}"}
 
 
-def _load_pickle(handle: IO[bytes], artifact: "Artifact") -> Any:
+def _load_pickle(handle: IO[bytes], artifact: Artifact) -> Any:
     import cloudpickle
 
     return cloudpickle.load(handle)

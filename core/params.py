@@ -5,9 +5,10 @@ from __future__ import annotations
 import inspect
 import json
 import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from .errors import ParamError
 from .numpy_params import as_array, is_array, is_array_hint, is_numpy_or_pandas, param_value

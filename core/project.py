@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 from .errors import CodeError, NotFoundError, ParamError, ProjectError, ShoalError, SpecError
 from .function import Function
-from .project_config import CONFIG_FILE, config_entry, default_name, load_config, masked
+from .project_config import CONFIG_FILE, config_entry, default_name, hub_entry, load_config, masked
 
 __all__ = [
     "CONFIG_FILE",
@@ -51,15 +51,15 @@ log = logging.getLogger("shoal.project")
 class RunSelection(TypedDict, total=False):
     """Which runs a deletion is about, besides uids: the keywords of :meth:`RunRegistry.delete`."""
 
-    state: "str | builtins.list[str] | None"
-    before: "str | date | datetime | None"
+    state: str | builtins.list[str] | None
+    before: str | date | datetime | None
     function: str | None
 
 
 class FunctionRegistry:
     """``project.functions``: save versions, get them back by name, tag or hash, compare them."""
 
-    def __init__(self, project: "Project"):
+    def __init__(self, project: Project):
         self._project = project
         self._saved: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
@@ -92,13 +92,13 @@ class FunctionRegistry:
             raise
         return Function.from_dict(record.spec)
 
-    def record(self, ref: str) -> "FunctionRecord":
+    def record(self, ref: str) -> FunctionRecord:
         return self._project.store.get_function(ref)
 
-    def list(self) -> "list[FunctionRecord]":
+    def list(self) -> list[FunctionRecord]:
         return self._project.store.list_functions()
 
-    def history(self, name: str) -> "builtins.list[FunctionRecord]":
+    def history(self, name: str) -> builtins.list[FunctionRecord]:
         return self._project.store.function_history(name)
 
     def diff(self, a: str, b: str) -> str:
@@ -130,10 +130,10 @@ class RunRegistry:
     project's database is opened and whenever runs are listed.
     """
 
-    def __init__(self, project: "Project"):
+    def __init__(self, project: Project):
         self._project = project
 
-    def get(self, uid: str) -> "Run":
+    def get(self, uid: str) -> Run:
         from .runs import Run
 
         return Run.from_record(self._project.store.get_run(uid))
@@ -144,7 +144,7 @@ class RunRegistry:
         state: str | list[str] | None = None,
         parent: str | None = None,
         limit: int | None = None,
-    ) -> "list[Run]":
+    ) -> list[Run]:
         from .runs import STATES, Run
 
         for name in [state] if isinstance(state, str) else list(state or ()):
@@ -159,7 +159,7 @@ class RunRegistry:
     def logs(self, uid: str) -> str:
         return self.get(uid).logs
 
-    def cancel(self, *uids: "str | builtins.list[str]") -> "builtins.list[CancelOutcome]":
+    def cancel(self, *uids: str | builtins.list[str]) -> builtins.list[CancelOutcome]:
         """Cancel pending or running runs (uids or unique prefixes, or lists of them) and their
         open children.
 
@@ -172,8 +172,8 @@ class RunRegistry:
         return cancel(self._project, [u for item in uids for u in ([item] if isinstance(item, str) else item)])
 
     def plan_delete(
-        self, uids: "str | builtins.list[str] | None" = None, **selection: "Unpack[RunSelection]"
-    ) -> "DeletionPlan":
+        self, uids: str | builtins.list[str] | None = None, **selection: Unpack[RunSelection]
+    ) -> DeletionPlan:
         """What :meth:`delete` would remove (and skip), without changing anything."""
         from .lifecycle import plan_delete
 
@@ -181,12 +181,12 @@ class RunRegistry:
 
     def delete(
         self,
-        uids: "str | builtins.list[str] | None" = None,
+        uids: str | builtins.list[str] | None = None,
         *,
-        state: "str | builtins.list[str] | None" = None,
-        before: "str | date | datetime | None" = None,
+        state: str | builtins.list[str] | None = None,
+        before: str | date | datetime | None = None,
         function: str | None = None,
-    ) -> "DeletionResult":
+    ) -> DeletionResult:
         """Delete runs by uid, or by ``state`` / ``before`` (created before; a date, datetime or ISO
         text) / ``function``, with their children and their artifacts' files.
 
@@ -227,9 +227,9 @@ class Project:
         self.function_specs: dict[str, Any] = dict(config.get("functions") or {})
         self.functions = FunctionRegistry(self)
         self.runs = RunRegistry(self)
-        self._store: "Store | None" = None
-        self._artifacts: "ArtifactStore | None" = None
-        self._recorder: "Recorder | None" = None
+        self._store: Store | None = None
+        self._artifacts: ArtifactStore | None = None
+        self._recorder: Recorder | None = None
         self._lock = threading.Lock()
 
     def _path(self, value: str | os.PathLike) -> pathlib.Path:
@@ -250,7 +250,7 @@ class Project:
 
     # -- lazily opened resources --------------------------------------------------------------
     @property
-    def store(self) -> "Store":
+    def store(self) -> Store:
         with self._lock:
             if self._store is not None:
                 return self._store
@@ -274,7 +274,7 @@ class Project:
             log.warning("could not end the runs of lost drivers: %s", exc)
 
     @property
-    def artifacts(self) -> "ArtifactStore":
+    def artifacts(self) -> ArtifactStore:
         with self._lock:
             if self._artifacts is None:
                 from .artifacts import ArtifactStore
@@ -283,7 +283,7 @@ class Project:
             return self._artifacts
 
     @property
-    def recorder(self) -> "Recorder":
+    def recorder(self) -> Recorder:
         store = self.store
         with self._lock:
             if self._recorder is None:
@@ -305,6 +305,14 @@ class Project:
             listed = ", ".join(sorted(map(str, self.function_specs))) or "none"
             raise NotFoundError(f"function {name!r} is not in {CONFIG_FILE} (it lists: {listed})") from None
         where = f"{CONFIG_FILE}: functions.{name}"
+        from_hub = hub_entry(entry, where)
+        if from_hub is not None:  # a hub function under this project's name, the yaml's fields on top
+            ref, options = from_hub
+            fn = Function.from_hub(ref, project=self)
+            try:
+                return fn.with_spec(name=name, **options) if options or name != fn.name else fn
+            except SpecError as exc:
+                raise SpecError(f"{where}: {exc}") from exc
         file, handler, options = config_entry(entry, where)
         try:
             return Function.from_file(self._path(file), handler, name=name, **options)
@@ -314,7 +322,10 @@ class Project:
             raise ProjectError(f"{where}: {exc}") from exc
 
     def get_function(self, ref: str) -> Function:
-        """A shoal.yaml function by name (built from its file), else a stored version by reference."""
+        """A shoal.yaml function by name (built from its file), a ``hub://`` reference (verified, see
+        ``shoal.hub``), else a stored version by reference."""
+        if ref.startswith("hub://"):
+            return Function.from_hub(ref, project=self)
         base = ref.split(":")[0].split("@")[0]
         if ref == base and ref in self.function_specs:
             return self.function_from_config(ref)
@@ -326,7 +337,7 @@ class Project:
             listed = ", ".join(sorted(map(str, self.function_specs)))
             raise NotFoundError(f"{exc}; {CONFIG_FILE} lists: {listed}") from None
 
-    def watch_backend(self, backend: "Backend") -> None:
+    def watch_backend(self, backend: Backend) -> None:
         """Record the scaling events of ``backend`` in this project from now on.
 
         Idempotent and cheap, so it can be called for every driver. The recorder's thread pulls
@@ -350,7 +361,7 @@ class Project:
         if store is not None:
             store.close()
 
-    def __enter__(self) -> "Project":
+    def __enter__(self) -> Project:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -368,13 +379,13 @@ class ProjectSettings(TypedDict, total=False):
     """The keywords of :class:`Project` besides its folder, as :func:`project` takes them."""
 
     name: str | None
-    home: "str | os.PathLike | None"
+    home: str | os.PathLike | None
     database: str | None
     artifacts: str | None
     backend: str | None
 
 
-def project(path: str | os.PathLike = ".", **settings: "Unpack[ProjectSettings]") -> Project:
+def project(path: str | os.PathLike = ".", **settings: Unpack[ProjectSettings]) -> Project:
     """Open (or create on first write) the project at ``path`` with ``Project``'s keywords (``name``,
     ``home``, ``database``, ``artifacts``, ``backend``); one instance per settings and process."""
     environment = (os.environ.get("SHOAL_DATABASE"), os.environ.get("SHOAL_ARTIFACTS"))

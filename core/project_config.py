@@ -15,10 +15,11 @@ from .errors import ProjectError, SpecError
 from .spec import METADATA_FIELDS, PLACEMENT_SHORTHANDS, RESOURCE_SHORTHANDS, SPEC_FIELDS
 
 CONFIG_FILE = "shoal.yaml"
-CONFIG_KEYS = ("name", "home", "database", "artifacts", "backend", "functions")
+CONFIG_KEYS = ("name", "home", "database", "artifacts", "backend", "functions", "hubs")
 TEXT_KEYS = ("name", "home", "database", "artifacts", "backend")
 FUNCTION_KEYS = ("file", "handler")
 ENTRY_KEYS = FUNCTION_KEYS + SPEC_FIELDS + RESOURCE_SHORTHANDS + PLACEMENT_SHORTHANDS + METADATA_FIELDS
+HUB_KEY = "hub"  # a functions: entry {hub: hub://describe:1.0.0, <spec fields>}, or just "hub://describe"
 
 
 def masked(url: str) -> str:
@@ -57,7 +58,33 @@ def load_config(root: pathlib.Path) -> dict[str, Any]:
     odd = [key for key in functions if not isinstance(key, str)]
     if odd:
         raise ProjectError(f"{path}: function name {odd[0]!r} must be a string; quote it")
+    if data.get("hubs") is not None:
+        from .hub.sources import check_sources
+
+        check_sources(data["hubs"], f"{path}: hubs")
     return data
+
+
+def hub_entry(entry: Any, where: str) -> tuple[str, dict[str, Any]] | None:
+    """``(hub reference, spec options)`` for a function entry that names a hub function, else None."""
+    from .hub.refs import is_hub_reference
+
+    if is_hub_reference(entry):
+        return entry, {}
+    if not isinstance(entry, Mapping) or HUB_KEY not in entry:
+        return None
+    options = dict(entry)
+    ref = options.pop(HUB_KEY)
+    if not is_hub_reference(ref):
+        raise ProjectError(f"{where}: 'hub' must be a reference like hub://describe:1.0.0, got {ref!r}")
+    if "file" in options or "handler" in options:
+        raise ProjectError(f"{where}: give either 'hub' or 'file'/'handler', not both")
+    if "name" in options:
+        raise ProjectError(f"{where}: remove 'name'; the key under 'functions' is the function's name")
+    unknown = sorted(set(options) - set(ENTRY_KEYS), key=str)
+    if unknown:
+        raise SpecError(f"{where}: unknown field {unknown[0]!r}; valid fields: hub, {', '.join(ENTRY_KEYS[2:])}")
+    return ref, options
 
 
 def config_entry(entry: Any, where: str) -> tuple[str, str, dict[str, Any]]:

@@ -7,9 +7,9 @@ the middle of it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import lru_cache
 from importlib import metadata
-from typing import Iterable
 
 
 @lru_cache(maxsize=256)

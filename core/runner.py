@@ -12,8 +12,10 @@ from __future__ import annotations
 import os
 import random
 import threading
+import weakref
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from . import batching, secrets
 from .artifacts import KEY_PATTERN, Artifact
@@ -40,6 +42,12 @@ _uids_lock = threading.Lock()
 os.register_at_fork(after_in_child=lambda: _uids.seed(os.urandom(16)))
 
 
+# Function hashes whose requirements each backend was found to meet (kept here, not on the backend:
+# it is the driver's knowledge); an entry goes with its backend.
+_requirements_checked: weakref.WeakKeyDictionary[Backend, set[str]] = weakref.WeakKeyDictionary()
+_checked_lock = threading.Lock()
+
+
 def new_uid() -> str:
     """A random 128-bit hex uid (from a generator seeded once by the OS: os.urandom per run is slow
     on some virtual machines)."""
@@ -47,7 +55,7 @@ def new_uid() -> str:
         return f"{_uids.getrandbits(128):032x}"
 
 
-def resolve_backend(fn: "Function", backend: Any, project: "Project") -> "Backend":
+def resolve_backend(fn: Function, backend: Any, project: Project) -> Backend:
     """A Backend object as given; for a name, the backend its registered engine class gives this
     function (``Backend.for_function``: by default the shared embedded one, adapted to the replicas;
     a function that sets none gets every slot the engine has)."""
@@ -63,7 +71,7 @@ class Driver(Dispatcher):
     """Runs of one function on one backend within one project: checks parameters, stages inputs,
     makes the records; sending and recording outcomes is the ``Dispatcher``'s part."""
 
-    def __init__(self, fn: "Function", project: "Project", backend: "Backend", *, resolve_secrets: bool | None = None):
+    def __init__(self, fn: Function, project: Project, backend: Backend, *, resolve_secrets: bool | None = None):
         """``resolve_secrets``: look up the values of the env's secret references here (default:
         unless the backend's pods get them from Kubernetes); an unresolvable one is a SecretError
         before anything is recorded."""
@@ -80,16 +88,22 @@ class Driver(Dispatcher):
         project.watch_backend(backend)  # its scaling events go to the project's records
         self._callable = fn.callable if backend.in_process else None
         self._gpus = gpus_per_run(self.spec.resources)
+        # A function imported from a hub: its resolved hub://source/name:version@hash on each run.
+        hub = fn.labels.get("hub")
+        self._hub_label = {"hub": hub} if hub else {}
 
     def save_function(self) -> None:
         """Check that the workers have the requirements, then store the function version (once
         per process) before its first run record."""
         self.backend.start()  # an unreachable engine is an error here, before any record
-        checked = self.backend.__dict__.setdefault("_requirements_checked", set())
-        if self.fn.hash not in checked:
+        with _checked_lock:
+            checked = _requirements_checked.setdefault(self.backend, set())
+            fresh = self.fn.hash not in checked
+        if fresh:
             self.backend.ensure_requirements(self.spec.requirements)
             self.backend.ensure_gpus(self._gpus, self.fn.name)
-            checked.add(self.fn.hash)
+            with _checked_lock:
+                checked.add(self.fn.hash)
         self.project.functions.ensure_saved(self.fn)
 
     # -- preparing ----------------------------------------------------------------------------
@@ -181,14 +195,14 @@ class Driver(Dispatcher):
             "parent": parent,
             "iteration": iteration,
             "backend": self.backend.name,
-            "labels": dict(labels or {}),
+            "labels": {**self._hub_label, **dict(labels or {})},
             "attempts": 0,
             "created_at": datetime.now(timezone.utc),  # set here so the returned Run and the row agree
         }
 
 
 # -- entry points used by Function.run / submit / map ------------------------------------------------
-def open_driver(fn: "Function", backend: Any = None, project: "Project | None" = None) -> Driver:
+def open_driver(fn: Function, backend: Any = None, project: Project | None = None) -> Driver:
     """The Driver of ``fn``'s runs on ``backend`` (a Backend, a name, or None for the function's or
     project's default) in ``project`` (default: the current one): what ``fn.run``/``fn.map`` and
     tuning start from."""
@@ -201,12 +215,12 @@ def open_driver(fn: "Function", backend: Any = None, project: "Project | None" =
 
 
 def submit_function(
-    fn: "Function",
+    fn: Function,
     params: Mapping[str, Any] | None,
     inputs: Mapping[str, Any] | None,
     *,
     backend: Any = None,
-    project: "Project | None" = None,
+    project: Project | None = None,
     watch: bool = False,
     from_text: bool = False,
     labels: Mapping[str, str] | None = None,
@@ -239,7 +253,7 @@ def submit_function(
     return driver.launch(record, staged, watch=watch, params=bound)
 
 
-def run_function(fn: "Function", params: Any, inputs: Mapping[str, Any] | None, **options: Any) -> Run:
+def run_function(fn: Function, params: Any, inputs: Mapping[str, Any] | None, **options: Any) -> Run:
     """``submit_function`` with the same options (``watch`` defaults to True), then the run once it
     has ended: what ``fn.run`` and ``shoal run`` call."""
     handle = submit_function(fn, params, inputs, **{"watch": True, "call": "fn.run", **options})
@@ -262,12 +276,12 @@ def _wait_all(handles: list[RunHandle]) -> list[Run]:
 
 
 def map_function(
-    fn: "Function",
+    fn: Function,
     params_list: Iterable[Mapping[str, Any]],
     inputs: Mapping[str, Any] | None,
     *,
     backend: Any = None,
-    project: "Project | None" = None,
+    project: Project | None = None,
     watch: bool = False,
     batch_size: int | str = "auto",
     iterables: tuple[Iterable[Any], ...] = (),

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from .artifacts import Artifact
 from .errors import RunFailedError, RunTimeoutError
@@ -91,7 +92,7 @@ class Run:
             return self.artifacts[key].load()
         raise KeyError(f"run {self.uid[:12]} has no result or artifact {key!r}")
 
-    def raise_for_state(self) -> "Run":
+    def raise_for_state(self) -> Run:
         """Raise RunFailedError unless the run ended normally: ``completed``, ``cached``, or ``pruned``
         (pruning is a normal outcome of a tuning trial, as in Optuna; check ``state`` to tell them apart)."""
         if self.state not in OK_STATES:
@@ -101,7 +102,7 @@ class Run:
         return self
 
     @classmethod
-    def from_record(cls, record: Any) -> "Run":
+    def from_record(cls, record: Any) -> Run:
         return cls(
             uid=record.uid,
             function=record.function,
@@ -162,14 +163,14 @@ class Run:
 class RunHandle:
     """A submitted run: poll ``state``, ``wait``, get the recorded ``result()``, or ``cancel()``."""
 
-    def __init__(self, uid: str, function: str, canceller: Callable[["RunHandle"], bool]):
+    def __init__(self, uid: str, function: str, canceller: Callable[[RunHandle], bool]):
         self.uid = uid
         self.function = function
         self._canceller = canceller
         self._state = RunState.PENDING.value
         self._run: Run | None = None
         self._done = threading.Event()
-        self._callbacks: list[Callable[["RunHandle"], None]] = []
+        self._callbacks: list[Callable[[RunHandle], None]] = []
         self._lock = threading.Lock()
         self.cancel_requested = False
         _handles[uid] = self
@@ -200,19 +201,22 @@ class RunHandle:
         self.cancel_requested = True
         return self._canceller(self)
 
-    def add_done_callback(self, callback: Callable[["RunHandle"], None]) -> None:
+    def add_done_callback(self, callback: Callable[[RunHandle], None]) -> None:
         with self._lock:
             if not self._done.is_set():
                 self._callbacks.append(callback)
                 return
         callback(self)
 
-    # driver side
-    def _set_state(self, state: str) -> None:
+    # For the code that drives the run only (as ``concurrent.futures.Future.set_result`` is for
+    # executors): the dispatcher, the cache and pipeline steps.
+    def set_running(self) -> None:
+        """The run started where it runs."""
         if not self._done.is_set():
-            self._state = state
+            self._state = "running"
 
-    def _finish(self, run: Run) -> None:
+    def set_run(self, run: Run) -> None:
+        """The run ended (or was recorded ended): resolve the handle and call its callbacks."""
         with self._lock:
             self._run = run
             self._state = run.state
@@ -226,7 +230,7 @@ class RunHandle:
 
 
 # The handles of this process by run uid, so a cancel that names a run reaches the run itself.
-_handles: "weakref.WeakValueDictionary[str, RunHandle]" = weakref.WeakValueDictionary()
+_handles: weakref.WeakValueDictionary[str, RunHandle] = weakref.WeakValueDictionary()
 
 
 def live_handle(uid: str) -> RunHandle | None:
@@ -243,7 +247,7 @@ def cancel_live(uids: list[str]) -> None:
             handle.cancel()
 
 
-def gather(runs: "Iterable[Run | RunHandle]", errors: str = "raise") -> list[Any]:
+def gather(runs: Iterable[Run | RunHandle], errors: str = "raise") -> list[Any]:
     """What each run's handler returned, in order, as Dask's ``client.gather(futures)`` and Ray's
     ``ray.get(refs)`` give their tasks' values (handles are waited for first).
 

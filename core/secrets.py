@@ -20,7 +20,8 @@ import pathlib
 import re
 import stat
 import tempfile
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from .errors import SecretError
 
@@ -172,13 +173,13 @@ def _check_name(value: Any, what: str) -> None:
         raise SecretError(f"invalid {what} {value!r}: use letters, digits, '-', '_' or '.' (as Kubernetes does)")
 
 
-def secrets_file(project: "Project") -> SecretsFile:
+def secrets_file(project: Project) -> SecretsFile:
     """The project's secrets file: ``$SHOAL_SECRETS_FILE``, else ``<home>/secrets.json``."""
     override = os.environ.get(FILE_ENV)
     return SecretsFile(pathlib.Path(override).expanduser() if override else project.home / FILE_NAME)
 
 
-def resolve(references: Mapping[str, Any], project: "Project") -> SecretValues:
+def resolve(references: Mapping[str, Any], project: Project) -> SecretValues:
     """Values for ``{variable: SecretRef}``; SecretError naming every reference that has none."""
     values = SecretValues()
     if not references:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -19,7 +19,7 @@ from .quantity import canonical_quantity, parse_quantity
 # Used with ``fullmatch`` (``match`` + ``$`` would accept a trailing newline).
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 ENV_NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
-Quantity = Union[str, int, float]
+Quantity = str | int | float
 RESOURCE_SHORTHANDS = ("cpu", "memory", "gpu")
 PLACEMENT_SHORTHANDS = ("node_selector", "affinity", "tolerations", "spot", "priority_class")
 
@@ -72,7 +72,7 @@ class Resources(_Model):
     limits: ResourceAmounts = ResourceAmounts()
 
     @model_validator(mode="after")
-    def _limits_cover_requests(self) -> "Resources":
+    def _limits_cover_requests(self) -> Resources:
         for kind in ("cpu", "memory", "gpu"):
             request, limit = getattr(self.requests, kind), getattr(self.limits, kind)
             if request is not None and limit is not None and parse_quantity(limit) < parse_quantity(request):
@@ -82,7 +82,7 @@ class Resources(_Model):
         return self
 
 
-def gpus_per_run(resources: "Resources") -> int:
+def gpus_per_run(resources: Resources) -> int:
     """Whole GPUs one run holds: the limit, else the request (engines reserve this many)."""
     amount = resources.limits.gpu or resources.requests.gpu
     return int(parse_quantity(amount)) if amount is not None else 0
@@ -111,7 +111,7 @@ class Replicas(_Model):
         return value
 
     @model_validator(mode="after")
-    def _ordered(self) -> "Replicas":
+    def _ordered(self) -> Replicas:
         if self.min > self.max:
             raise ValueError(f"min ({self.min}) is greater than max ({self.max}); use min <= max, e.g. (0, {self.min})")
         return self
@@ -122,7 +122,7 @@ class Replicas(_Model):
 UNSET_REPLICAS_ON_KUBERNETES = Replicas(min=1, max=1)
 
 
-def kubernetes_replicas(replicas: "Replicas | None") -> Replicas:
+def kubernetes_replicas(replicas: Replicas | None) -> Replicas:
     """The worker bounds a Kubernetes cluster of the function's pods gets."""
     return replicas if replicas is not None else UNSET_REPLICAS_ON_KUBERNETES
 
@@ -191,9 +191,7 @@ class SecretVolume(_Volume):
     secret: str = Field(min_length=1)
 
 
-Volume = Annotated[
-    Union[PvcVolume, NfsVolume, HostPathVolume, ConfigMapVolume, SecretVolume], Field(discriminator="type")
-]
+Volume = Annotated[PvcVolume | NfsVolume | HostPathVolume | ConfigMapVolume | SecretVolume, Field(discriminator="type")]
 
 
 class FunctionSpec(_Model):
@@ -201,7 +199,7 @@ class FunctionSpec(_Model):
 
     requirements: tuple[str, ...] = ()
     image: str | None = None
-    env: dict[str, Union[str, SecretRef]] = {}
+    env: dict[str, str | SecretRef] = {}
     resources: Resources = Resources()
     replicas: Replicas | None = None  # None: every slot the backend has
     placement: Placement = Placement()

@@ -39,7 +39,7 @@ class ContentDigest:
             raise ValueError(f"ContentDigest takes a SHA-256 as 64 lowercase hex digits, got {self.sha256!r}")
 
     @classmethod
-    def of(cls, *parts: str) -> "ContentDigest":
+    def of(cls, *parts: str) -> ContentDigest:
         """The digest of some strings (joined unambiguously): a stable name for a value to come."""
         return cls(hashlib.sha256(json.dumps(list(parts)).encode("utf-8")).hexdigest())
 
@@ -54,7 +54,7 @@ class CacheOptions:
     expires: timedelta | None = None
     version: str | None = None
 
-    OFF: ClassVar["CacheOptions"]
+    OFF: ClassVar[CacheOptions]
 
     @classmethod
     def from_call(
@@ -66,7 +66,7 @@ class CacheOptions:
         cache_version: str | int | None = None,
         *,
         default: bool = False,
-    ) -> "CacheOptions":
+    ) -> CacheOptions:
         """The options of ``fn.run/submit/map(cache=..., refresh=..., cache_ignore=...,
         cache_expires=..., cache_version=...)``; ``default`` is ``cache`` when not given (on in
         pipelines, off elsewhere). Bad values are a ParamError naming the argument."""

@@ -7,7 +7,8 @@ The graph: ``steps / 2`` independent no-op steps, then ``steps / 2`` steps each 
 one of them (``handle.output("return")``: the engine waits for the producer). Shoal records every
 step (and the pipeline's parent run) in the project database; the raw side is
 ``client.submit(noop, future)`` on Dask and ``remote.remote(ref)`` on Ray, then one gather/get.
-Each repeat times raw then shoal (interleaved, ``cache=False``); then the same pipeline with
+Each repeat times raw then shoal (interleaved, ``cache=False``), in wall seconds and in this
+process's CPU seconds (all threads: on a shared machine the driver's own cost); then the same pipeline with
 caching on is run once to fill the cache and timed again fully cached (every step ``cached``, no
 engine task). Writes ``pipeline.json``/``.png``.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import time
 
 from harness import Session, bars, options, pyplot, ratio_line, timed
 
@@ -65,12 +67,16 @@ def measure(engine: str, args) -> dict:
         project = shoal.Project(folder, name="perf")
         raw_graph(engine, backend, 4)  # warm: workers up, functions shipped
         fan.run({"n": 4}, backend=backend, project=project, cache=False)
-        raw_s, shoal_s = [], []
+        raw_s, shoal_s, raw_cpu, shoal_cpu = [], [], [], []
         for _ in range(args.repeats):
+            cpu = time.process_time()
             seconds, values = timed(lambda: raw_graph(engine, backend, half))
+            raw_cpu.append(time.process_time() - cpu)
             assert values == list(range(half)) * 2
             raw_s.append(seconds)
+            cpu = time.process_time()
             seconds, run = timed(lambda: fan.run({"n": half}, backend=backend, project=project, cache=False))
+            shoal_cpu.append(time.process_time() - cpu)
             assert run.state == "completed" and run.results["steps"] == {"completed": 2 * half}, run.error
             shoal_s.append(seconds)
         recorded = project.store.count_runs(parent=run.uid)
@@ -88,6 +94,8 @@ def measure(engine: str, args) -> dict:
         "raw_s": raw_s,
         "shoal_s": shoal_s,
         "ratio_fastest": min(shoal_s) / min(raw_s),
+        "raw_driver_cpu_s": raw_cpu,  # this process, all its threads: what shoal adds on the driver
+        "shoal_driver_cpu_s": shoal_cpu,
         "recorded_steps": recorded,
         "fill_cache_s": fill_s,
         "cached_rerun_s": cached_s,
@@ -98,7 +106,8 @@ def describe(row: dict) -> list[str]:
     name = f"{row['engine']}, {row['steps']} no-op steps"
     return [
         ratio_line(f"{name} (shoal pipeline / raw futures)", min(row["shoal_s"]), min(row["raw_s"]), "<= 1.5x")
-        + f"; {row['recorded_steps']} steps recorded",
+        + f"; {row['recorded_steps']} steps recorded; driver CPU {min(row['shoal_driver_cpu_s']):.2f} s vs "
+        f"{min(row['raw_driver_cpu_s']):.2f} s raw",
         f"{name}: fully cached rerun {min(row['cached_rerun_s']):.3f} s (target < 1 s); "
         f"filling the cache took {row['fill_cache_s']:.3f} s",
     ]

@@ -87,6 +87,31 @@ def kill_by_pid(pids: Iterable[int]) -> None:
             pass
 
 
+def cli(cwd: Path | str, *args: str, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+    """Run ``python -m shoal.cli.main ARGS`` in ``cwd`` with a clean shoal environment (no SHOAL_*
+    variable of the test runner's), wide enough that tables print whole."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")}
+    environ.update({"COLUMNS": "200", **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "shoal.cli.main", *args],
+        cwd=cwd,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def crash(driver: subprocess.Popen) -> None:
+    """End ``driver`` as a crash would (SIGKILL: no cleanup of its own runs), wait for it, then end
+    the engine processes it had started, by PID. Safe when it has already exited."""
+    engine = descendants(driver.pid)
+    if driver.poll() is None:
+        os.kill(driver.pid, signal.SIGKILL)
+    driver.wait(60)
+    kill_by_pid(engine)
+
+
 def task(fn: shoal.Function, params: dict | None = None, artifacts: str | Path = "/tmp/shoal-test-artifacts", **fields) -> RunTask:
     """A RunTask as the runner builds it (code shipped, no in-process callable)."""
     return RunTask(

@@ -20,7 +20,7 @@ import yaml
 import shoal
 from shoal.scaffold import create_project
 
-from helpers import colliding_versions
+from helpers import cli, colliding_versions
 
 TRAIN = '''\
 import os
@@ -62,18 +62,6 @@ def _no_ambient_settings(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-def cli(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run ``python -m shoal.cli.main ARGS`` in ``cwd`` with a clean shoal environment."""
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")}
-    environ.update({"COLUMNS": "200", **(env or {})})
-    return subprocess.run(
-        [sys.executable, "-m", "shoal.cli.main", *args],
-        cwd=cwd,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def strict_json(text: str):

@@ -124,6 +124,30 @@ def test_embedded_cluster_runs_tasks_and_closes_its_processes(fn, tmp_path):
     backend.close()  # idempotent
 
 
+def test_runs_start_in_the_order_they_were_submitted(project, fn, tmp_path):
+    """Runs submitted one by one, and the batches of a map, all wait on their function's code task
+    and become ready together; they still start in the order they were sent."""
+    log = tmp_path / "order.log"
+
+    def started() -> list[int]:
+        return [int(line) for line in log.read_text().split()]
+
+    bystander = fn("bystander")
+    with DaskBackend(n_workers=1) as backend:  # one worker thread: runs start one after another
+        handles = [
+            bystander.submit({"i": i, "log": str(log), "hold": 0}, backend=backend, project=project) for i in range(8)
+        ]
+        assert [h.result(120).state for h in handles] == ["completed"] * 8
+        assert started() == list(range(8))
+
+        log.unlink()
+        items = [{"i": i, "log": str(log), "hold": 0} for i in range(12)]
+        # The code task went when the last run ended: the map ships it again, and waits on it.
+        runs = bystander.map(items, backend=backend, project=project, batch_size=3)
+        assert [r.state for r in runs] == ["completed"] * 12
+        assert started() == list(range(12))
+
+
 def test_bad_options_of_the_embedded_cluster():
     with pytest.raises(shoal.BackendError, match="address or a cluster"):
         DaskBackend("tcp://127.0.0.1:8786", cluster=object())

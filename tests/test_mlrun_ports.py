@@ -33,7 +33,7 @@ import pandas as pd
 import shoal
 
 
-def my_job(context, p1=1, p2="x"):
+def my_job(context, p1=1, p2="x", workdir="."):
     # what the run is, and what it was given: a secret and an input file
     context.logger.info("my_job starting", p2=p2)
     print(f"Run: {context.name} (uid={context.uid})")
@@ -54,9 +54,12 @@ def my_job(context, p1=1, p2="x"):
         labels={"framework": "xgboost"},
     )
     context.log_artifact("html_result", body=b"<b> Some HTML <b>", local_path="result.html")
-    with open(f"summary-{context.uid}.csv", "w") as handle:
+    # (the page writes to the working folder, which on a worker is the engine's: ``workdir`` keeps
+    # the file in the test's own folder)
+    summary = f"{workdir}/summary-{context.uid}.csv"
+    with open(summary, "w") as handle:
         handle.write("metric,value\\naccuracy,%d\\n" % (p1 * 2))
-    context.log_artifact("summary", local_path=f"summary-{context.uid}.csv")
+    context.log_artifact("summary", local_path=summary)
 
     # a table
     visits = {
@@ -136,7 +139,7 @@ def test_my_job_runs_unchanged(project, handlers, engine, tmp_path, monkeypatch)
     infile.write_text("hello from the input file")
     fn = shoal.Function.from_file(handlers, "my_job", env={"ACCESS_KEY": {"secret": "store", "key": "access"}})
 
-    run = fn.run({"p1": 2}, inputs={"infile.txt": infile}, backend=engine, project=project, watch=False)
+    run = fn.run({"p1": 2, "workdir": str(tmp_path)}, inputs={"infile.txt": infile}, backend=engine, project=project, watch=False)
 
     assert run.state == "completed", run.error
     assert run.results == {"accuracy": 4, "loss": 6, "p2": "x"}
@@ -167,7 +170,7 @@ def test_my_job_runs_unchanged(project, handlers, engine, tmp_path, monkeypatch)
 
 def test_get_input_gives_data_items(project, handlers, engine, tmp_path):
     earlier = shoal.Function.from_file(handlers, "my_job").run(
-        {"p1": 1}, inputs={"infile.txt": b"x"}, backend="local", project=project, watch=False
+        {"p1": 1, "workdir": str(tmp_path)}, inputs={"infile.txt": b"x"}, backend="local", project=project, watch=False
     )
     assert earlier.ok, earlier.error
     raw = tmp_path / "raw.bin"

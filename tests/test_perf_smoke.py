@@ -66,3 +66,9 @@ def test_harness_refuses_bad_repeats(tmp_path):
     done = subprocess.run([sys.executable, str(PERF / "journal_lock.py"), "--out", str(tmp_path), "--repeats", "0"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--repeats must be >= 1" in done.stderr
+
+
+def test_serving_quick_without_ray(tmp_path):
+    report = quick("serving", tmp_path, "--systems", "uvicorn,shoal-local")
+    assert set(report["systems"]) == {"uvicorn", "shoal-local"}
+    assert report["ratios"]["local_throughput"] > 0

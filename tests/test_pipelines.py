@@ -265,3 +265,39 @@ def test_a_pipeline_is_a_function_of_its_own_kind(project, steps):
     assert isinstance(stored, shoal.Pipeline)
     with pytest.raises(PipelineError, match="run"):
         training.submit()
+
+
+def test_a_driver_subclass_decides_through_the_public_hooks(project, steps):
+    """What StepDriver is built on: a run's task is shaped once, every attempt (retries and the
+    runs of ``launch_many`` included) goes through ``submit_attempt``, and ``attempt_ended``
+    decides what an ended attempt means."""
+    from shoal.runner import Driver
+
+    class Watching(Driver):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.shaped, self.sent, self.ended = [], [], []
+
+        def shape_task(self, flight):
+            self.shaped.append(flight.task.uid)
+
+        def submit_attempt(self, flight, on_start):
+            self.sent.append((flight.task.uid, flight.task.attempt))
+            return super().submit_attempt(flight, on_start)
+
+        def attempt_ended(self, flight, outcome):
+            self.ended.append(outcome.state)
+            self.retry_or_record(flight, outcome)
+
+    with shoal.backends.get("local", n_workers=2) as backend:
+        driver = Watching(steps["add"], project, backend)
+        driver.save_function()
+        params = [{"a": 1}, {"a": 2, "b": 3}]
+        records = [driver.new_record(p, {}, iteration=i) for i, p in enumerate(params)]
+        project.store.create_runs(records)
+        runs = [handle.result(60) for handle in driver.launch_many(records, {}, params, batch_size=2)]
+    assert [run.results["sum"] for run in runs] == [1, 5]
+    uids = [record["uid"] for record in records]
+    assert driver.shaped == uids
+    assert sorted(driver.sent) == sorted((uid, 1) for uid in uids)  # one by one, not batched
+    assert driver.ended == ["completed", "completed"]

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from shoal.backends.ray import RayBackend  # noqa: E402
 from shoal.errors import BackendError  # noqa: E402
 
 from handler_sources import HANDLERS, handler_functions, write_handlers  # noqa: E402
-from helpers import alive, interrupt_map, interrupted_runs, wait_for  # noqa: E402
+from helpers import alive, interrupt_map, interrupted_runs, task, wait_for  # noqa: E402
 
 
 @pytest.fixture
@@ -181,6 +182,40 @@ def test_cancel_pending_and_running(ray_backend, project, fn, tmp_path):
         # The marker is written after the first metric: what the run logged before it was stopped is kept.
         assert run.started_at is not None and 1 <= len(run.metrics.get("step", ())) < 3000, (run.error, run.attempts)
     assert not never.exists()
+
+
+def test_cancel_repeated_while_a_run_ends_keeps_its_outcome(fn, tmp_path):
+    """Ray interrupts a cancelled task's main thread, and again every ``cancellation_retry_ms``
+    while it runs: on a busy machine a repeat landed after the handler had stopped, as the outcome
+    was made, and the outcome (with the metrics logged) was lost. The task runs here in this
+    process's main thread, as in a Ray worker, interrupted the way Ray does it, without pause."""
+    import _thread
+
+    from shoal.backends.ray.worker import returned_outcome, run_on_worker
+    from shoal.backends.task_codec import encode
+
+    marker = tmp_path / "started"
+    attempt = task(fn("looper"), {"marker": str(marker)}, tmp_path)
+    finished = threading.Event()
+    late: list[int] = []  # interrupts that came after the task returned (this handler is back then)
+
+    def interrupt() -> None:
+        wait_for(marker.exists, what="looper start")
+        while not finished.is_set():
+            _thread.interrupt_main()
+            finished.wait(0.001)  # pacing the repeats, not waiting for anything
+
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: late.append(signum))
+    interrupter = threading.Thread(target=interrupt, daemon=True)
+    try:
+        interrupter.start()
+        outcome = returned_outcome(run_on_worker(encode((attempt, None, None))))
+    finally:
+        finished.set()
+        interrupter.join(30)
+        signal.signal(signal.SIGINT, previous)
+    assert outcome.state == "cancelled" and outcome.error["type"] == "CancelledError", outcome.error
+    assert 1 <= len(outcome.metrics["step"]) < 3000
 
 
 def test_a_run_that_ignores_the_interrupt_is_stopped_by_killing_its_worker(ray_backend, project, fn, tmp_path):

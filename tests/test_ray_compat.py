@@ -152,3 +152,14 @@ def test_marked_processes_and_their_children_are_found_and_stopped(tmp_path):
         assert cluster_pids(token) == []
     finally:
         kill_by_pid([parent.pid])
+
+
+def test_rays_token_loader_answers_as_the_auth_probe_expects():
+    from shoal.backends.ray._compat import CLIENT_AUTH_PROBE_METHOD, raylet
+
+    loader = raylet().AuthenticationTokenLoader.instance()
+    assert isinstance(loader.has_token(ignore_auth_mode=True), bool)
+    headers = loader.get_token_for_http_header(ignore_auth_mode=True)
+    assert isinstance(headers, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
+    assert callable(raylet().Config.initialize)
+    assert CLIENT_AUTH_PROBE_METHOD.startswith("/ray.rpc.")

@@ -90,3 +90,36 @@ def test_few_due_outcomes_are_written_at_once_each_on_its_own(project):
     recorder.flush()
     assert calls == [1] * STREAM
     assert all(store.get_run(uid).state == "completed" for uid in uids)
+
+
+def test_a_writer_behind_takes_the_whole_backlog_and_says_so(project, monkeypatch, caplog):
+    """While one write is held up, outcomes pile up: the next batch takes all of them (not a fixed
+    few hundred), and the wait is logged, not silent."""
+    monkeypatch.setattr(shoal.recorder, "BACKLOG_WARN", 0.0)  # any wait counts as behind
+    monkeypatch.setattr(shoal.recorder, "BACKLOG_WARN_EVERY", 0.0)  # and is logged every time
+    store = project.store
+    backlog = 1200
+    uids = pending_runs(store, backlog + 1)
+    calls = counting(store)
+    held, release = threading.Event(), threading.Event()
+    counted = store.finish_runs
+
+    def finish_runs(items):
+        if not held.is_set():  # the first write waits until the backlog is queued
+            held.set()
+            assert release.wait(SAFETY_NET / 2)
+        return counted(items)
+
+    store.finish_runs = finish_runs
+    recorder = Recorder(store)
+    hand_over(recorder, uids[0])
+    assert held.wait(SAFETY_NET / 2), "the first write did not start"
+    written = [hand_over(recorder, uid) for uid in uids[1:]]
+    wait_for(lambda: recorder._queue.qsize() == backlog, what="the backlog queued")
+    with caplog.at_level("WARNING", logger="shoal.recorder"):
+        release.set()
+        assert all(event.wait(SAFETY_NET / 2) for event in written)
+        recorder.flush()
+    assert calls == [1, backlog], calls
+    assert any(f"behind: writing {backlog} outcome(s)" in record.getMessage() for record in caplog.records)
+    assert store.count_runs(state="completed") == backlog + 1

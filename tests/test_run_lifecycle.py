@@ -29,7 +29,7 @@ from shoal.store import drivers as drivers_sql
 from shoal.store.schema import drivers as drivers_table
 
 from conftest import PG_ADMIN_URL, _PG_REASON
-from helpers import descendants, kill_by_pid, wait_for
+from helpers import crash, wait_for
 
 HANDLERS = '''\
 import pathlib
@@ -204,18 +204,12 @@ def test_a_driver_killed_mid_map_has_its_open_runs_ended_when_runs_are_listed(tm
     project.store  # opened while the driver lives: nothing of it is ended
     store = raw_store(folder, name, database)
     driver = start_driver(folder, name, database, backend, 4)
-    engine: list[int] = []
     try:
         wait_running(driver, store, folder, count=2)
         assert project.runs.list(state="running")  # listing while it lives ends nothing
-        engine = descendants(driver.pid)
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait(60)
     finally:
-        if driver.poll() is None:
-            driver.kill()
-            driver.wait(60)
-        kill_by_pid(engine)
+        crash(driver)
+    assert driver.returncode == -signal.SIGKILL
     left_open = store.list_runs(state=("pending", "running"))
     assert len(left_open) == 5  # the parent and its 4 runs: nothing ended them yet
 

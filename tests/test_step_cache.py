@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import subprocess
 import sys
 from datetime import timedelta
@@ -24,7 +23,7 @@ from shoal.step_cache import CacheOptions, ContentDigest, cache_key
 from shoal.store import Store
 from shoal.testing.waiting import wait_for
 
-from helpers import descendants, kill_by_pid
+from helpers import crash
 
 HANDLERS = '''\
 import pathlib
@@ -326,18 +325,11 @@ def _killed_while_holding_a_claim(project: shoal.Project) -> tuple[Path, str]:
     """A driver that claimed the key of ``gated`` and started it, killed with SIGKILL: (folder, name)."""
     folder, name, database = _place(project)
     dying = _driver(folder, name, database)
-    engine: list[int] = []
     try:
         wait_for(lambda: list(folder.glob("started-*")), timeout=120, what="the driver's handler started")
         wait_for(lambda: claims(project), timeout=120, what="the driver's claim")
-        engine = descendants(dying.pid)
-        os.kill(dying.pid, signal.SIGKILL)
-        dying.wait(60)
     finally:
-        if dying.poll() is None:
-            dying.kill()
-            dying.wait(60)
-        kill_by_pid(engine)
+        crash(dying)
     return folder, name
 
 

@@ -500,7 +500,7 @@ def test_head_constant_matches_migration_scripts():
     scripts = ScriptDirectory.from_config(config)
     assert scripts.get_heads() == [migrate.HEAD]
     assert [s.revision for s in scripts.walk_revisions()] == [
-        "0006_step_cache", "0005_pruned_state", "0004_run_drivers", "0003_scaling_events", "0002_artifacts", "0001_initial"
+        "0007_services", "0006_step_cache", "0005_pruned_state", "0004_run_drivers", "0003_scaling_events", "0002_artifacts", "0001_initial"
     ]
 
 
@@ -539,7 +539,8 @@ def test_migrations_fresh_upgraded_and_model_are_identical(new_db):
 
     head = schema_of(fresh)
     assert set(head) == {
-        "functions", "function_tags", "runs", "artifacts", "scaling_events", "drivers", "cache_claims", migrate.VERSION_TABLE
+        "functions", "function_tags", "runs", "artifacts", "scaling_events", "drivers", "cache_claims",
+        "services", "service_metrics", "service_errors", migrate.VERSION_TABLE
     }
     assert "driver" in [c[0] for c in head["runs"]["columns"]]
     assert head["scaling_events"]["uniques"] == [

@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 from conftest import PG_ADMIN_URL, requires_postgres
 
+from shoal.errors import NotFoundError, StoreError
 from shoal.store import Store
 from shoal.store import runs as run_sql
 from shoal.store.bulk import execute_rows
@@ -79,3 +80,107 @@ def test_missing_parameter_names_it(store: Store) -> None:
     del rows[1]["logs"]
     with pytest.raises(KeyError, match="logs"), store.engine.begin() as connection:
         execute_rows(connection, run_sql.INSERT_RUN, rows)
+
+
+def test_insert_runs_writes_what_sqlalchemy_writes(store: Store) -> None:
+    """insert_runs (COPY on PostgreSQL, executemany on SQLite) against SQLAlchemy's own INSERT."""
+    now = datetime.now(timezone.utc)
+    ours, theirs = _items(9), _items(9)
+    for a, b in zip(ours, theirs):
+        b["created_at"] = a["created_at"]
+    with store.engine.begin() as connection:
+        run_sql.insert_runs(connection, run_sql.new_run_rows(store.project, ours, now, driver=None))
+        connection.execute(runs.insert(), run_sql.new_run_rows(store.project, theirs, now, driver=None))
+    by_iteration = lambda rows: sorted(rows, key=lambda r: r["iteration"])  # noqa: E731
+    mine = by_iteration(_rows_of(store, [r["uid"] for r in ours]))
+    assert mine == by_iteration(_rows_of(store, [r["uid"] for r in theirs]))
+    assert len(mine) == 9 and mine[1]["params"] == {"x": 1.5, "nan": "NaN", "list": [1, "a", None]}
+
+
+def _outcome(i: int, now: datetime) -> dict:
+    return {
+        "state": "failed" if i % 3 == 0 else "completed",
+        "results": {} if i % 2 else {"return": i, "inf": float("-inf")},
+        "metrics": None,  # a JSON map given as None is stored as {}
+        "error": {"type": "E", "message": "m"} if i % 3 == 0 else None,  # None: SQL NULL
+        "logs": f"line {i}\n",
+        "attempts": i,
+        "started_at": now - timedelta(seconds=i),
+        "ended_at": now,
+    }
+
+
+def test_update_runs_writes_what_sqlalchemy_writes(store: Store) -> None:
+    """update_runs (one UPDATE ... FROM a COPY-filled staging table on PostgreSQL) against
+    SQLAlchemy's own executemany UPDATE of the same outcomes, field groups mixed in one batch."""
+    now = datetime.now(timezone.utc)
+    ours, theirs = _items(12), _items(12)
+    for a, b in zip(ours, theirs):
+        b["created_at"] = a["created_at"]
+    store.create_runs(ours + theirs)
+    items = [
+        (r["uid"], _outcome(i, now) if i % 4 else {"state": "running", "started_at": now}) for i, r in enumerate(ours)
+    ]
+    with store.engine.begin() as connection:
+        assert run_sql.update_runs(connection, store.project, items, now) == len(items)
+        for i, r in enumerate(theirs):
+            fields = _outcome(i, now) if i % 4 else {"state": "running", "started_at": now}
+            fields = {k: {} if v is None and k in run_sql.JSON_MAPS else v for k, v in fields.items()}
+            connection.execute(runs.update().where(runs.c.uid == r["uid"]).values(**fields, updated_at=now))
+    by_iteration = lambda rows: sorted(rows, key=lambda r: r["iteration"])  # noqa: E731
+    mine = by_iteration(_rows_of(store, [r["uid"] for r in ours]))
+    assert mine == by_iteration(_rows_of(store, [r["uid"] for r in theirs]))
+    assert mine[0]["state"] == "running" and mine[3]["error"] == {"type": "E", "message": "m"}
+    assert mine[1]["error"] is None and mine[1]["metrics"] == {} and mine[2]["results"]["inf"] == "-Infinity"
+
+
+def test_a_uid_given_twice_is_updated_in_order(store: Store) -> None:
+    """The same run twice in one batch: both updates apply, the later one last (a later round)."""
+    now = datetime.now(timezone.utc)
+    [item] = _items(1)
+    store.create_runs([item])
+    uid = item["uid"]
+    store.finish_runs(
+        [
+            (uid, {"logs": "first", "attempts": 1}, ()),
+            (uid, {"state": "completed", "ended_at": now}, ()),
+            (uid, {"logs": "second"}, ()),
+            (uid, {"state": "running", "started_at": now}, ()),  # a late start never reopens it
+        ]
+    )
+    record = store.get_run(uid)
+    assert (record.logs, record.attempts, record.state, record.started_at) == ("second", 1, "completed", None)
+
+
+def test_a_duplicate_uid_is_refused_and_nothing_is_written(store: Store) -> None:
+    items = _items(3)
+    store.create_runs(items[:1])
+    with pytest.raises(StoreError, match="conflicts with existing data"):
+        store.create_runs(items[1:] + items[:1])
+    assert [r.uid for r in store.get_runs([r["uid"] for r in items])] == [items[0]["uid"]]
+
+
+def test_an_unknown_uid_fails_the_whole_batch(store: Store) -> None:
+    items = _items(2)
+    store.create_runs(items)
+    now = datetime.now(timezone.utc)
+    with pytest.raises(NotFoundError, match="no run with uid"):
+        store.finish_runs(
+            [(items[0]["uid"], {"state": "completed", "ended_at": now}, ()), ("f" * 32, {"logs": "x"}, ())]
+        )
+    assert store.get_run(items[0]["uid"]).state == "pending"  # rolled back with the batch
+
+
+def test_many_updates_in_one_transaction_stay_apart(store: Store) -> None:
+    """Several update batches before one commit (as claim_runs and finish_runs can): rows staged by
+    an earlier batch are never applied again by a later one."""
+    now = datetime.now(timezone.utc)
+    items = _items(4)
+    store.create_runs(items)
+    a, b = items[0]["uid"], items[1]["uid"]
+    with store.engine.begin() as connection:
+        run_sql.update_runs(connection, store.project, [(a, {"logs": "a1"}), (b, {"logs": "b1"})], now)
+        run_sql.update_runs(connection, store.project, [(a, {"logs": "a2"})], now)
+        run_sql.update_runs(connection, store.project, [(b, {"attempts": 7})], now)
+    got = {r.uid: (r.logs, r.attempts) for r in store.get_runs([a, b])}
+    assert got == {a: ("a2", 0), b: ("b1", 7)}

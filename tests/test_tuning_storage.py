@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
 from datetime import datetime
 
@@ -21,15 +20,30 @@ import pytest
 import shoal
 from conftest import _PG_REASON, PG_ADMIN_URL, REDIS_URL, redis_available, requires_postgres
 from shoal.errors import TuningError
+from shoal.testing import wait_for
 from shoal.tuning import Float, load_study
 from shoal.tuning.storage import default_ref, resolve
 
 
 HANDLERS = '''
+import os
 import time
 
 
-def quad(x: float, pause: float = 0.0):
+def quad(x: float, pause: float = 0.0, hold: str = ""):
+    if hold:  # a folder: the first three calls go on; later ones wait there for a "release" file
+        calls = 0
+        while True:
+            try:
+                os.close(os.open(os.path.join(hold, f"call-{calls}"), os.O_CREAT | os.O_EXCL))
+                break
+            except FileExistsError:
+                calls += 1
+        if calls >= 3:
+            open(os.path.join(hold, f"held-{calls}"), "w").close()
+            end = time.monotonic() + 120
+            while not os.path.exists(os.path.join(hold, "release")) and time.monotonic() < end:
+                time.sleep(0.05)
     time.sleep(pause)
     return {"score": -(x - 0.3) ** 2}
 '''
@@ -276,7 +290,8 @@ from shoal.tuning import Float
 folder, storage, retries = sys.argv[1], sys.argv[2] or None, int(sys.argv[3])
 project = shoal.project(folder, name="resume")
 fn = shoal.Function.from_file(os.path.join(folder, "handlers.py"), "quad", replicas=(0, 2), retries=retries)
-result = fn.tune({"x": Float(0, 1), "pause": 0.4}, objective="max.score", n_trials=10, seed=1, storage=storage,
+hold = os.path.join(folder, "hold")  # the test releases the held trials only after the kill
+result = fn.tune({"x": Float(0, 1), "hold": hold}, objective="max.score", n_trials=10, seed=1, storage=storage,
                  project=project)
 print("DONE", result.parent, flush=True)
 '''
@@ -290,25 +305,25 @@ def test_driver_killed_with_sigkill_resumes_the_same_study(tmp_path, storage, re
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")}
     project = shoal.Project(tmp_path, name="resume")
     ref = resolve(storage or None, project)
+    hold = tmp_path / "hold"
+    hold.mkdir()
     proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        end = time.monotonic() + 120
-        while True:  # poll the storage until some trials completed and others are running
-            assert proc.poll() is None, proc.communicate()
-            trials = _trials(ref, "quad")
-            # A trial that started less than 0.2 s ago is still running when the kill lands (it
-            # pauses 0.4 s); one about to end could finish first, leaving nothing running.
-            now = datetime.now()
-            fresh = [t for t in trials if t.state.name == "RUNNING" and (now - t.datetime_start).total_seconds() < 0.2]
-            if sum(t.state.name == "COMPLETE" for t in trials) >= 3 and fresh:
-                break
-            assert time.monotonic() < end, "the search did not get going"
-            time.sleep(0.05)
+        # Three trials complete at once; the later ones wait in their handler for a release that
+        # comes only after the kill, so the kill surely lands while some run.
+        wait_for(
+            lambda: proc.poll() is not None
+            or (sum(t.state.name == "COMPLETE" for t in _trials(ref, "quad")) >= 3 and any(hold.glob("held-*"))),
+            timeout=120,
+            what="three trials done and one held",
+        )
+        assert proc.poll() is None, proc.communicate()
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
+    (hold / "release").touch()
     before = _trials(ref, "quad")
     completed = {t.number: t.params for t in before if t.state.name == "COMPLETE"}
     running = {t.number: t.params for t in before if t.state.name == "RUNNING"}

@@ -5,7 +5,8 @@ as many trials in flight as the function's replicas allow, with the study in sha
 killed driver resumes it. Modules: ``space`` (search spaces and the CLI's DSL), ``objective``
 (selectors and stop targets), ``strategies`` (samplers, pruners), ``storage`` (where studies live),
 ``trial_scope`` and ``recorded_trial`` (the worker side), ``driver`` (``tune``: a search from start to
-end, whose steps are ``options``, ``study``, ``recovery``, ``loop``, ``parent``), ``result`` (TuneResult).
+end, whose steps are ``options``, ``study``, ``recovery``, ``loop``, ``parent``), ``result`` (TuneResult),
+``pipeline_step`` (a search as a step of a pipeline, when ``tune`` is called in a pipeline's body).
 Optuna's private attributes are touched only in ``_optuna_compat``.
 """
 

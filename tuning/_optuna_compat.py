@@ -9,7 +9,8 @@ must not load it).
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from optuna.storages.journal._file import BaseJournalFileLock as BaseJournalFileLock

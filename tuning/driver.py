@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from shoal.errors import ParamError, ShoalWarning, TuningError
 
@@ -42,7 +43,7 @@ __all__ = ["ATTR_DRIVER", "Progress", "Search", "tune"]
 
 
 def tune(
-    fn: "Function | Callable",
+    fn: Function | Callable,
     space: Mapping[str, Any] | None = None,
     *,
     objective: str | Sequence[str] | None = None,
@@ -59,10 +60,14 @@ def tune(
     stop_when: str | None = None,
     max_failures: int | None = None,
     seed: int | None = None,
-    project: "Project | None" = None,
+    project: Project | None = None,
     inputs: Mapping[str, Any] | None = None,
     progress: Callable[[Progress], None] | None = None,
-) -> TuneResult:
+    cache: bool | None = None,
+    refresh: bool = False,
+    cache_expires: Any = None,
+    cache_version: str | int | None = None,
+) -> Any:
     """Run an Optuna study whose trials are runs of ``fn``; returns a ``TuneResult``.
 
     The objective: ``objective="max.KEY"`` (or a list, for several) names results the handler
@@ -77,13 +82,31 @@ def tune(
     only what is missing; failed trials of earlier searches use up no budget). Everything is
     checked (space, objective, strategy, pruner, storage, the handler's parameters) before
     anything runs or is recorded. A search in which every trial failed raises SearchFailedError.
+
+    Inside a pipeline's body the search is a step (``shoal.tuning.pipeline_step``): it returns a
+    ``SearchHandle`` at once, whose ``output("best_params")`` (``best_value``, the best trial's
+    results and artifacts...) later steps take, and ``space`` constants and ``inputs`` may hold
+    references to other steps' outputs. The step is cached like others: ``cache=False`` turns it off,
+    ``refresh=True`` searches again, ``cache_version`` / ``cache_expires`` as for ``fn.submit``.
     """
     from shoal.function import Function
+    from shoal.pipelines.session import active_pipeline
 
     if not isinstance(fn, Function):
         if not callable(fn):
             raise TuningError(f"tune needs a shoal.Function or a Python function, got {type(fn).__name__}")
         fn = Function.from_callable(fn)
+    session = active_pipeline()
+    cached = (cache, refresh, None, cache_expires, cache_version)
+    if session is None and cached != (None, False, None, None, None):
+        raise TuningError(
+            "cache=, refresh=, cache_expires= and cache_version= apply to a search inside a pipeline's body "
+            "(a step); outside one a rerun of the same study resumes it: drop them, or give another study="
+        )
+    if session is not None:
+        from .pipeline_step import search_space
+
+        space, refs = search_space(space)
     search = Search(
         fn,
         Space(space),
@@ -98,6 +121,12 @@ def tune(
         seed=int_option(seed, "seed", 0),
         study=study,
     )
+    if session is not None:
+        from .pipeline_step import submit_search
+
+        if project is not None and project is not session.project:
+            raise TuningError("a search in a pipeline's body runs in the pipeline's project; drop project=")
+        return submit_search(session, search, refs, backend, storage, inputs, progress, cached)
     return search.run(backend=backend, storage=storage, project=project, inputs=inputs, progress=progress)
 
 
@@ -105,15 +134,21 @@ class Search(Settings):
     """One tune() call: its checked settings, then (``run``) the backend, storage and study it
     opens, which the loop uses."""
 
+    stop: Any = None  # an Event that cancels the search when set (a pipeline step's)
+
     def run(
         self,
         *,
         backend: Any,
         storage: Any,
-        project: "Project | None",
+        project: Project | None,
         inputs: Mapping[str, Any] | None,
         progress: Callable[[Progress], None] | None,
+        parent: dict[str, Any] | None = None,
+        stop: Any = None,
     ) -> TuneResult:
+        """``parent``: the run record (recorded pending) to be the search's parent run, instead of
+        a new one (a pipeline step's); ``stop``: an Event that cancels the search when set."""
         from shoal.runner import open_driver
 
         driver = open_driver(self.fn, backend, project)
@@ -148,10 +183,11 @@ class Search(Settings):
             message = _parallelism_capped(self.parallelism, slots, self.fn, driver.backend, fitted)
             warnings.warn(message, ShoalWarning, stacklevel=4)
         parallelism = self.parallelism or slots
-        return Loop(self, staged, parallelism, progress).run()
+        self.stop = stop
+        return Loop(self, staged, parallelism, progress, parent=parent).run()
 
 
-def _parallelism_capped(asked: int, slots: int, fn: "Function", backend: Any, fitted: bool) -> str:
+def _parallelism_capped(asked: int, slots: int, fn: Function, backend: Any, fitted: bool) -> str:
     """Why ``parallelism`` cannot be met, naming both numbers and what to change. ``fitted``: the
     backend was adapted to the function's replicas (resolved by name, not passed as an object)."""
     bounds = fn.replicas if fitted else None

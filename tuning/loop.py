@@ -18,8 +18,9 @@ import logging
 import queue
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from shoal import batching
 from shoal.errors import SearchFailedError
@@ -43,21 +44,28 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("shoal.tuning")
 
 
+class SearchCancelled(Exception):
+    """The search's stop event was set (its pipeline step was cancelled): it ends ``cancelled``."""
+
+
 @dataclass
 class _InFlight:
     trial: Any
-    handle: "RunHandle"
+    handle: RunHandle
     task: int  # the engine task (a batch, or the trial alone) it travels in
 
 
 class Loop:
     """One search's ask/launch/tell loop, from its first ask to its parent run's end."""
 
-    def __init__(self, search: "Search", staged: dict, parallelism: int, progress: Callable | None):
+    def __init__(
+        self, search: Search, staged: dict, parallelism: int, progress: Callable | None, parent: dict | None = None
+    ):
         from optuna.trial import TrialState
 
         self.s = search
         self.staged = staged
+        self.parent_record = parent  # a pipeline step's run record, to be the parent run
         self.study = search.study
         self.storage = search.storage
         self.parallelism = parallelism if search.n_trials is None else max(1, min(parallelism, search.n_trials))
@@ -99,12 +107,14 @@ class Loop:
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> TuneResult:
-        self.parent = ParentRun(self.s, self.staged)
+        self.parent = ParentRun(self.s, self.staged, record=self.parent_record)
         # Which parent run is this driver's: a resume after its death mends that run's children.
         self.study.set_user_attr(self.s.driver_key, {**self.owner, "active": True, "parent": self.parent.uid})
         try:
             with compat.optimize_loop(self.study):
                 while True:
+                    if self.s.stop is not None and self.s.stop.is_set():
+                        raise SearchCancelled(f"search of study {self.s.study_name!r} was cancelled")
                     while self._may_ask():
                         self._launch()
                     if not self.inflight:
@@ -123,7 +133,7 @@ class Loop:
                     if self.stopped is not None:
                         self._drop_queued()
                     self._beat()  # throttled: busy searches keep their heartbeats too
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SearchCancelled):
             self._abort("cancelled", None)
             raise
         except BaseException as exc:
@@ -262,7 +272,7 @@ class Loop:
         )
         return trial, record, scope
 
-    def _tell(self, handle: "RunHandle") -> None:
+    def _tell(self, handle: RunHandle) -> None:
         from optuna.trial import TrialState
 
         item = self.inflight.pop(handle.uid, None)

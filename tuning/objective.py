@@ -9,8 +9,9 @@ from __future__ import annotations
 import math
 import operator
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from shoal.errors import ObjectiveMissingError, TuningError
 
@@ -36,7 +37,7 @@ class Objective:
     returned: tuple[str, str] | None = None
 
     @classmethod
-    def parse(cls, objective: str | Sequence[str]) -> "Objective":
+    def parse(cls, objective: str | Sequence[str]) -> Objective:
         selectors = [objective] if isinstance(objective, str) else list(objective or ())
         if not selectors:
             raise TuningError(
@@ -57,7 +58,7 @@ class Objective:
         return cls(tuple(keys), tuple(directions))
 
     @classmethod
-    def returned_value(cls, directions: Sequence[Any], results: tuple[str, str] = OPTUNA_RESULTS) -> "Objective":
+    def returned_value(cls, directions: Sequence[Any], results: tuple[str, str] = OPTUNA_RESULTS) -> Objective:
         """The handler's returned value, optimised in ``directions`` (Optuna's names or
         ``StudyDirection`` members), recorded under ``results``."""
         named = tuple(direction_name(d) for d in directions)
@@ -153,7 +154,7 @@ class StopWhen:
     value: float
 
     @classmethod
-    def parse(cls, text: str) -> "StopWhen":
+    def parse(cls, text: str) -> StopWhen:
         match = _TARGET.match(text) if isinstance(text, str) else None
         if match is None:
             raise TuningError(

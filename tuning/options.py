@@ -36,7 +36,7 @@ def timeout_option(value: Any) -> float | None:
     return float(value)
 
 
-def objective_option(fn: "Function", objective: Any, direction: Any, directions: Any) -> Objective:
+def objective_option(fn: Function, objective: Any, direction: Any, directions: Any) -> Objective:
     """The search's objective from ``objective=`` or ``direction``/``directions`` (never both)."""
     if direction is not None and directions is not None:
         raise TuningError(
@@ -63,7 +63,7 @@ def objective_option(fn: "Function", objective: Any, direction: Any, directions:
     return Objective.returned_value(list(asked), OPTUNA_RESULTS if trial_form else RETURN_RESULTS)
 
 
-def takes_trial(fn: "Function") -> bool:
+def takes_trial(fn: Function) -> bool:
     """Whether ``fn`` is an Optuna objective (its first parameter takes a trial)."""
     from shoal.errors import CodeError
     from shoal.params import signature_of
@@ -82,7 +82,7 @@ class Settings:
 
     def __init__(
         self,
-        fn: "Function",
+        fn: Function,
         space: Space,
         objective: Objective,
         *,
@@ -105,6 +105,7 @@ class Settings:
         self.objective = objective
         self.plan = strategies.sampler(strategy, space, seed=seed, multi=objective.multi)
         self.pruner = strategies.pruner(pruner, multi=objective.multi)
+        self.pruner_option = pruner  # as given (a name, None, or an Optuna pruner)
         if objective.multi and pruner is not None and not isinstance(self.pruner, _nop()):
             raise TuningError(
                 f"pruning works with one objective only; drop {wording.option('pruner')} for a multi-objective search"

@@ -19,8 +19,11 @@ if TYPE_CHECKING:  # pragma: no cover
 class ParentRun:
     """The parent run's record, created at once (``uid``), finished by ``finish``."""
 
-    def __init__(self, search: "Search", staged: dict[str, Any]) -> None:
+    def __init__(self, search: Search, staged: dict[str, Any], record: dict[str, Any] | None = None) -> None:
+        """``record``: a run recorded pending to be the parent (a pipeline step's): it goes running
+        with the search's settings, and ends carrying the best trial's results and artifacts."""
         self.search = search
+        self.carry_best = record is not None
         params = {
             "study": search.study_name,
             "objective": search.objective.selectors(),
@@ -29,11 +32,22 @@ class ParentRun:
             "space": search.space.describe(),
             "storage": search.ref.describe(),
         }
-        record = search.driver.new_record(params, staged, labels={"study": search.study_name, "kind": "tune"})
+        labels = {"study": search.study_name, "kind": "tune"}
+        if record is not None:
+            search.project.store.update_run(
+                record["uid"],
+                state="running",
+                started_at=records.now(),
+                params=records.recordable({**record.get("params", {}), **params}),
+                labels={**record.get("labels", {}), **labels},
+            )
+            self.uid: str = record["uid"]
+            return
+        record = search.driver.new_record(params, staged, labels=labels)
         record["state"] = "running"
         record["started_at"] = records.now()
         search.project.store.create_runs([record])
-        self.uid: str = record["uid"]
+        self.uid = record["uid"]
 
     def finish(self, state: str, error: dict[str, Any] | None, counts: dict[str, Any], owner: dict[str, Any]) -> None:
         """End the record as ``state`` with ``counts`` (stopped, completed, pruned, failed) and the
@@ -58,12 +72,30 @@ class ParentRun:
                     best_run=_run_of(best),
                     best_trial=best.number,
                 )
+        artifacts: list[dict[str, Any]] = []
+        if self.carry_best and results.get("best_run"):
+            results, artifacts = _with_best_outputs(search, results)
         fields = {"state": state, "results": records.recordable(results), "error": error, "ended_at": records.now()}
         done = threading.Event()
-        search.driver.recorder.finished(self.uid, fields, [], lambda problem: done.set())
+        search.driver.recorder.finished(self.uid, fields, artifacts, lambda problem: done.set())
         with contextlib.suppress(Exception):
             study.set_user_attr(search.driver_key, {**owner, "active": False})
         done.wait()
+
+
+def _with_best_outputs(search: Search, results: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The parent's results with the best trial's own results added (the search's names win), and
+    the best trial's artifacts (their records: the same files), as MLRun's parent run carries its
+    best iteration's outputs, so the steps using the search get them by their keys."""
+    from shoal.errors import NotFoundError
+
+    search.project.flush()  # the best trial's run is recorded
+    try:
+        best = search.project.runs.get(results["best_run"])
+    except NotFoundError:
+        return results, []
+    merged = {**best.results, **results}
+    return merged, [artifact.to_record() for artifact in best.artifacts.values()]
 
 
 def _run_of(trial: Any) -> str | None:

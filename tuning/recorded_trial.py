@@ -36,7 +36,7 @@ class RecordedTrial(optuna.trial.Trial):
         super().__init__(study, trial_id)
         self._ctx: Any = None
 
-    def bind(self, ctx: Any) -> "RecordedTrial":
+    def bind(self, ctx: Any) -> RecordedTrial:
         """Record this trial's reports in ``ctx`` (a ``shoal.Context``) from now on."""
         self._ctx = ctx
         return self

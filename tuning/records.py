@@ -40,7 +40,7 @@ def failed(kind: str, message: str) -> dict[str, Any]:
     return {"state": "failed", "error": error_dict(kind, message)}
 
 
-def finish_record(project: "Project", uid: str, fields: dict[str, Any]) -> None:
+def finish_record(project: Project, uid: str, fields: dict[str, Any]) -> None:
     """End run ``uid`` with ``fields`` (``ended_at`` now unless given)."""
     try:
         project.store.finish_run(uid, {"ended_at": now(), **fields})
@@ -48,7 +48,7 @@ def finish_record(project: "Project", uid: str, fields: dict[str, Any]) -> None:
         log.warning("could not mend run %s: %s", uid[:12], exc)
 
 
-def fail_record(project: "Project", uid: str | None, kind: str, message: str) -> None:
+def fail_record(project: Project, uid: str | None, kind: str, message: str) -> None:
     """Fail run ``uid`` if it is still open (or was ended by the store's sweep of lost drivers)."""
     if not uid:
         return

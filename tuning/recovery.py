@@ -15,7 +15,8 @@ import logging
 import os
 import socket
 import warnings
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from shoal.errors import ObjectiveMissingError, TuningError
 from shoal.execution import error_dict
@@ -69,7 +70,7 @@ class Recovery:
     """Puts right, in one study, what drivers that died left (run once as a search opens it)."""
 
     def __init__(
-        self, study: Any, storage: Any, project: "Project", objective: "Objective", *, retries: int, heartbeat: bool
+        self, study: Any, storage: Any, project: Project, objective: Objective, *, retries: int, heartbeat: bool
     ) -> None:
         self.study = study
         self.storage = storage

@@ -49,7 +49,7 @@ class TuneResult:
     """
 
     study: Any
-    project: "Project"
+    project: Project
     parent: str | None = None  # uid of the tuning parent run
     stopped: str = "n_trials"
     _runs: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -128,11 +128,11 @@ class TuneResult:
         return trial.value if trial is not None else None
 
     @property
-    def best_run(self) -> "Run | None":
+    def best_run(self) -> Run | None:
         trial = self.best_trial
         return self.run(trial) if trial is not None else None
 
-    def run(self, trial: Any) -> "Run | None":
+    def run(self, trial: Any) -> Run | None:
         """The recorded shoal run of a trial (or trial number)."""
         if isinstance(trial, int):
             trial = self.study.trials[trial]

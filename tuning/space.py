@@ -10,8 +10,9 @@ from __future__ import annotations
 import ast
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from shoal.errors import SpaceError
 

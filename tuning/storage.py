@@ -132,14 +132,14 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
     return {"pool_pre_ping": True}
 
 
-def default_ref(project: "Project") -> StorageRef:
+def default_ref(project: Project) -> StorageRef:
     """The project's default study storage (see the module docstring for why)."""
     if project.database.startswith("sqlite"):
         return StorageRef("journal-file", str(project.home / JOURNAL_FILE))
     return StorageRef("rdb", _rdb_url(project.database))
 
 
-def resolve(storage: Any, project: "Project") -> StorageRef:
+def resolve(storage: Any, project: Project) -> StorageRef:
     """A StorageRef for ``storage`` (None: the project's default); TuningError if unusable."""
     if storage is None:
         return default_ref(project)
@@ -178,7 +178,7 @@ def _shoal_journal_file(storage: Any) -> str | None:
     return found[0] if found is not None and isinstance(found[1], QueuedJournalLock) else None
 
 
-def _from_url(url: str, project: "Project") -> StorageRef:
+def _from_url(url: str, project: Project) -> StorageRef:
     if not url:
         raise TuningError(f"storage is empty; {EXAMPLES}")
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
@@ -203,7 +203,7 @@ def _from_url(url: str, project: "Project") -> StorageRef:
     raise TuningError(f"unsupported storage URL scheme {scheme!r}; {EXAMPLES}")
 
 
-def _rdb_url(url: str, project: "Project | None" = None) -> str:
+def _rdb_url(url: str, project: Project | None = None) -> str:
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         return "postgresql+psycopg://" + url.split("://", 1)[1]  # psycopg 3, the driver shoal ships with
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and project is not None:
@@ -213,7 +213,7 @@ def _rdb_url(url: str, project: "Project | None" = None) -> str:
     return url
 
 
-def _project_path(path: str, project: "Project") -> pathlib.Path:
+def _project_path(path: str, project: Project) -> pathlib.Path:
     resolved = pathlib.Path(os.path.expanduser(path))
     return resolved if resolved.is_absolute() else (project.root / resolved)
 

@@ -6,7 +6,8 @@ under the same name must match them (and the directions), else it would mix inco
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal, Mapping, cast
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from shoal.errors import TuningError
 
@@ -21,7 +22,7 @@ ATTR_OBJECTIVE = "shoal:objective"
 ATTR_PROJECT = "shoal:project"
 
 
-def open_study(settings: "Settings", storage: Any, ref: "StorageRef", project: str) -> Any:
+def open_study(settings: Settings, storage: Any, ref: StorageRef, project: str) -> Any:
     """The ``optuna.Study`` named by ``settings`` in ``storage``, created or checked to match."""
     import optuna
 
@@ -56,7 +57,7 @@ def open_study(settings: "Settings", storage: Any, ref: "StorageRef", project: s
     return study
 
 
-def _mismatch(name: str, ref: "StorageRef", what: str, stored: Any, given: Any) -> TuningError:
+def _mismatch(name: str, ref: StorageRef, what: str, stored: Any, given: Any) -> TuningError:
     return TuningError(
         f"study {name!r} in {ref.describe()} was run with a different {what} "
         f"(stored: {stored}; given: {given}); give {wording.option('study')} a new name, or delete the "

@@ -20,9 +20,10 @@ import concurrent.futures as cf
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from .objective import Objective
 from .space import suggest

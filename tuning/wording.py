@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Iterator
+from collections.abc import Iterator
 
 _FROM_CLI: contextvars.ContextVar[bool] = contextvars.ContextVar("shoal_tuning_from_cli", default=False)
 

@@ -95,11 +95,16 @@ class DaskBackend(Backend):
         return self._client
 
     @property
+    def shipper(self) -> CodeShipper:
+        """The code of each function with tasks in flight, shipped once (``.shipping``)."""
+        return self._shipper
+
+    @property
     def cluster(self) -> Any:
         self.start()
         return self._cluster
 
-    def start(self) -> "DaskBackend":
+    def start(self) -> DaskBackend:
         with self._lock:
             if self._closed:
                 raise BackendError("this dask backend is closed; create a new one")
@@ -166,21 +171,23 @@ class DaskBackend(Backend):
         waiting = [f for f in live if not f.started]
         for future in live:
             future.cancel_requested = True
-        self._remember_cancelled([uid for f in waiting for uid in f._task.uids])
+        self._remember_cancelled([uid for f in waiting for uid in f.task.uids])
         try:
             self._client.cancel([f._future for f in waiting])
         except Exception:  # noqa: BLE001 - scheduler gone: nothing to drop
             pass
-        self._cancel_on_workers([uid for f in live for uid in f._task.uids])
+        self._cancel_on_workers([uid for f in live for uid in f.task.uids])
         end = time.monotonic() + CLOSE_GRACE
         for future in live:
             future._done.wait(max(0.0, end - time.monotonic()))
 
     # -- running --------------------------------------------------------------------------------
     def submit(self, task: RunTask | RunBatch, on_start: OnStart | None = None) -> BackendFuture:
+        """One task, after every task submitted before it (``shipping.SUBMISSION_ORDER``): the
+        batches of a map start in the order they were sent."""
         self.start()
         future = DaskFuture(task, self, on_start)
-        future._launch()
+        future.launch()
         return future
 
     def submit_many(self, tasks: list[RunTask], on_start: list[OnStart | None] | None = None) -> list[BackendFuture]:
@@ -188,7 +195,7 @@ class DaskBackend(Backend):
         self.start()
         starts = on_start if on_start is not None else [None] * len(tasks)
         futures = [DaskFuture(task, self, start) for task, start in zip(tasks, starts)]
-        keys = [future._next_key() for future in futures]
+        keys = [future.next_key() for future in futures]
         by_need: dict[tuple[int, str], list[int]] = {}  # one client.map per GPU count and code
         for index, task in enumerate(tasks):
             by_need.setdefault((task.gpus, task.function_hash), []).append(index)
@@ -198,8 +205,7 @@ class DaskBackend(Backend):
                 self._client, run_on_worker, group, [keys[i] for i in indexes], resources=resources(group[0])
             )
             for i, dask_future in zip(indexes, submitted):
-                futures[i]._holds_code = holds_code
-                futures[i]._attach(dask_future)
+                futures[i].attach(dask_future, holds_code=holds_code)
         return list(futures)
 
     def submit_after(self, task: RunTask, after: Any, prepare: Any, on_start: OnStart | None = None) -> BackendFuture:

@@ -18,6 +18,7 @@ from ..base import BackendFuture, OnStart
 from ..dependencies import AfterFuture, Prepare, outcome_or_none
 from ..task_codec import decode, encode
 from .future import KEY_PREFIX, DaskFuture, resources
+from .shipping import SUBMISSION_ORDER
 from .worker import run_on_worker
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,7 +44,7 @@ class StepFuture(DaskFuture):
     def __init__(
         self,
         task: RunTask,
-        backend: "DaskBackend",
+        backend: DaskBackend,
         on_start: OnStart | None,
         after: Sequence[BackendFuture],
         prepare: Prepare,
@@ -53,34 +54,30 @@ class StepFuture(DaskFuture):
         self._prepare = prepare
         self.keeper: Any = None
 
-    def _launch(self) -> None:
-        key = self._next_key()
+    def submit_to(self, client: Any, key: str) -> Any:
+        """``run_after`` with the producers as dependencies; a second future of the same key keeps
+        the outcome in the cluster for the steps that use it."""
+        from distributed import Future
+
         upstream = [_upstream(dep) for dep in self._after]
-        future = self._backend.client.submit(
+        future = client.submit(
             run_after,
-            encode(self._task),
+            encode(self.task),
             key,
             self._prepare,
             *upstream,
             key=key,
             pure=False,
-            resources=resources(self._task),
+            fifo_timeout=SUBMISSION_ORDER,  # steps ready together start in submission order
+            resources=resources(self.task),
         )
-        self._attach(future)
+        self.keeper = Future(future.key, client)
+        return future
 
-    def _next_key(self) -> str:
+    def key_for(self, submission: int) -> str:
         """A key no earlier submission of this step used: a step sent again after its producer's
         retry must not meet the outcome its first submission left under the same key."""
-        self._submissions += 1
-        self._key = f"{KEY_PREFIX}{self.uid}-{self._task.attempt}-step{next(_serials)}"
-        self._backend._futures[self._key] = self
-        return self._key
-
-    def _attach(self, future: Any) -> None:
-        from distributed import Future
-
-        self.keeper = Future(future.key, self._backend.client)
-        super()._attach(future)
+        return f"{KEY_PREFIX}{self.uid}-{self.task.attempt}-step{next(_serials)}"
 
 
 def _upstream(dep: BackendFuture) -> Any:
@@ -92,7 +89,7 @@ def _upstream(dep: BackendFuture) -> Any:
 
 
 def submit_after(
-    backend: "DaskBackend",
+    backend: DaskBackend,
     task: RunTask,
     after: Sequence[BackendFuture],
     prepare: Prepare,
@@ -103,7 +100,7 @@ def submit_after(
     if all(getattr(dep, "keeper", None) is not None or dep.done() for dep in after):
         backend.start()
         future = StepFuture(task, backend, on_start, after, prepare)
-        future._launch()
+        future.launch()
         return future
     return AfterFuture(task, after, prepare, lambda prepared: backend.submit(prepared, on_start))
 

@@ -29,7 +29,7 @@ class DaskFuture(SettledFuture):
     worker before it started can be submitted again under a new key without the caller noticing.
     """
 
-    def __init__(self, task: RunTask | RunBatch, backend: "DaskBackend", on_start: OnStart | None):
+    def __init__(self, task: RunTask | RunBatch, backend: DaskBackend, on_start: OnStart | None):
         super().__init__(task.uid)
         self._task = task
         self._backend = backend
@@ -42,32 +42,44 @@ class DaskFuture(SettledFuture):
         self.worker = ""
         self.cancel_requested = False
 
-    # -- driving the Dask future ----------------------------------------------------------------
-    def _launch(self) -> None:
-        """Submit the attempt (again, after a loss before it started) under a fresh key."""
-        key = self._next_key()
-        client = self._backend.client
-        packed, code = self._backend._shipper.payload(client, self._task)
-        try:
-            future = client.submit(
-                run_on_worker, packed, key, code, key=key, pure=False, resources=resources(self._task)
-            )
-        except BaseException:
-            if code is not None:  # never submitted: it holds no code
-                self._backend._shipper.release(self._task.function_hash)
-            raise
-        self._holds_code = code is not None
-        self._attach(future)
+    @property
+    def task(self) -> RunTask | RunBatch:
+        """The attempt (or batch) this future runs."""
+        return self._task
 
-    def _next_key(self) -> str:
-        """A new Dask key per submission: a resubmission must not reuse the erred one."""
+    # -- driving the Dask future (public for subclasses: a pipeline step's ``StepFuture``) ----------
+    def launch(self) -> None:
+        """Submit the attempt (again, after a loss before it started) under a fresh key."""
+        key = self.next_key()
+        self.attach(self.submit_to(self._backend.client, key))
+
+    def submit_to(self, client: Any, key: str) -> Any:
+        """Submit the attempt's Dask task under ``key`` and return Dask's future. Subclasses submit
+        another task (a pipeline step waits for its producers)."""
+        future, self._holds_code = self._backend.shipper.submit(
+            client, run_on_worker, self._task, key, resources=resources(self._task)
+        )
+        return future
+
+    def key_for(self, submission: int) -> str:
+        """The Dask key of the ``submission``-th submission of this attempt: a new one each time,
+        as a resubmission must not reuse the erred one. Subclasses may name keys otherwise."""
+        suffix = f"-{submission}" if submission > 1 else ""
+        return f"{KEY_PREFIX}{self.uid}-{self._task.attempt}{suffix}"
+
+    def next_key(self) -> str:
+        """The key of the next submission, registered with the backend (start events find the
+        future by it)."""
         self._submissions += 1
-        suffix = f"-{self._submissions}" if self._submissions > 1 else ""
-        self._key = f"{KEY_PREFIX}{self.uid}-{self._task.attempt}{suffix}"
+        self._key = self.key_for(self._submissions)
         self._backend._futures[self._key] = self
         return self._key
 
-    def _attach(self, future: Any) -> None:
+    def attach(self, future: Any, holds_code: bool | None = None) -> None:
+        """Follow Dask's future of the current submission until it is done; ``holds_code``: it uses
+        the backend's code future of its function (given back when it settles)."""
+        if holds_code is not None:
+            self._holds_code = holds_code
         self._future = future
         future.add_done_callback(self._on_dask_done)
 
@@ -91,7 +103,7 @@ class DaskFuture(SettledFuture):
         self._backend._futures.pop(str(future.key), None)
         if self._holds_code:
             self._holds_code = False
-            self._backend._shipper.release(self._task.function_hash)
+            self._backend.shipper.release(self._task.function_hash)
         if self._lost_before_start(future) and self._resubmit(future):
             return
         if gathered is not None:
@@ -116,7 +128,7 @@ class DaskFuture(SettledFuture):
     def _resubmit(self, future: Any) -> bool:
         future.release()
         try:
-            self._launch()
+            self.launch()
         except Exception:  # noqa: BLE001 - cannot resubmit (scheduler gone): report the loss instead
             log.debug("could not resubmit run %s", self.uid, exc_info=True)
             return False

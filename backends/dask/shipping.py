@@ -24,6 +24,11 @@ from shoal.execution import RunBatch, RunTask
 from ..task_codec import decode, encode
 
 CODE_KEY_PREFIX = "shoal-code-"
+# Dask's ``fifo_timeout`` for every task shoal submits: each submission its own graph generation, so
+# runs that become ready together (every run of a function waits on its one code task) start in
+# the order they were submitted. Dask's default (100 ms) gives submissions made within 100 ms of
+# each other equal priority, and the worker then starts them in an arbitrary order.
+SUBMISSION_ORDER = 0
 
 
 def code_on_worker(packed: bytes) -> Code:
@@ -62,17 +67,40 @@ class CodeShipper:
             member.code = None
         return encode(RunBatch(shipped) if isinstance(task, RunBatch) else shipped[0]), future
 
+    def submit(self, client: Any, func: Any, task: RunTask | RunBatch, key: str, **options: Any) -> tuple[Any, bool]:
+        """``client.submit`` of ``func(packed, key, code)`` for one run (or batch), after those
+        submitted before it. Returns the Dask future and whether it holds the code future (it then
+        gives it back with :meth:`release`)."""
+        packed, code = self.payload(client, task)
+        try:
+            future = client.submit(
+                func, packed, key, code, key=key, pure=False, fifo_timeout=SUBMISSION_ORDER, **options
+            )
+        except BaseException:
+            if code is not None:  # never submitted: it holds no code
+                self.release(task.function_hash)
+            raise
+        return future, code is not None
+
     def map(
         self, client: Any, func: Any, tasks: list[RunTask], keys: list[str], **options: Any
     ) -> tuple[list[Any], bool]:
         """``client.map`` of ``func(packed, key, code)`` over runs of one function: one graph
-        update in which the code appears once. Returns the Dask futures and whether they hold the
-        code future (each then gives it back with :meth:`release`)."""
+        update in which the code appears once, the runs in the order given, after those submitted
+        before. Returns the Dask futures and whether they hold the code future (each then gives it
+        back with :meth:`release`)."""
         payloads = [self.payload(client, task) for task in tasks]
         code = payloads[0][1]
         try:
             submitted = client.map(
-                func, [packed for packed, _ in payloads], keys, key=keys, pure=False, code=code, **options
+                func,
+                [packed for packed, _ in payloads],
+                keys,
+                key=keys,
+                pure=False,
+                code=code,
+                fifo_timeout=SUBMISSION_ORDER,
+                **options,
             )
         except BaseException:
             if code is not None:  # never submitted: they hold no code
@@ -86,7 +114,7 @@ class CodeShipper:
             future, users = self._held.get(function_hash, (None, 0))
             if future is None:
                 key = f"{CODE_KEY_PREFIX}{function_hash}-{uuid.uuid4().hex[:8]}"
-                future = client.submit(code_on_worker, encode(code), key=key, pure=False)
+                future = client.submit(code_on_worker, encode(code), key=key, pure=False, fifo_timeout=SUBMISSION_ORDER)
             self._held[function_hash] = (future, users + 1)
             return future
 
@@ -109,4 +137,4 @@ def _members(task: RunTask | RunBatch) -> list[RunTask]:
     return task.tasks if isinstance(task, RunBatch) else [task]
 
 
-__all__ = ["CODE_KEY_PREFIX", "CodeShipper", "code_on_worker", "with_code"]
+__all__ = ["CODE_KEY_PREFIX", "SUBMISSION_ORDER", "CodeShipper", "code_on_worker", "with_code"]

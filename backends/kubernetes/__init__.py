@@ -21,6 +21,7 @@ __all__ = [
     "job",
     "pod_template",
     "ray_cluster",
+    "ray_service",
     "render",
     "validate",
 ]
@@ -32,6 +33,7 @@ _LAZY = {
     "DaskKubernetes": ".dask",
     "ray_cluster": ".ray",
     "RayKubernetes": ".ray",
+    "ray_service": ".serve",
     "job": ".jobs",
     "validate": ".validation",
     "SpotConfig": ".placement",
@@ -53,7 +55,7 @@ def render(
     fn, engine: str, *, namespace: str | None = None, project: Any = None, spot: Any = None, run: Any = None
 ) -> list[dict[str, Any]]:
     """The objects to apply for ``engine``, validated: ``dask`` (DaskCluster, plus a DaskAutoscaler
-    when min < max), ``ray`` (RayCluster) or ``job`` (a Job for the recorded ``run``).
+    when min < max), ``ray`` (RayCluster), ``serve`` (a RayService serving it) or ``job`` (a Job for the recorded ``run``).
 
     ``project``: a Project (jobs take its database and artifact URLs) or a project name (label).
     """
@@ -74,13 +76,17 @@ def render(
         from .ray import ray_cluster
 
         return [ray_cluster(fn, namespace=namespace, project=name, spot=spot)]
+    if engine == "serve":
+        from .serve import ray_service
+
+        return [ray_service(fn, namespace=namespace, project=name, spot=spot)]
     if engine == "job":
         from .jobs import job
 
         if isinstance(project, str):
             raise ManifestError("a Job needs the Project object (its database and artifact URLs), not its name")
         return [job(fn, run, project=project, namespace=namespace, spot=spot)]
-    raise ManifestError(f"unknown engine {engine!r}; use dask, ray or job")
+    raise ManifestError(f"unknown engine {engine!r}; use dask, ray, serve or job")
 
 
 def shared_for(name: str, fn, project: Any = None, **options: Any):

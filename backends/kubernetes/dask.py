@@ -151,7 +151,7 @@ class DaskKubernetes(OneClusterPerFunction, DaskBackend):
                 f"`kubectl cluster-info`, and that the dask-kubernetes operator is installed"
             ) from None
 
-    def start(self) -> "DaskKubernetes":
+    def start(self) -> DaskKubernetes:
         """Create the DaskCluster (first call), connect, and adapt to the function's replicas."""
         first = self._client is None
         super().start()

@@ -52,7 +52,7 @@ DEFAULT_PROVIDER = "gke"
 PROVIDER_ENV = "SHOAL_K8S_SPOT_PROVIDER"
 
 
-def spot_config(spot: "SpotConfig | str | None" = None) -> SpotConfig:
+def spot_config(spot: SpotConfig | str | None = None) -> SpotConfig:
     """The configuration given, a provider's by name, or the default (``SHOAL_K8S_SPOT_PROVIDER``)."""
     if isinstance(spot, SpotConfig):
         return spot

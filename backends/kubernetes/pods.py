@@ -18,7 +18,8 @@ command itself: the Ray launcher installs requirements through Ray's ``runtime_e
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from shoal.errors import ManifestError
 from shoal.quantity import parse_quantity
@@ -161,7 +162,7 @@ def pod_template_model(
     env: dict[str, Any] | None = None,
     ports: Iterable[tuple[str, int]] = (),
     restart_policy: str | None = None,
-    spot: "SpotConfig | str | None" = None,
+    spot: SpotConfig | str | None = None,
     labels: dict[str, str] | None = None,
 ) -> Any:
     """The ``V1PodTemplateSpec`` of ``fn`` in ``role``; affinity is left to ``pod_template``."""
@@ -200,7 +201,7 @@ def pod_template_model(
     return k.V1PodTemplateSpec(metadata=metadata, spec=spec)
 
 
-def pod_template(fn, role: str = "worker", *, spot: "SpotConfig | str | None" = None, **options: Any) -> dict[str, Any]:
+def pod_template(fn, role: str = "worker", *, spot: SpotConfig | str | None = None, **options: Any) -> dict[str, Any]:
     """The pod template of ``fn`` as Kubernetes JSON (``V1PodTemplateSpec``, serialised).
 
     ``options``: ``project`` (label), ``container_name``, ``args`` (the engine command),

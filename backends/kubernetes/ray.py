@@ -141,7 +141,7 @@ class RayKubernetes(OneClusterPerFunction, RayBackend):
         load_config(self._context)
         return client.CustomObjectsApi(), client.CoreV1Api()
 
-    def start(self) -> "RayKubernetes":
+    def start(self) -> RayKubernetes:
         """Create the RayCluster and wait for its head (first call), then join it as RayBackend does."""
         with self._lock:
             if self._address is None and not self._closed:

@@ -4,10 +4,11 @@ Core objects (Job, and every pod template and Service embedded in a custom resou
 against the Kubernetes OpenAPI schemas shipped offline by ``kubernetes-validate``, in strict mode
 (unknown fields are errors, as with ``kubectl apply --validate=strict``). Custom resources are checked
 against their CRD's ``openAPIV3Schema`` with ``jsonschema``: DaskCluster and DaskAutoscaler against
-the CRDs installed with dask-kubernetes, RayCluster and RayJob against KubeRay's CRDs shipped with
+the CRDs installed with dask-kubernetes, RayCluster, RayJob and RayService against KubeRay's CRDs shipped with
 shoal (``shoal/backends/kubernetes/crds/``, or the folder named by ``SHOAL_KUBERAY_CRDS``). CRD
 schemas are made strict the same way (objects with known properties reject unknown ones) so a
-misspelt field fails here instead of being pruned silently by the API server.
+misspelt field fails here instead of being pruned silently by the API server. A RayService's
+``serveConfigV2`` (a string to the CRD) is checked against Ray Serve's own config schema.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import copy
 import functools
 import os
 import pathlib
-from typing import Any, Iterator
+import warnings
+from collections.abc import Iterator
+from typing import Any
 
 from shoal.errors import ManifestError
 
@@ -161,6 +164,8 @@ def validate_custom(obj: dict[str, Any]) -> dict[str, Any]:
         )
     for where, kind, part in embedded_objects(obj):
         (validate_pod_template if kind == "template" else validate_service_spec)(part, f"{_describe(obj)} {where}")
+    if obj.get("kind") == "RayService" and "serveConfigV2" in (obj.get("spec") or {}):
+        validate_serve_config(obj["spec"]["serveConfigV2"], f"{_describe(obj)} spec.serveConfigV2")
     return obj
 
 
@@ -185,6 +190,48 @@ def embedded_objects(obj: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, 
         cluster = {"kind": "RayCluster", "spec": spec.get("rayClusterSpec") or {}}
         for where, kind, embedded in embedded_objects(cluster):
             yield where.replace("spec.", "spec.rayClusterSpec.", 1), kind, embedded
+    elif obj.get("kind") == "RayService":
+        cluster = {"kind": "RayCluster", "spec": spec.get("rayClusterConfig") or {}}
+        for where, kind, embedded in embedded_objects(cluster):
+            yield where.replace("spec.", "spec.rayClusterConfig.", 1), kind, embedded
+        if "spec" in (spec.get("serveService") or {}):
+            yield "spec.serveService.spec", "service", spec["serveService"]["spec"]
+
+
+def validate_serve_config(text: Any, where: str) -> None:
+    """A RayService's ``serveConfigV2`` (YAML text; the CRD only says "a string") checked as Ray
+    Serve checks a config file (``ServeDeploySchema``), each deployment's ``autoscaling_config``
+    too (the schema leaves a plain mapping unchecked). Needs Ray Serve: ``pip install 'shoal[serve]'``."""
+    import yaml
+
+    try:
+        config = yaml.safe_load(text) if isinstance(text, str) else None
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"{where} is not YAML: {exc}") from None
+    if not isinstance(config, dict):
+        raise ManifestError(f"{where} must be the YAML text of a Serve config (a mapping with `applications`)")
+    try:
+        from pydantic import ValidationError
+        from ray.serve.config import AutoscalingConfig
+        from ray.serve.schema import ServeDeploySchema
+    except ImportError:
+        raise ManifestError(f"{where}: checking a Serve config needs Ray Serve: pip install 'shoal[serve]'") from None
+    at = ""
+    try:
+        with warnings.catch_warnings():  # Ray deprecates metrics_interval_s; its replacements change nothing (2.60)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ServeDeploySchema.model_validate(config)
+            for app_index, app in enumerate(config.get("applications") or []):
+                for index, deployment in enumerate(app.get("deployments") or []):
+                    if isinstance(deployment.get("autoscaling_config"), dict):
+                        at = f"applications.{app_index}.deployments.{index}.autoscaling_config"
+                        AutoscalingConfig.model_validate(deployment["autoscaling_config"])
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        path = ".".join(part for part in (at, _where(first.get("loc") or ())) if part and part != "(top level)")
+        raise ManifestError(
+            f"{where} is not a valid Ray Serve config: at {path or '(top level)'}: {first.get('msg')}"
+        ) from None
 
 
 def validate(obj: dict[str, Any]) -> dict[str, Any]:

@@ -7,10 +7,27 @@ completion goes through the public ``ObjectRef.future()``, see ``shoal.backends.
 
 from __future__ import annotations
 
+from typing import Any
+
 #: A GCS method that answers an empty request on a head's GCS port and that a Ray Client server does
 #: not serve (it says UNIMPLEMENTED): how ``shoal.backends.ray.connect.probe`` tells the two apart
 #: without ``ray.init``, which waits minutes on a bad address. An internal gRPC name of Ray's.
 GCS_PROBE_METHOD = "/ray.rpc.NodeInfoGcsService/GetClusterId"
+
+#: A method every Ray Client server serves behind its token check (an empty request is answered
+#: without effect; an unknown method is UNIMPLEMENTED before the check, so GCS_PROBE_METHOD cannot
+#: tell a wrong token): how ``connect.probe`` finds a refused token at once, not after Ray Client's
+#: 30 s "connection timeout". An internal gRPC name of Ray's.
+CLIENT_AUTH_PROBE_METHOD = "/ray.rpc.RayletDriver/ClusterInfo"
+
+
+def raylet() -> Any:
+    """Ray's compiled core (``ray._raylet``), where its token loader
+    (``AuthenticationTokenLoader.instance().has_token / get_token_for_http_header``) and its cached
+    config (``Config.initialize``) live: what Ray's own token-auth set-up calls. No type stubs."""
+    import importlib
+
+    return importlib.import_module("ray._raylet")
 
 
 def temp_dir_option(path: str) -> dict[str, str]:
@@ -34,4 +51,4 @@ def available_resources_per_node() -> dict[str, dict[str, float]]:
         return {}
 
 
-__all__ = ["GCS_PROBE_METHOD", "available_resources_per_node", "temp_dir_option"]
+__all__ = ["CLIENT_AUTH_PROBE_METHOD", "GCS_PROBE_METHOD", "available_resources_per_node", "raylet", "temp_dir_option"]

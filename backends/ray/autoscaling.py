@@ -30,8 +30,8 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from .processes import MARKER, cluster_pids, kill_cluster, reap_watchdog, start_watchdog, tell_watchdog
 

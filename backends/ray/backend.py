@@ -112,11 +112,11 @@ class RayBackend(RayLifecycle, Backend):
 
     # -- running --------------------------------------------------------------------------------
     def submit(
-        self, task: RunTask | RunBatch, on_start: OnStart | None = None, *, upstream: tuple = ()
+        self, task: RunTask | RunBatch, on_start: OnStart | None = None, *, after: tuple[Any, list] | None = None
     ) -> BackendFuture:
         """One Ray task per attempt (or per batch); ``on_start`` is called when a run starts on a
-        worker of this machine (the own instance), not for joined clusters. ``upstream``: a
-        pipeline step's ``prepare`` and its producers' ObjectRefs (see ``.dependencies``)."""
+        worker of this machine (the own instance), not for joined clusters. ``after``: a pipeline
+        step's ``prepare`` and its producers' ObjectRefs or outcomes (see ``.dependencies``)."""
         self.start()
         starts = self._starts if on_start is not None else None
         if starts is not None:
@@ -125,11 +125,14 @@ class RayBackend(RayLifecycle, Backend):
                     self._on_start[uid] = on_start  # type: ignore[assignment]
         shipped, code = self._code_arguments(task)
         echo = self._echo if any(member.echo for member in members(task)) else None
-        payload = encode((shipped, starts.path if starts else None, echo.path if echo else None))
-        remote = self._remote_for(task, step=bool(upstream))
-        if upstream:
-            ref = remote.remote(payload, code, *upstream)
+        pipes = (starts.path if starts else None, echo.path if echo else None)
+        remote = self._remote_for(task, step=after is not None)
+        if after is not None:
+            prepare, upstream = after
+            shipped_code = [code] if code else []  # the list that holds the code's ref: not resolved by Ray
+            ref = remote.remote(encode((shipped, *pipes, prepare, bool(code))), *shipped_code, *upstream)
         else:
+            payload = encode((shipped, *pipes))
             ref = remote.remote(payload, code) if code else remote.remote(payload)
         future = RayFuture(task, ref, self, echo)
         with self._lock:
@@ -198,9 +201,14 @@ class RayBackend(RayLifecycle, Backend):
             remote = self._remotes[key] = ray.remote(run_after if step else run_on_worker).options(**options)
         return remote
 
-    def _kill_later(self, future: RayFuture) -> None:
+    @property
+    def cancel_grace(self) -> float:
+        """Seconds a cancelled running task has to stop on its interrupt before it is killed."""
+        return self._cancel_grace
+
+    def kill_later(self, future: RayFuture) -> None:
         """Force-cancel ``future`` if it is still running ``cancel_grace`` s after its interrupt."""
-        timer = threading.Timer(self._cancel_grace, future._kill)
+        timer = threading.Timer(self._cancel_grace, future.kill)
         timer.daemon = True
         timer.start()
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from shoal.errors import BackendError
 
-from ._compat import GCS_PROBE_METHOD
+from ._compat import CLIENT_AUTH_PROBE_METHOD, GCS_PROBE_METHOD, raylet
 
 
 def resolve_auto() -> str:
@@ -29,9 +29,46 @@ def resolve_auto() -> str:
     return text
 
 
-def probe(address: str, timeout: float) -> str:
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
+
+
+def use_token_if_available() -> bool:
+    """Token mode for joining a cluster when ``RAY_AUTH_MODE`` is unset and a Ray token exists
+    (``~/.ray/auth_token``, ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH``); True when token mode is on.
+
+    Ray 2.60 does this itself when ``ray.init`` joins a head's GCS, but a Ray Client
+    (``ray://``) sends the token only when ``RAY_AUTH_MODE=token`` is set: against a cluster that
+    requires it, the client waits and fails with "ray client connection timeout". A cluster without
+    authentication ignores the token. Like Ray's own step, this sets ``RAY_AUTH_MODE`` in this
+    process and refreshes Ray's cached config (``ray._raylet``, not public API).
+    """
+    if not token_available():
+        return False
+    if os.environ.get(AUTH_MODE_ENV) is None:
+        os.environ[AUTH_MODE_ENV] = "token"
+        raylet().Config.initialize("")
+    return True
+
+
+def token_available() -> bool:
+    """Whether joining should send Ray's token: ``RAY_AUTH_MODE=token``, or the mode unset and a
+    token on this machine (nothing is changed here)."""
+    mode = os.environ.get(AUTH_MODE_ENV)
+    if mode is not None:
+        return mode.strip().lower() == "token"
+    return bool(raylet().AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True))
+
+
+def _token_metadata() -> list[tuple[str, str]]:
+    """The authorization header Ray's own clients send in token mode (none without a token)."""
+    headers = raylet().AuthenticationTokenLoader.instance().get_token_for_http_header(ignore_auth_mode=True)
+    return [(key.lower(), value) for key, value in headers.items()]
+
+
+def probe(address: str, timeout: float, token: bool = False) -> str:
     """Which Ray endpoint answers at ``host:port``: "gcs" (a head's GCS) or "client" (a Ray Client
-    server); BackendError if nothing does within ``timeout`` s."""
+    server); BackendError if nothing does within ``timeout`` s. ``token``: send Ray's token (a Ray
+    Client server that requires one refuses the probe otherwise, as a GCS does)."""
     import grpc
 
     end = time.monotonic() + timeout
@@ -40,13 +77,16 @@ def probe(address: str, timeout: float) -> str:
         grpc.channel_ready_future(channel).result(timeout=timeout)
         ask = channel.unary_unary(GCS_PROBE_METHOD)
         try:
-            ask(b"", timeout=max(1.0, end - time.monotonic()))
+            ask(b"", timeout=max(1.0, end - time.monotonic()), metadata=_token_metadata() if token else None)
             return "gcs"
         except grpc.RpcError as exc:
             code = exc.code()
             if code == grpc.StatusCode.UNIMPLEMENTED:
+                _check_client_token(channel, address, token, max(1.0, end - time.monotonic()))
                 return "client"
             if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                if token:
+                    raise _refused(address, token) from None
                 return "gcs"
             raise BackendError(f"the Ray endpoint at {address} did not answer ({code.name})") from None
     except grpc.FutureTimeoutError:
@@ -56,6 +96,32 @@ def probe(address: str, timeout: float) -> str:
         ) from None
     finally:
         channel.close()
+
+
+def _check_client_token(channel: Any, address: str, token: bool, timeout: float) -> None:
+    """A Ray Client server checks the token only on the methods it serves (an unknown one is
+    UNIMPLEMENTED first): ask one, so a missing or wrong token is an error now, not Ray Client's
+    "connection timeout" after 30 s. Any answer other than UNAUTHENTICATED lets the client in."""
+    import grpc
+
+    ask = channel.unary_unary(CLIENT_AUTH_PROBE_METHOD)
+    try:
+        ask(b"", timeout=timeout, metadata=_token_metadata() if token else None)
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+            raise _refused(address, token) from None
+
+
+def _refused(address: str, token: bool) -> BackendError:
+    fix = "put the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN (`ray get-auth-token` on its head)"
+    if token:
+        return BackendError(f"the Ray cluster at {address} refused this machine's Ray token; {fix}")
+    mode = os.environ.get(AUTH_MODE_ENV)
+    sends = f"RAY_AUTH_MODE={mode}" if mode is not None else "no token on this machine"
+    return BackendError(
+        f"the Ray cluster at {address} requires token authentication and this process sends no token ({sends}); "
+        f"{fix}, and set RAY_AUTH_MODE=token or leave it unset"
+    )
 
 
 def host_port(address: str) -> str:
@@ -68,9 +134,12 @@ def host_port(address: str) -> str:
 
 def init_target(address: str, timeout: float) -> str:
     """The address to give ``ray.init`` for a user's ``address`` ("auto" included), checked first:
-    a Ray Client server as ray://host:port, a head's GCS as host:port."""
+    a Ray Client server as ray://host:port, a head's GCS as host:port. A Ray token on this machine
+    is used for either, as ``ray.init`` does for a GCS (see ``use_token_if_available``)."""
     target = host_port(resolve_auto() if address == "auto" else address)
-    return f"ray://{target}" if probe(target, timeout) == "client" else target
+    kind = probe(target, timeout, token_available())
+    use_token_if_available()  # only once something answers: a bad address changes nothing
+    return f"ray://{target}" if kind == "client" else target
 
 
 def init_in_keeper(ray: Any, **options: Any) -> threading.Event:
@@ -98,4 +167,12 @@ def init_in_keeper(ray: Any, **options: Any) -> threading.Event:
     return release
 
 
-__all__ = ["host_port", "init_in_keeper", "init_target", "probe", "resolve_auto"]
+__all__ = [
+    "host_port",
+    "init_in_keeper",
+    "init_target",
+    "probe",
+    "resolve_auto",
+    "token_available",
+    "use_token_if_available",
+]

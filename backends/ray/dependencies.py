@@ -23,40 +23,45 @@ if TYPE_CHECKING:  # pragma: no cover
     from .backend import RayBackend
 
 
-def run_after(payload: bytes, code: list | None, prepare: "Prepare", *upstream: Any) -> RunOutcome | bytes:
-    """The Ray task of a step: its producers' outcomes arrive as arguments (Ray resolved their
-    ObjectRefs); ``prepare`` swaps the references, or ends the step unrun."""
-    task, starts, echo = decode(payload)
+def run_after(payload: bytes, *arguments: Any) -> RunOutcome | bytes:
+    """The Ray task of a step: ``payload`` is ``(task, start pipe, echo pipe, prepare, has code)``
+    encoded by the driver (one argument: Ray serialises each argument on its own, the largest part
+    of a submission's cost); ``arguments`` are the list holding a large code's reference, if any,
+    then the producers' outcomes (Ray resolved their ObjectRefs). ``prepare`` swaps the
+    references, or ends the step unrun."""
+    task, starts, echo, prepare, has_code = decode(payload)
+    code, upstream = (arguments[0], arguments[1:]) if has_code else (None, arguments)
     received = [returned_outcome(value) for value in upstream]  # Ray resolved them: encoded outcomes
     outcomes = [value if isinstance(value, RunOutcome) else None for value in received]
     prepared = prepare(task, outcomes)
     if isinstance(prepared, RunOutcome):
         return prepared
-    return run_on_worker(encode((prepared, starts, echo)), code or None)
+    return run_on_worker(encode((prepared, starts, echo)), code)
 
 
 def submit_after(
-    backend: "RayBackend",
-    task: "RunTask",
-    after: "Sequence[BackendFuture]",
-    prepare: "Prepare",
-    on_start: "OnStart | None",
-) -> "BackendFuture":
+    backend: RayBackend,
+    task: RunTask,
+    after: Sequence[BackendFuture],
+    prepare: Prepare,
+    on_start: OnStart | None,
+) -> BackendFuture:
     """``Backend.submit_after`` on Ray: each producer still running is its ObjectRef, one done is
-    its outcome; a producer that is neither (waiting for another driver) makes the driver wait."""
+    its outcome; a producer that is neither (waiting for another driver) makes the driver wait.
+    Every step goes as a task of ``run_after``, also one that uses no step: one remote function
+    keeps all steps in one Ray scheduling class, so workers are not leased anew between them."""
     from ..dependencies import AfterFuture, outcome_or_none
+    from .future import RayFuture
 
     upstream: list[Any] = []
     for dep in after:
-        ref = getattr(dep, "_ref", None)  # held here: Ray keeps the object while a reference lives
-        if ref is not None:
-            upstream.append(ref)
-        elif dep.done() or hasattr(dep, "_ref"):  # done, or a RayFuture settling right now
-            dep._done.wait()  # type: ignore[attr-defined]  # set within that settling call
+        if isinstance(dep, RayFuture):
+            upstream.append(dep.as_argument())
+        elif dep.done():
             upstream.append(outcome_or_none(dep))
         else:
             return AfterFuture(task, after, prepare, lambda prepared: backend.submit(prepared, on_start))
-    return backend.submit(task, on_start, upstream=(prepare, *upstream))
+    return backend.submit(task, on_start, after=(prepare, upstream))
 
 
 __all__ = ["run_after", "submit_after"]

@@ -20,7 +20,7 @@ import struct
 import sys
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from .fifo import open_fifo
 

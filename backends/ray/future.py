@@ -28,7 +28,7 @@ class RayFuture(SettledFuture):
     """A Ray ObjectRef of an encoded RunOutcome (a batch's list of them); settled on Ray's callback
     thread when the task ends, or by the backend closing (cancelled)."""
 
-    def __init__(self, task: RunTask | RunBatch, ref: Any, backend: "RayBackend", echo: "EchoPipe | None" = None):
+    def __init__(self, task: RunTask | RunBatch, ref: Any, backend: RayBackend, echo: EchoPipe | None = None):
         super().__init__(task.uid)
         self.uids = task.uids
         self._echo = echo  # the pipe its watched output comes through: shown before it settles
@@ -70,7 +70,7 @@ class RayFuture(SettledFuture):
 
     def _killed_outcome(self) -> RunOutcome:
         """A run stopped by killing its worker ran, so it is not "cancelled before it started"."""
-        grace = self._backend._cancel_grace
+        grace = self._backend.cancel_grace
         message = f"run was cancelled while running; it ignored the interrupt for {grace:g} s, so its worker was killed"
         return RunOutcome(
             uid=self.uid,
@@ -80,6 +80,20 @@ class RayFuture(SettledFuture):
             ended_at=time.time(),
             error=error_dict("CancelledError", message),
         )
+
+    def as_argument(self) -> Any:
+        """What a task that uses this one's outcome is given (a pipeline step after its producer):
+        the ObjectRef while Ray holds the outcome (Ray then starts the task once it is done and
+        hands it the value), else the outcome itself, None if it failed in the engine. Holding
+        the ref read here keeps Ray's object alive even if this future settles meanwhile."""
+        ref = self._ref
+        if ref is not None:
+            return ref
+        self._done.wait()  # settled, or settling on another thread right now: within that call
+        try:
+            return self.result(0)
+        except BaseException:  # noqa: BLE001 - an engine failure: no outputs to use
+            return None
 
     def cancel(self) -> bool:
         """Drop the task if pending; interrupt it if running (it ends as cancelled)."""
@@ -92,10 +106,10 @@ class RayFuture(SettledFuture):
             ray.cancel(ref)
         except Exception:  # noqa: BLE001 - finished or lost meanwhile: nothing left to cancel
             return False
-        self._backend._kill_later(self)
+        self._backend.kill_later(self)
         return True
 
-    def _kill(self) -> None:
+    def kill(self) -> None:
         """Force-cancel a task that did not stop on its KeyboardInterrupt (kills its worker)."""
         ref = self._ref
         if ref is None or self.done():

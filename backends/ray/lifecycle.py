@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("shoal.backends.ray")
 
-_owner: "RayLifecycle | None" = None  # Ray allows one connection per process
+_owner: RayLifecycle | None = None  # Ray allows one connection per process
 _Self = TypeVar("_Self", bound="RayLifecycle")  # typing.Self needs Python 3.11
 _owner_lock = threading.RLock()  # re-entered when a failed start stops what it began (_stop_engine)
 
@@ -53,7 +53,7 @@ class RayLifecycle:
     _init_options: dict[str, Any]
     _bounds: tuple[int, int] | None
     _mode: str | None
-    _cluster: "LocalAutoscalingCluster | None"
+    _cluster: LocalAutoscalingCluster | None
     _autoscaler_log: list
     _token: str | None
     _release: threading.Event | None
@@ -63,7 +63,7 @@ class RayLifecycle:
     _size: int
     _code_refs: dict[str, Any]
     _remotes: dict[tuple, Any]
-    _inflight: "set[RayFuture]"
+    _inflight: set[RayFuture]
     _starts: StartPipe | None
     _echo: EchoPipe | None
     _on_start: dict
@@ -244,7 +244,7 @@ class RayLifecycle:
         return cluster_pids(self._token) if self._token else []
 
 
-def autoscaler_events(cluster: "LocalAutoscalingCluster") -> list:
+def autoscaler_events(cluster: LocalAutoscalingCluster) -> list:
     """The node launches and removals Ray's autoscaler logged, with running worker counts."""
     from ..base import ScalingEvent
     from .autoscaling import node_changes

@@ -12,9 +12,21 @@ run's output through its echo pipe (``.echo``).
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
-from shoal.execution import RunBatch, RunOutcome, RunTask, execute_batch, execute_registered
+from shoal.execution import (
+    RunBatch,
+    RunOutcome,
+    RunTask,
+    execute_batch,
+    execute_registered,
+    never_started,
+    stop_attempt,
+)
 
 from ..task_codec import decode, encode
 
@@ -39,13 +51,42 @@ def run_on_worker(payload: bytes, code: list | None = None) -> bytes:
 
     task, starts, echo = decode(payload)
     announce = _announcer(starts) if starts else None
-    with echo_to(sink(echo) if echo else None):
+    with _cancel_as_stop(task.uids) as cancelled, echo_to(sink(echo) if echo else None):
         if isinstance(task, RunBatch):
             for member in task.tasks:
                 _fill_code(member, code)
-            return encode(execute_batch(task, announce, cancel_ends_batch=True))
+            refused = (lambda uid: cancelled.is_set()) if cancelled is not None else None
+            return encode(execute_batch(task, announce, refused=refused, cancel_ends_batch=True))
         _fill_code(task, code)
+        if cancelled is not None and cancelled.is_set():  # cancelled before the handler began
+            return encode(never_started(task))
         return encode(execute_registered(task, announce))
+
+
+@contextmanager
+def _cancel_as_stop(uids: tuple[str, ...]) -> Iterator[threading.Event | None]:
+    """Ray's cancel of a running task as shoal's own stop request. Ray interrupts the task's main
+    thread (a KeyboardInterrupt wherever it lands) and repeats that while the task runs (its
+    ``cancellation_retry_ms``); a repeat landing after the attempt ended, as its outcome is encoded,
+    dropped that outcome and everything the run had logged. Here the interrupt stops the running
+    attempt through its ``StopSignal`` (which raises only inside the handler) and sets the event
+    it yields, so no run of this task starts afterwards. Yields None where the task does not run in
+    the main thread (signal handlers cannot be set there): Ray's KeyboardInterrupt then applies."""
+    if threading.current_thread() is not threading.main_thread():
+        yield None
+        return
+    cancelled = threading.Event()
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        cancelled.set()
+        for uid in uids:
+            stop_attempt(uid)
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield cancelled
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
 
 
 def returned_outcome(value: Any) -> RunOutcome | list[RunOutcome] | Any:

@@ -4,39 +4,51 @@ review in CI. Every object is validated before it is printed; nothing is printed
 from __future__ import annotations
 
 import json
-from typing import List, Optional
 
 import typer
 
-k8s_app = typer.Typer(help="Kubernetes manifests of functions (dask-kubernetes, KubeRay, Jobs).", no_args_is_help=True)
+k8s_app = typer.Typer(
+    help="Kubernetes manifests of functions (dask-kubernetes, KubeRay, Jobs, RayService).", no_args_is_help=True
+)
+ENGINES = ("dask", "ray", "job", "serve")
 
 
 @k8s_app.command("render")
 def render(
     target: str = typer.Argument(..., help="FILE.py:HANDLER, or a function NAME[:tag|@hash]."),
     engine: str = typer.Option(
-        ..., "--engine", "-e", help="dask (DaskCluster + DaskAutoscaler), ray (RayCluster) or job."
+        ...,
+        "--engine",
+        "-e",
+        help="dask (DaskCluster + DaskAutoscaler), ray (RayCluster), job, or serve (a RayService serving it over HTTP).",
     ),
     output: str = typer.Option("yaml", "--output", "-o", help="yaml (multi-document) or json (a List)."),
-    namespace: Optional[str] = typer.Option(None, "--namespace", "-n", help="Namespace to put in the manifests."),
-    spot_provider: Optional[str] = typer.Option(
+    namespace: str | None = typer.Option(None, "--namespace", "-n", help="Namespace to put in the manifests."),
+    spot_provider: str | None = typer.Option(
         None, "--spot-provider", help="Spot node labels/taints of: gke (default), eks, aks, karpenter."
     ),
-    run: Optional[str] = typer.Option(None, "--run", help="job: the uid of a pending run (default: record a new one)."),
-    param: List[str] = typer.Option([], "--param", "-p", help="job: parameter key=value of the new run (repeatable)."),
+    run: str | None = typer.Option(None, "--run", help="job: the uid of a pending run (default: record a new one)."),
+    param: list[str] = typer.Option([], "--param", "-p", help="job: parameter key=value of the new run (repeatable)."),
+    service: str | None = typer.Option(
+        None, "--name", help="serve: the service's name, its route /NAME (default: the function's name)."
+    ),
 ) -> None:
     """Print the manifests of a function for an engine (exit 2 if they do not validate)."""
     from shoal.backends.kubernetes import render as render_objects
     from shoal.errors import ParamError
 
-    from .main import _load_target, _pairs, _project
+    from .targets import load_target as _load_target
+    from .targets import open_project as _project
+    from .targets import pairs as _pairs
 
-    if engine not in ("dask", "ray", "job"):
-        raise ParamError(f"--engine {engine!r}: use dask, ray or job")
+    if engine not in ENGINES:
+        raise ParamError(f"--engine {engine!r}: use dask, ray or job, or serve (a RayService)")
     if output not in ("yaml", "json"):
         raise ParamError(f"--output {output!r}: use yaml or json")
     if engine != "job" and (run or param):
         raise ParamError("--run and --param are for --engine job")
+    if engine != "serve" and service:
+        raise ParamError("--name is for --engine serve")
     fn = _load_target(target)
     project = _project()
     uid = None
@@ -45,13 +57,18 @@ def render(
 
         check_project(project, what="a Kubernetes Job")  # before a run is recorded
         uid = run or record_pending_run(fn, project, _pairs(param, "--param"))
-    objects = render_objects(fn, engine, namespace=namespace, project=project, spot=spot_provider, run=uid)
+    if engine == "serve":
+        from shoal.backends.kubernetes.serve import ray_service
+
+        objects = [ray_service(fn, service=service, namespace=namespace, project=project.name, spot=spot_provider)]
+    else:
+        objects = render_objects(fn, engine, namespace=namespace, project=project, spot=spot_provider, run=uid)
     if output == "json":
         typer.echo(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}, indent=2))
     else:
-        import yaml
+        from shoal.backends.kubernetes.serve import block_yaml
 
-        typer.echo(yaml.safe_dump_all(objects, sort_keys=False, default_flow_style=False), nl=False)
+        typer.echo(block_yaml(objects, all_documents=True), nl=False)
 
 
 def record_pending_run(fn, project, params: dict) -> str:

@@ -6,19 +6,19 @@ Errors print as one line on stderr with a non-zero exit (2 for bad input, 1 for 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pathlib
 import shlex
 import shutil
 import sys
-from typing import Any, Iterator, List, Optional
+from typing import Any
 
 import typer
 
-from shoal.errors import ParamError, ShoalError
+from shoal.errors import ShoalError
 
 from . import output
+from .targets import input_paths, load_target, open_project, pairs, stdout_reserved
 
 app = typer.Typer(
     help="shoal: elastic serverless functions on local threads, Dask or Ray, with recorded runs.",
@@ -48,6 +48,13 @@ app.add_typer(pipelines_app, name="pipelines")
 from . import tune as _tune  # noqa: E402 - typer only; Optuna is imported when a command runs
 
 _tune.register(app)
+from . import services as _services  # noqa: E402 - typer only; the engines are imported when a command runs
+
+_services.register(app)  # serve, deploy, services list | show | delete
+
+from . import hub as _hub  # noqa: E402 - typer only; shoal.hub is imported when a command runs
+
+_hub.register(app)  # hub list | show | import | publish
 
 _state: dict[str, Any] = {"debug": False, "cwd": None}
 
@@ -73,7 +80,7 @@ _flags_without_type()
 
 @app.callback()
 def _options(
-    project: Optional[str] = typer.Option(
+    project: str | None = typer.Option(
         None,
         "--project",
         "-C",
@@ -97,83 +104,53 @@ def _enter(folder: str) -> None:
     os.chdir(folder)
 
 
-def _project():
-    import shoal
-
-    return shoal.project(".")
-
-
-def _pairs(values: List[str], option: str) -> dict[str, str]:
-    out = {}
-    for item in values or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ParamError(f"{option} {item!r} is not key=value; write e.g. {option} lr=0.1")
-        out[key.strip()] = value
-    return out
-
-
-def _load_target(target: str):
-    """``file.py:handler`` from a file, else a name/tag/hash from shoal.yaml or the store."""
-    from shoal import Function
-
-    path, sep, handler = target.rpartition(":")
-    if sep and (path.endswith(".py") or os.path.isfile(path)):
-        return Function.from_file(path, handler)
-    if target.endswith(".py"):
-        raise ParamError(f"name the handler too: {target}:<function name>")
-    return _project().get_function(target)
-
-
-def _input_paths(inputs: dict[str, str]) -> dict[str, str]:
-    """``--input`` values are paths or URLs: a local path that does not exist is a typo.
-
-    (The Python API stores a plain string as a value; on the command line that would silently turn
-    ``--input data=trian.csv`` into the text "trian.csv".)
-    """
-    for key, value in inputs.items():
-        if "://" not in value and not os.path.exists(value):
-            raise ParamError(
-                f"--input {key}={value}: no such file; give an existing path or a URL (s3://..., gs://...)"
-            )
-    return inputs
-
-
-@contextlib.contextmanager
-def _stdout_reserved(as_json: bool) -> Iterator[None]:
-    """With ``--json``, stdout carries the JSON document only: whatever else is printed meanwhile
-    (a module-level ``print`` in the user's file, an engine's banner) goes to stderr."""
-    if not as_json:
-        yield
-        return
-    with contextlib.redirect_stdout(sys.stderr):
-        yield
-
-
 # -- shoal run ----------------------------------------------------------------------------------
 @app.command()
 def run(
-    target: str = typer.Argument(..., help="FILE.py:HANDLER, or a function NAME[:tag|@hash]."),
-    param: List[str] = typer.Option([], "--param", "-p", help="Parameter key=value (repeatable)."),
-    input: List[str] = typer.Option([], "--input", "-i", help="Input key=path-or-URL (repeatable)."),
-    backend: Optional[str] = typer.Option(None, "--backend", "-b", help="local (default), or another backend."),
+    target: str = typer.Argument(..., help="FILE.py:HANDLER, hub://NAME[:version], or a function NAME[:tag|@hash]."),
+    param: list[str] = typer.Option([], "--param", "-p", help="Parameter key=value (repeatable)."),
+    input: list[str] = typer.Option([], "--input", "-i", help="Input key=path-or-URL (repeatable)."),
+    backend: str | None = typer.Option(None, "--backend", "-b", help="local (default), or another backend."),
     as_json: bool = typer.Option(False, "--json", help="Print the run record as JSON."),
     watch: bool = typer.Option(True, "--watch/--no-watch", help="Stream the handler's output."),
+    cache: bool | None = typer.Option(
+        None,
+        "--cache/--no-cache",
+        help="Reuse a completed run with the same cache key instead of running (default: off for a "
+        "function, on for a pipeline's steps).",
+    ),
+    refresh: bool = typer.Option(False, "--refresh", help="Run anyway (implies --cache); the new run is reused next."),
+    cache_version: str | None = typer.Option(
+        None, "--cache-version", help="Part of the cache key: bump it to invalidate earlier results."
+    ),
+    cache_expires: float | None = typer.Option(
+        None, "--cache-expires", help="Reuse only runs that ended at most this many seconds ago."
+    ),
+    cache_ignore: list[str] = typer.Option(
+        [], "--cache-ignore", help="A parameter (or input) left out of the cache key (repeatable)."
+    ),
 ) -> None:
     """Run a function once and record the run (exit 1 if it fails, 2 for bad input)."""
-    from shoal.runner import run_function
+    from .runs import run_target
 
-    with _stdout_reserved(as_json):
-        fn = _load_target(target)
-        project = _project()
-        params = _pairs(param, "--param")
-        inputs = _input_paths(_pairs(input, "--input"))
-        if getattr(fn, "document_kind", "function") == "pipeline":  # its body runs here, its steps on the backend
-            result = fn.run(params, inputs, backend=backend, project=project, from_text=True)
-        else:
-            result = run_function(
-                fn, params, inputs, backend=backend, project=project, watch=watch and not as_json, from_text=True
-            )
+    with stdout_reserved(as_json):
+        fn = load_target(target)
+        project = open_project()
+        params = pairs(param, "--param")
+        inputs = input_paths(pairs(input, "--input"))
+        result = run_target(
+            fn,
+            params,
+            inputs,
+            backend=backend,
+            project=project,
+            watch=watch and not as_json,
+            cache=cache,
+            refresh=refresh,
+            cache_version=cache_version,
+            cache_expires=cache_expires,
+            cache_ignore=cache_ignore,
+        )
     if as_json:
         output.print_json(result.to_dict())
     else:
@@ -186,7 +163,7 @@ def run(
 @app.command()
 def init(
     path: str = typer.Argument(".", help="Project folder (created if missing)."),
-    name: Optional[str] = typer.Option(None, "--name", help="Project name (default: the folder name)."),
+    name: str | None = typer.Option(None, "--name", help="Project name (default: the folder name)."),
     example: bool = typer.Option(True, "--example/--no-example", help="Add an example train.py."),
 ) -> None:
     """Create a project: shoal.yaml, the .shoal home with its database, and an example function."""
@@ -233,7 +210,7 @@ def _program() -> str:
 @functions_app.command("list")
 def functions_list(as_json: bool = typer.Option(False, "--json")) -> None:
     """The latest version of every stored function."""
-    records = _project().functions.list()
+    records = open_project().functions.list()
     if as_json:
         output.print_json([output.function_dict(r) for r in records])
     else:
@@ -246,7 +223,7 @@ def functions_show(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """One version's document (spec, metadata, code)."""
-    record = _project().functions.record(ref)
+    record = open_project().functions.record(ref)
     if as_json:
         output.print_json(output.function_dict(record, full=True))
     else:
@@ -256,7 +233,7 @@ def functions_show(
 @functions_app.command("history")
 def functions_history(name: str, as_json: bool = typer.Option(False, "--json")) -> None:
     """Every stored version of a function, newest first."""
-    records = _project().functions.history(name)
+    records = open_project().functions.history(name)
     if as_json:
         output.print_json([output.function_dict(r) for r in records])
     else:
@@ -266,7 +243,7 @@ def functions_history(name: str, as_json: bool = typer.Option(False, "--json")) 
 @functions_app.command("diff")
 def functions_diff(a: str, b: str) -> None:
     """Differences between two versions (spec and code), as a unified diff."""
-    text = _project().functions.diff(a, b)
+    text = open_project().functions.diff(a, b)
     typer.echo(text if text else "no differences")
 
 
@@ -294,7 +271,7 @@ def _live_workers(address: str) -> tuple[list, str]:
 
 @cluster_app.command("status")
 def cluster_status(
-    backend: Optional[str] = typer.Option(
+    backend: str | None = typer.Option(
         None,
         "--backend",
         "-b",
@@ -306,10 +283,10 @@ def cluster_status(
     """Recorded scaling events of the project, and the live workers of an engine given by address."""
     workers = None
     label = backend
-    with _stdout_reserved(as_json):
+    with stdout_reserved(as_json):
         if backend is not None and "://" in backend:
             workers, label = _live_workers(backend)
-        events = _project().store.list_scaling_events(backend=label, limit=limit or None)
+        events = open_project().store.list_scaling_events(backend=label, limit=limit or None)
     if as_json:
         output.print_json(
             {

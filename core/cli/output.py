@@ -101,13 +101,13 @@ def _when(value) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
 
 
-def _duration(seconds: float | None) -> str:
+def duration_cell(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
-def _state(state: str, cached_from: str | None = None) -> Text:
+def state_cell(state: str, cached_from: str | None = None) -> Text:
     shown = f"{state} from {cached_from[:12]}" if cached_from else state
     return _text(shown, STATE_STYLE.get(state, ""))
 
@@ -144,10 +144,10 @@ def run_summary(run, detail: bool = False) -> None:
     table.add_column()
     table.add_row("run", run.uid)
     table.add_row("function", _text(f"{run.function}@{run.function_hash[:12]}"))
-    table.add_row("state", _state(run.state))
+    table.add_row("state", state_cell(run.state))
     if run.cached_from:
         table.add_row("cached from", run.cached_from)
-    table.add_row("duration", _duration(run.duration))
+    table.add_row("duration", duration_cell(run.duration))
     if run.attempts > 1:
         table.add_row("attempts", str(run.attempts))
     if detail:
@@ -179,9 +179,9 @@ def runs_table(runs) -> None:
         (
             run.uid[:12],
             _text(run.function + (f" #{run.iteration}" if run.iteration is not None else "")),
-            _state(run.state, run.cached_from),
+            state_cell(run.state, run.cached_from),
             _when(run.started_at),
-            _duration(run.duration),
+            duration_cell(run.duration),
             _short(_listed_results(run), 50) if run.results else "",
         )
         for run in runs

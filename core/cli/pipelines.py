@@ -3,8 +3,6 @@ pipeline run."""
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from shoal.errors import AmbiguousError, NotFoundError, ParamError
@@ -16,7 +14,7 @@ KIND_LABEL = "shoal.kind"
 
 
 def _project():
-    from .main import _project as opened
+    from .targets import open_project as opened
 
     return opened()
 
@@ -44,8 +42,8 @@ def print_steps(project, run) -> None:
         (
             step.labels.get("shoal.step", step.function),
             step.uid[:12],
-            output._state(step.state, step.cached_from),
-            output._duration(step.duration),
+            output.state_cell(step.state, step.cached_from),
+            output.duration_cell(step.duration),
         )
         for step in steps
     )
@@ -80,7 +78,7 @@ def pipelines_list(
 @pipelines_app.command("graph")
 def pipelines_graph(
     uid: str = typer.Argument(..., help="A pipeline run (uid or unique prefix)."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Also draw it into this .png or .svg file."),
+    out: str | None = typer.Option(None, "--out", "-o", help="Also draw it into this .png or .svg file."),
 ) -> None:
     """Print the run's graph as Mermaid text (steps coloured by state); --out draws a picture."""
     from shoal.pipelines.graph import draw, graph_of, mermaid
@@ -96,7 +94,7 @@ def pipelines_graph(
 @pipelines_app.command("resume")
 def pipelines_resume(
     uid: str = typer.Argument(..., help="A pipeline run to run again (uid or unique prefix)."),
-    backend: Optional[str] = typer.Option(None, "--backend", "-b", help="Default: the backend it ran on."),
+    backend: str | None = typer.Option(None, "--backend", "-b", help="Default: the backend it ran on."),
 ) -> None:
     """Run a pipeline run's version again with its parameters: completed steps come back cached,
     the rest (failed, cancelled, left open by a killed driver) run."""

@@ -6,8 +6,6 @@ Bad input (an unknown uid, state or date) exits 2 with a message naming the argu
 
 from __future__ import annotations
 
-from typing import List, Optional
-
 import typer
 
 from shoal.errors import AmbiguousError, NotFoundError, ParamError
@@ -19,18 +17,94 @@ STATE_HELP = "pending, running, completed, pruned, failed or cancelled"
 
 
 def _project():
-    from .main import _project as opened
+    from .targets import open_project as opened
 
     return opened()
 
 
-def _states(values: List[str]) -> List[str]:
+def _states(values: list[str]) -> list[str]:
     from shoal.runs import STATES
 
     for value in values:
         if value not in STATES:
             raise ParamError(f"--state: unknown run state {value!r}; use one of {', '.join(STATES)}")
     return values
+
+
+def cache_options(
+    is_pipeline: bool,
+    cache: bool | None,
+    refresh: bool,
+    cache_version: str | None,
+    cache_expires: float | None,
+    cache_ignore: list[str],
+):
+    """``shoal run``'s ``--cache/--no-cache``, ``--refresh``, ``--cache-version``, ``--cache-expires``
+    and ``--cache-ignore`` as the ``CacheOptions`` of ``fn.run(cache=...)`` / ``pipeline.run(cache=...)``.
+
+    Caching is off by default for a function and on for a pipeline's steps, as in Python; the other
+    flags turn it on for a function (``--refresh`` alone: run anyway, and be the run reused next).
+    Any of them with ``--no-cache`` is bad input, named by its flag."""
+    from shoal.step_cache import CacheOptions
+
+    given = [
+        flag
+        for flag, value in (
+            ("--refresh", refresh),
+            ("--cache-version", cache_version is not None),
+            ("--cache-expires", cache_expires is not None),
+            ("--cache-ignore", bool(cache_ignore)),
+        )
+        if value
+    ]
+    if cache is False and given:
+        raise ParamError(f"{', '.join(given)} has no effect with --no-cache; drop one of them")
+    enabled = cache if cache is not None else (is_pipeline or bool(given))
+    if is_pipeline and cache_ignore:
+        raise ParamError("--cache-ignore names parameters of one function; give cache_ignore= to the step in Python")
+    try:
+        return CacheOptions.from_call(
+            enabled, refresh, cache_ignore or None, cache_expires, cache_version, default=is_pipeline
+        )
+    except ParamError as exc:  # worded for Python (cache_expires=...): name the flag instead
+        raise ParamError(str(exc).replace("cache_", "--cache-").replace("refresh", "--refresh")) from None
+
+
+def run_target(
+    fn,
+    params: dict,
+    inputs: dict,
+    *,
+    backend: str | None,
+    project,
+    watch: bool,
+    cache: bool | None = None,
+    refresh: bool = False,
+    cache_version: str | None = None,
+    cache_expires: float | None = None,
+    cache_ignore: list[str] | None = None,
+):
+    """What ``shoal run`` runs: a pipeline (its body here, its steps on the backend) or one run of a
+    function, with the cache flags applied; returns the recorded Run."""
+    from shoal.runner import run_function
+
+    is_pipeline = getattr(fn, "document_kind", "function") == "pipeline"
+    options = cache_options(is_pipeline, cache, refresh, cache_version, cache_expires, list(cache_ignore or []))
+    if is_pipeline:
+        return fn.run(
+            params,
+            inputs,
+            backend=backend,
+            project=project,
+            from_text=True,
+            cache=options.enabled,
+            refresh=options.refresh,
+            cache_expires=options.expires,
+            cache_version=options.version,
+        )
+    return run_function(
+        fn, params, inputs, backend=backend, project=project, watch=watch, from_text=True, cache=options
+    )
 
 
 def _uid_error(exc: Exception) -> ParamError:
@@ -40,9 +114,9 @@ def _uid_error(exc: Exception) -> ParamError:
 
 @runs_app.command("list")
 def runs_list(
-    function: Optional[str] = typer.Option(None, "--function", "-f"),
-    state: Optional[str] = typer.Option(None, "--state", "-s", help=STATE_HELP),
-    parent: Optional[str] = typer.Option(None, "--parent"),
+    function: str | None = typer.Option(None, "--function", "-f"),
+    state: str | None = typer.Option(None, "--state", "-s", help=STATE_HELP),
+    parent: str | None = typer.Option(None, "--parent"),
     limit: int = typer.Option(20, "--limit", "-n", min=0, help="At most this many runs (0: all)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -87,7 +161,7 @@ def runs_logs(uid: str) -> None:
 
 @runs_app.command("cancel")
 def runs_cancel(
-    uids: List[str] = typer.Argument(..., metavar="UID", help="Runs to cancel (uids or unique prefixes)."),
+    uids: list[str] = typer.Argument(..., metavar="UID", help="Runs to cancel (uids or unique prefixes)."),
     as_json: bool = typer.Option(False, "--json", help="Print what happened to each run as JSON."),
 ) -> None:
     """Cancel pending or running runs and their open children.
@@ -109,14 +183,14 @@ def runs_cancel(
 
 @runs_app.command("delete")
 def runs_delete(
-    uids: Optional[List[str]] = typer.Argument(None, metavar="UID", help="Runs to delete (uids or unique prefixes)."),
-    state: List[str] = typer.Option([], "--state", "-s", help=f"Delete runs in this state ({STATE_HELP}); repeatable."),
-    before: Optional[str] = typer.Option(
+    uids: list[str] | None = typer.Argument(None, metavar="UID", help="Runs to delete (uids or unique prefixes)."),
+    state: list[str] = typer.Option([], "--state", "-s", help=f"Delete runs in this state ({STATE_HELP}); repeatable."),
+    before: str | None = typer.Option(
         None,
         "--before",
         help="Delete runs created before this date: YYYY-MM-DD[THH:MM[:SS]][+HH:MM], local time by default.",
     ),
-    function: Optional[str] = typer.Option(
+    function: str | None = typer.Option(
         None, "--function", "-f", help="Only runs of this function (with --state/--before)."
     ),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),

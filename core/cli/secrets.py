@@ -7,7 +7,6 @@ resolve to on local, Dask and Ray runs (see ``shoal.secrets``).
 from __future__ import annotations
 
 import sys
-from typing import Optional
 
 import typer
 
@@ -20,12 +19,12 @@ secrets_app = typer.Typer(
 def _file():
     from shoal.secrets import secrets_file
 
-    from .main import _project
+    from .targets import open_project as _project
 
     return secrets_file(_project())
 
 
-def _read_value(value: Optional[str], from_file: Optional[str], secret: str, key: str) -> str:
+def _read_value(value: str | None, from_file: str | None, secret: str, key: str) -> str:
     """The value from the argument, a file, stdin when it is not a terminal, else a hidden prompt."""
     from shoal.errors import ParamError
 
@@ -49,10 +48,10 @@ def _read_value(value: Optional[str], from_file: Optional[str], secret: str, key
 def secrets_set(
     secret: str = typer.Argument(..., help="Secret name, as in env={'VAR': {'secret': NAME, 'key': KEY}}."),
     key: str = typer.Argument(..., help="Key within the secret."),
-    value: Optional[str] = typer.Argument(
+    value: str | None = typer.Argument(
         None, help="The value (visible in shell history: prefer the prompt, stdin or --from-file)."
     ),
-    from_file: Optional[str] = typer.Option(None, "--from-file", "-f", help="Read the value from this file."),
+    from_file: str | None = typer.Option(None, "--from-file", "-f", help="Read the value from this file."),
 ) -> None:
     """Store a secret value in the project's secrets file (owner-only, mode 0600)."""
     store = _file()
@@ -78,7 +77,7 @@ def secrets_list(as_json: bool = typer.Option(False, "--json", help="Print each 
 @secrets_app.command("delete")
 def secrets_delete(
     secret: str = typer.Argument(..., help="Secret name."),
-    key: Optional[str] = typer.Argument(None, help="One key (default: the whole secret)."),
+    key: str | None = typer.Argument(None, help="One key (default: the whole secret)."),
 ) -> None:
     """Remove a secret, or one of its keys (exit 1 if it is not there)."""
     from shoal.errors import NotFoundError

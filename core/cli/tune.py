@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import TYPE_CHECKING, Any, Iterator, List, Optional
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -33,53 +34,49 @@ def _quiet_optuna() -> None:
 
 def tune(
     target: str = typer.Argument(..., help="FILE.py:HANDLER, or a function NAME[:tag|@hash]."),
-    space: List[str] = typer.Option(
+    space: list[str] = typer.Option(
         [],
         "--space",
         "-s",
         help="NAME=SPEC (repeatable): loguniform(1e-4,1), uniform(0,1), float(0,1,step=0.1), int(2,10), \\[a,b,c], or a constant.",
     ),
-    objective: List[str] = typer.Option(
+    objective: list[str] = typer.Option(
         [],
         "--objective",
         "-o",
         help="max.KEY or min.KEY (repeat for several); default max.accuracy, or the returned value for an Optuna objective (first parameter trial).",
     ),
-    direction: List[str] = typer.Option(
+    direction: list[str] = typer.Option(
         [],
         "--direction",
         "-d",
         help="minimize or maximize: optimise the value the handler returns, as optuna.create_study (repeat for several objectives; an Optuna objective's default: minimize).",
     ),
-    trials: Optional[int] = typer.Option(
+    trials: int | None = typer.Option(
         None, "--trials", "-n", min=1, help="Total trials of the study (default: the grid size)."
     ),
-    backend: Optional[str] = typer.Option(
+    backend: str | None = typer.Option(
         None,
         "--backend",
         "-b",
         help="local, dask, ray, or an address (default: the function's or the project's backend).",
     ),
-    storage: Optional[str] = typer.Option(None, "--storage", help="Study storage URL (default: the project's)."),
-    study: Optional[str] = typer.Option(None, "--study", help="Study name (default: the function name)."),
+    storage: str | None = typer.Option(None, "--storage", help="Study storage URL (default: the project's)."),
+    study: str | None = typer.Option(None, "--study", help="Study name (default: the function name)."),
     strategy: str = typer.Option("tpe", "--strategy", help="tpe, random, grid, list, cmaes or nsga2."),
-    pruner: Optional[str] = typer.Option(
+    pruner: str | None = typer.Option(
         None,
         "--pruner",
         help="median (from the 3rd trial), hyperband, successive-halving, or none (default: Optuna's own, MedianPruner()).",
     ),
-    parallelism: Optional[int] = typer.Option(
+    parallelism: int | None = typer.Option(
         None, "--parallelism", "-j", min=1, help="Trials in flight (default: the backend's slots)."
     ),
-    timeout: Optional[float] = typer.Option(None, "--timeout", help="Wall-clock budget in seconds."),
-    stop_when: Optional[str] = typer.Option(
-        None, "--stop-when", help="Stop asking new trials once e.g. accuracy>=0.95."
-    ),
-    max_failures: Optional[int] = typer.Option(
-        None, "--max-failures", min=1, help="Stop after this many failed trials."
-    ),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Sampler seed."),
-    plot: Optional[str] = typer.Option(None, "--plot", help="Write a plot: .html (interactive) or .png."),
+    timeout: float | None = typer.Option(None, "--timeout", help="Wall-clock budget in seconds."),
+    stop_when: str | None = typer.Option(None, "--stop-when", help="Stop asking new trials once e.g. accuracy>=0.95."),
+    max_failures: int | None = typer.Option(None, "--max-failures", min=1, help="Stop after this many failed trials."),
+    seed: int | None = typer.Option(None, "--seed", help="Sampler seed."),
+    plot: str | None = typer.Option(None, "--plot", help="Write a plot: .html (interactive) or .png."),
     plot_kind: str = typer.Option("history", "--plot-kind", help="history, importance or parallel."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
@@ -87,7 +84,9 @@ def tune(
     from shoal.tuning.space import parse_assignment
     from shoal.tuning.wording import command_line
 
-    from .main import _load_target, _project, _stdout_reserved
+    from .targets import load_target as _load_target
+    from .targets import open_project as _project
+    from .targets import stdout_reserved as _stdout_reserved
 
     parsed = dict(parse_assignment(item) for item in space)  # bad specs fail before anything loads
     with _stdout_reserved(as_json), command_line(), _warnings_as_lines():
@@ -174,7 +173,7 @@ class _ProgressBar:
         )
         self.task: TaskID | None = None
 
-    def __enter__(self) -> "_ProgressBar":
+    def __enter__(self) -> _ProgressBar:
         self.progress.start()
         return self
 
@@ -221,10 +220,10 @@ def _summary(result: Any, data: dict) -> None:
 
 
 # -- shoal studies --------------------------------------------------------------------------------
-def _storage(storage: Optional[str]):
+def _storage(storage: str | None):
     from shoal.tuning import storage as storages
 
-    from .main import _project
+    from .targets import open_project as _project
 
     _quiet_optuna()
     ref = storages.resolve(storage, _project())
@@ -256,7 +255,7 @@ def _study_dict(study: Any, top: int = 0) -> dict[str, Any]:
 
 @studies_app.command("list")
 def studies_list(
-    storage: Optional[str] = typer.Option(None, "--storage", help="Study storage URL (default: the project's)."),
+    storage: str | None = typer.Option(None, "--storage", help="Study storage URL (default: the project's)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Every study: name, direction(s), trials by state, best value."""
@@ -285,7 +284,7 @@ def studies_list(
 @studies_app.command("show")
 def studies_show(
     name: str = typer.Argument(..., help="Study name."),
-    storage: Optional[str] = typer.Option(None, "--storage", help="Study storage URL (default: the project's)."),
+    storage: str | None = typer.Option(None, "--storage", help="Study storage URL (default: the project's)."),
     top: int = typer.Option(10, "--top", min=1, help="How many of the best trials to list."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -293,7 +292,7 @@ def studies_show(
     from shoal.tuning import load_study
 
     ref, _ = _storage(storage)
-    from .main import _project
+    from .targets import open_project as _project
 
     data = _study_dict(load_study(name, project=_project(), storage=storage), top=top)
     if as_json:
@@ -325,13 +324,13 @@ def studies_show(
 @studies_app.command("delete")
 def studies_delete(
     name: str = typer.Argument(..., help="Study name."),
-    storage: Optional[str] = typer.Option(None, "--storage", help="Study storage URL (default: the project's)."),
+    storage: str | None = typer.Option(None, "--storage", help="Study storage URL (default: the project's)."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Delete without asking."),
 ) -> None:
     """Delete a study and its trials, e.g. to rerun `shoal tune` with another space (runs stay recorded)."""
     from shoal.tuning import delete_study, load_study
 
-    from .main import _project
+    from .targets import open_project as _project
 
     ref, _ = _storage(storage)
     project = _project()

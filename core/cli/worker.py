@@ -7,7 +7,7 @@ through the local backend, with the function's retries and timeout) and records 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional, cast
+from typing import TYPE_CHECKING, cast
 
 import typer
 
@@ -62,13 +62,11 @@ def run_recorded(uid: str, project: Project) -> Run:
 @worker_app.command("run")
 def worker_run(
     uid: str = typer.Argument(..., help="The uid of a pending run."),
-    database: Optional[str] = typer.Option(
+    database: str | None = typer.Option(
         None, "--database", envvar="SHOAL_DATABASE", help="Database URL of the project."
     ),
-    artifacts: Optional[str] = typer.Option(None, "--artifacts", envvar="SHOAL_ARTIFACTS", help="Artifact store URL."),
-    project_name: Optional[str] = typer.Option(
-        None, "--project-name", envvar="SHOAL_PROJECT_NAME", help="Project name."
-    ),
+    artifacts: str | None = typer.Option(None, "--artifacts", envvar="SHOAL_ARTIFACTS", help="Artifact store URL."),
+    project_name: str | None = typer.Option(None, "--project-name", envvar="SHOAL_PROJECT_NAME", help="Project name."),
 ) -> None:
     """Execute one pending run here and record it (exit 1 if it fails)."""
     import shoal

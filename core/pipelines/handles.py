@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from shoal.backends.base import BackendFuture
     from shoal.function import Function
 
+    from .driver_steps import DriverStepLauncher
     from .session import PipelineRun
     from .steps import StepDriver
 
@@ -27,8 +28,8 @@ class Step:
 
     index: int
     name: str
-    fn: "Function"
-    driver: StepDriver
+    fn: Function
+    driver: StepDriver | DriverStepLauncher  # an engine task's, or a step run on the driver (a search)
     record: dict[str, Any]
     params: dict[str, Any]  # checked, with references in place
     staged: dict[str, Artifact]  # inputs stored by content
@@ -37,7 +38,7 @@ class Step:
     edges: list[tuple[str, str]]  # (producer uid, output key)
     cache: CacheOptions
     key: str | None = None  # its cache key, once looked up (None: uncacheable or caching off)
-    future: "BackendFuture | None" = None  # the engine's future of its current attempt
+    future: BackendFuture | None = None  # the engine's future of its current attempt
     handle: RunHandle | None = None
 
     @property
@@ -48,7 +49,7 @@ class Step:
 class LaunchedStep(Step):
     """A Step once launched (the type of ``PipelineRun.launched``): its handle and future are set."""
 
-    future: "BackendFuture"
+    future: BackendFuture
     handle: RunHandle
 
 
@@ -56,7 +57,7 @@ class StepHandle:
     """What ``fn.submit`` returns inside a pipeline's body: ``output(key)`` references a result or
     artifact of the step for later steps; ``result()`` waits for the step (to branch on it)."""
 
-    def __init__(self, pipeline: "PipelineRun | None", step: Step | None, uid: str, name: str, run: str):
+    def __init__(self, pipeline: PipelineRun | None, step: Step | None, uid: str, name: str, run: str):
         self._pipeline = pipeline
         self._step = step
         self.uid, self.name, self._run = uid, name, run
@@ -87,4 +88,12 @@ class StepHandle:
         return self._step.handle.result(timeout)
 
     def __repr__(self) -> str:
-        return f"<shoal.StepHandle {self.name} {self.state}>"
+        return f"<shoal.{type(self).__name__} {self.name} {self.state}>"
+
+
+class SearchHandle(StepHandle):
+    """What ``shoal.tune(...)`` returns inside a pipeline's body: the search is a step, and its
+    outputs are those of its parent run, as MLRun's hyper-parameter run in a workflow: ``best_params``,
+    ``best_value``, ``best_trial``, ``best_run`` (a uid), the counts (``completed``, ``pruned``,
+    ``failed``), and the best trial's own results and artifacts by their keys (``output("model")``
+    is the best trial's model). ``result()`` waits for the search and returns its parent Run."""

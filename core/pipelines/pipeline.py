@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from shoal.errors import ParamError, PipelineError
+from shoal.errors import ParamError, PipelineError, SpecError
 from shoal.function import Function
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -27,8 +27,61 @@ class Pipeline(Function):
     cached by default (``cache=False`` turns it off, ``refresh=True`` reruns them).
     """
 
-    __slots__ = ()
+    # No __slots__ of its own: a Pipeline keeps the step hashes a document pinned (``pin_steps``)
+    # in its __dict__, and Function's pickling (over Function.__slots__) carries them along below.
     document_kind = "pipeline"
+
+    @property
+    def hash(self) -> str:
+        """The function hash of its code and spec, combined with the hashes of the shoal functions
+        its body refers to (``step_hashes``): changing a step's code gives the pipeline a new
+        version even where the pipeline's own file is unchanged."""
+        value = self._hash
+        if value is None:
+            from shoal.hashing import function_hash
+            from shoal.spec import canonical_spec
+
+            from .step_functions import combined_hash
+
+            base = function_hash(self._handler, self.code.fingerprint, canonical_spec(self._spec))
+            value = combined_hash(base, self.step_hashes)
+            object.__setattr__(self, "_hash", value)
+        return value
+
+    @property
+    def step_hashes(self) -> dict[str, str]:
+        """``{name: hash}`` of the shoal functions the body refers to, which its hash covers: those
+        a document pinned, else found in the body (none where it cannot be loaded here, e.g. it
+        needs a package only the workers have)."""
+        pinned = self.__dict__.get("_steps")
+        if pinned is not None:
+            return dict(pinned)
+        from shoal.errors import CodeError
+
+        from .step_functions import steps_digest
+
+        try:
+            return steps_digest(self.callable, Pipeline)
+        except CodeError:
+            return {}
+
+    def pin_steps(self, steps: Mapping[str, str]) -> Pipeline:
+        """Fix the step hashes its hash covers to those a stored document recorded (so a stored
+        version keeps its hash wherever it is loaded); before the hash is first used only."""
+        if self._hash is not None:
+            raise PipelineError(f"pipeline {self.name!r}: its steps are pinned before its hash is used")
+        if not isinstance(steps, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in steps.items()
+        ):
+            raise SpecError("function document field 'steps' must map step names to function hashes")
+        self.__dict__["_steps"] = dict(steps)
+        return self
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        if "_steps" in self.__dict__:
+            state["_steps"] = self.__dict__["_steps"]
+        return state
 
     def run(  # type: ignore[override]
         self,
@@ -36,13 +89,13 @@ class Pipeline(Function):
         inputs: Mapping[str, Any] | None = None,
         *,
         backend: Any = None,
-        project: "Project | None" = None,
+        project: Project | None = None,
         from_text: bool = False,
         cache: bool = True,
         refresh: bool = False,
         cache_expires: Any = None,
         cache_version: Any = None,
-    ) -> "Run":
+    ) -> Run:
         """Run the body and every step it submits; returns the pipeline's parent run (completed,
         failed listing its failed steps, or cancelled). Bad input (a step's parameters, a reference
         to another run's step) raises before any step starts."""
@@ -69,7 +122,15 @@ def pipeline(func: Callable | None = None, /, **options: Any) -> Any:
     def wrap(target: Callable) -> Pipeline:
         made = Pipeline.from_callable(target, **options)
         if not isinstance(made, Pipeline):  # decorating a shoal.Function: keep its options
-            made = Pipeline(made.name, made.handler, made._spec, code=made._code, callable=made._callable)
+            made = Pipeline(
+                made.name,
+                made.handler,
+                made.spec,
+                code=made.code,
+                callable=made.callable,
+                description=made.description,
+                labels=made.labels,
+            )
         return made
 
     return wrap(func) if func is not None else wrap
@@ -80,10 +141,10 @@ def run_pipeline(
     params: Mapping[str, Any] | None,
     *,
     backend: Any,
-    project: "Project | None",
+    project: Project | None,
     cache: Any,
     from_text: bool = False,
-) -> "Run":
+) -> Run:
     from shoal.code import refuse_runs_while_loading
     from shoal.params import bind, function_label
     from shoal.project import current_project

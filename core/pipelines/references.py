@@ -82,13 +82,23 @@ def keyed_form(value: Any, key_of: Callable[[OutputRef], str]) -> str:
     return json.dumps(replace_refs(value, lambda ref: ["ref", key_of(ref), ref.key]), sort_keys=True, default=repr)
 
 
-def resolve_references(task: RunTask, outcomes: list[RunOutcome | None]) -> RunTask | RunOutcome:
-    """The consumer's task with its references swapped for its producers' outputs (``outcomes``,
-    one per producer; None where the engine lost it), or the outcome it ends with unrun: its
-    producers did not all complete (``upstream_failed``), or one lacks a referenced output (failed).
-    The ``prepare`` of ``Backend.submit_after``: runs where the engine runs the task."""
+class UnusableOutputs(Exception):
+    """A consumer cannot start: its producers did not all complete (``upstream_failed``), or one
+    lacks a referenced output (``failed``); ``state`` and ``kind`` say which."""
+
+    def __init__(self, state: str, kind: str, message: str):
+        super().__init__(message)
+        self.state, self.kind = state, kind
+
+
+def resolve_values(
+    params: Mapping[str, Any], inputs: Mapping[str, Any], outcomes: list[RunOutcome | None]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``params`` and ``inputs`` with their references swapped for the producers' outputs
+    (``outcomes``; None where the engine lost one): an artifact given as an input stays an input
+    (its record, by URL), any other reference becomes a parameter's value. Raises UnusableOutputs."""
     by_uid = {outcome.uid: outcome for outcome in outcomes if outcome is not None}
-    refs = find_refs(task.params) + find_refs(task.inputs)
+    refs = find_refs(params) + find_refs(inputs)
     unusable = sorted(
         {ref.step: ref for ref in refs if ref.producer not in by_uid or by_uid[ref.producer].state not in USABLE_STATES}
     )
@@ -97,21 +107,33 @@ def resolve_references(task: RunTask, outcomes: list[RunOutcome | None]) -> RunT
             f"{step} {by_uid[ref.producer].state if ref.producer in by_uid else 'was lost'}"
             for step, ref in ((s, next(r for r in refs if r.step == s)) for s in unusable)
         )
-        return ended_unrun(
-            task, "upstream_failed", "UpstreamFailed", f"not started: a step it depends on failed ({states})"
+        raise UnusableOutputs(
+            "upstream_failed", "UpstreamFailed", f"not started: a step it depends on failed ({states})"
         )
     try:
-        params = {key: replace_refs(value, lambda ref: _value(ref, by_uid)) for key, value in task.params.items()}
-        inputs: dict[str, Any] = {}
-        for key, value in task.inputs.items():
+        resolved = {key: replace_refs(value, lambda ref: _value(ref, by_uid)) for key, value in params.items()}
+        staged: dict[str, Any] = {}
+        for key, value in inputs.items():
             if isinstance(value, OutputRef) and value.key in _artifacts(by_uid[value.producer]):
-                inputs[key] = _artifacts(by_uid[value.producer])[value.key]  # travels by URL
+                staged[key] = _artifacts(by_uid[value.producer])[value.key]  # travels by URL
             elif find_refs(value):  # a result, or references inside a list or dict: a value
-                params[key] = replace_refs(value, lambda ref: _value(ref, by_uid))
+                resolved[key] = replace_refs(value, lambda ref: _value(ref, by_uid))
             else:
-                inputs[key] = value
+                staged[key] = value
     except MissingOutputError as exc:
-        return ended_unrun(task, "failed", type(exc).__name__, str(exc))
+        raise UnusableOutputs("failed", type(exc).__name__, str(exc)) from None
+    return resolved, staged
+
+
+def resolve_references(task: RunTask, outcomes: list[RunOutcome | None]) -> RunTask | RunOutcome:
+    """The consumer's task with its references swapped for its producers' outputs (``outcomes``,
+    one per producer; None where the engine lost it), or the outcome it ends with unrun: its
+    producers did not all complete (``upstream_failed``), or one lacks a referenced output (failed).
+    The ``prepare`` of ``Backend.submit_after``: runs where the engine runs the task."""
+    try:
+        params, inputs = resolve_values(task.params, task.inputs, outcomes)
+    except UnusableOutputs as exc:
+        return ended_unrun(task, exc.state, exc.kind, str(exc))
     return dataclasses.replace(task, params=params, inputs=inputs)
 
 

@@ -32,10 +32,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from shoal.function import Function
     from shoal.project import Project
 
-_active: contextvars.ContextVar["PipelineRun | None"] = contextvars.ContextVar("shoal_pipeline", default=None)
+    from .driver_steps import Work
+
+_active: contextvars.ContextVar[PipelineRun | None] = contextvars.ContextVar("shoal_pipeline", default=None)
 
 
-def active_pipeline() -> "PipelineRun | None":
+def active_pipeline() -> PipelineRun | None:
     """The pipeline run whose body is running here, if any: ``fn.submit`` then makes a step."""
     return _active.get()
 
@@ -43,7 +45,7 @@ def active_pipeline() -> "PipelineRun | None":
 class PipelineRun:
     """The driver side of one pipeline run (see the module docstring)."""
 
-    def __init__(self, record: dict[str, Any], project: "Project", backend: Any, cache: CacheOptions):
+    def __init__(self, record: dict[str, Any], project: Project, backend: Any, cache: CacheOptions):
         self.record = record
         self.project = project
         self.backend = backend
@@ -58,7 +60,7 @@ class PipelineRun:
     def uid(self) -> str:
         return self.record["uid"]
 
-    def launched(self, uid: str) -> "LaunchedStep":
+    def launched(self, uid: str) -> LaunchedStep:
         """Step ``uid``, which has its handle and future: producers launch before their consumers."""
         step = self.steps[uid]
         assert step.handle is not None and step.future is not None, f"step {step.name} used before its launch"
@@ -76,7 +78,7 @@ class PipelineRun:
 
     def submit(
         self,
-        fn: "Function",
+        fn: Function,
         params: Mapping[str, Any] | Any,
         inputs: Mapping[str, Any] | None,
         *,
@@ -96,9 +98,7 @@ class PipelineRun:
         checked = driver.check({k: v for k, v in params.items() if k not in ref_params}, {**inputs, **ref_params})
         staged = driver.stage_inputs(plain_inputs)
         with self._lock:
-            index = len(self.steps)
-            count = self._names[fn.name] = self._names.get(fn.name, 0) + 1
-            name = fn.name if count == 1 else f"{fn.name}#{count}"
+            index, name = self._next_name(fn.name)
             record = driver.new_record(
                 describe_refs({**checked, **ref_params}),
                 staged,
@@ -126,7 +126,69 @@ class PipelineRun:
             self._pending.append(step)
         return StepHandle(self, step, step.uid, name, self.uid)
 
-    def _refs_in(self, fn: "Function", where: str, key: str, value: Any) -> bool:
+    def submit_on_driver(
+        self,
+        fn: Function,
+        work: Work,
+        *,
+        kind: str,
+        params: Mapping[str, Any],
+        record_params: Mapping[str, Any],
+        inputs: Mapping[str, Any] | None = None,
+        backend: Any = None,
+        cache: tuple[Any, ...] = (None, False, None, None, None),
+        labels: Mapping[str, str] | None = None,
+        handle_type: type[StepHandle] = StepHandle,
+        check: Mapping[str, Any] | None = None,
+    ) -> StepHandle:
+        """A step whose ``work`` runs on the driver (``driver_steps``; a search of ``fn``), named
+        ``kind:fn``. ``params`` (references allowed) make its cache key with ``fn``'s hash and its
+        inputs' contents, and reach ``work`` resolved; ``record_params`` are what its run records.
+        References are checked here (PipelineError); ``check``: parameters the handler must take
+        (ParamError), the names of ``params`` holding references and of ``inputs`` taken as given."""
+        from .driver_steps import DriverStepLauncher
+
+        driver = self._driver(fn, backend)
+        params, inputs = dict(params), dict(inputs or {})
+        ref_params = {k: v for k, v in params.items() if self._refs_in(fn, "params", k, v)}
+        ref_inputs = {k: v for k, v in inputs.items() if self._refs_in(fn, "inputs", k, v)}
+        if check is not None:
+            driver.check({k: v for k, v in check.items() if k not in ref_params}, {**inputs, **ref_params})
+        staged = driver.stage_inputs({k: v for k, v in inputs.items() if k not in ref_inputs})
+        with self._lock:
+            index, name = self._next_name(f"{kind}:{fn.name}")
+            record = driver.new_record(
+                describe_refs(dict(record_params)),
+                staged,
+                parent=self.uid,
+                iteration=index,
+                labels={**(labels or {}), "shoal.step": name},
+            )
+            record["inputs"].update(describe_refs(ref_inputs))
+            refs = find_refs(ref_params) + find_refs(ref_inputs)
+            step = Step(
+                index=index,
+                name=name,
+                fn=fn,
+                driver=DriverStepLauncher(self, driver, work),
+                record=record,
+                params=params,
+                staged=staged,
+                ref_inputs=ref_inputs,
+                producers=list(dict.fromkeys(ref.producer for ref in refs)),
+                edges=[(ref.producer, ref.key) for ref in refs],
+                cache=self._cache_options(*cache),
+            )
+            self.steps[step.uid] = step
+            self._pending.append(step)
+        return handle_type(self, step, step.uid, name, self.uid)
+
+    def _next_name(self, base: str) -> tuple[int, str]:
+        """The next step's index, and its name: ``base``, then ``base#2``, ``base#3``..."""
+        count = self._names[base] = self._names.get(base, 0) + 1
+        return len(self.steps), base if count == 1 else f"{base}#{count}"
+
+    def _refs_in(self, fn: Function, where: str, key: str, value: Any) -> bool:
         """True if ``value`` holds references, all to steps of this run (else PipelineError)."""
         if isinstance(value, StepHandle):
             raise PipelineError(
@@ -143,7 +205,7 @@ class PipelineRun:
 
     def map(
         self,
-        fn: "Function",
+        fn: Function,
         items: Any,
         iterables: tuple[Any, ...],
         inputs: Mapping[str, Any] | None,
@@ -171,13 +233,11 @@ class PipelineRun:
             version if version is not None else base.version,
         )
 
-    def _driver(self, fn: "Function", backend: Any = None) -> StepDriver:
+    def _driver(self, fn: Function, backend: Any = None) -> StepDriver:
         backend = backend if backend is not None else self.backend
         found = self._drivers.get((fn.hash, id(backend)))
         if found is None:
-            found = StepDriver(fn, self.project, resolve_backend(fn, backend, self.project))
-            found.pipeline = self
-            found._resent = set()
+            found = StepDriver(fn, self.project, resolve_backend(fn, backend, self.project), pipeline=self)
             self._drivers[(fn.hash, id(backend))] = found
         return found
 
@@ -352,7 +412,7 @@ class PipelineRun:
         }
 
 
-def _settled(uid: str, run: Run) -> "BackendFuture":
+def _settled(uid: str, run: Run) -> BackendFuture:
     """A future already settled with a cached run's outputs, for the steps that use them."""
     from shoal.backends.dependencies import ReadyFuture
 

@@ -45,7 +45,7 @@ class ClaimAttempt:
 class StepCache:
     """The step-cache queries of one :class:`~shoal.store.Store` (``store.cache``), each one transaction."""
 
-    def __init__(self, store: "Store") -> None:
+    def __init__(self, store: Store) -> None:
         self._store = store
         self._lock = threading.Lock()
         self._held: dict[str, str] = {}  # run uid -> key, claims this process holds

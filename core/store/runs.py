@@ -1,8 +1,9 @@
 """Runs and their artifact records, as queries on an open connection.
 
 Built for batches: callers hand over many runs or many finished runs at once and each becomes a
-handful of statements (executemany) however large the batch, which keeps bookkeeping off the hot
-path. The :class:`~shoal.store.Store` owns transactions; these functions only read and write rows.
+handful of statements however large the batch (on PostgreSQL a COPY, and one ``UPDATE ... FROM`` a
+staging table per set of fields, see ``shoal.store.pg_copy``; on SQLite one executemany, which
+measured as fast there as multi-row statements), which keeps bookkeeping off the hot path. The :class:`~shoal.store.Store` owns transactions; these functions only read and write rows.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..errors import AmbiguousError, NotFoundError, StoreError
+from . import pg_copy
 from .bulk import execute_rows
 from .drivers import OPEN_STATES
 from .records import ArtifactRecord, RunRecord
@@ -34,6 +36,7 @@ REQUIRED_ARTIFACT_FIELDS = ("key", "url", "kind")
 CHUNK = 500  # bound on IN (...) lists, well under SQLite's and PostgreSQL's parameter limits
 LIST_HINT = "run `shoal runs list` to see recent runs"
 INSERT_RUN = runs.insert()  # one object, so its compiled form is reused (``shoal.store.bulk``)
+RUN_COLUMNS = tuple(c.name for c in runs.columns)
 
 
 def _unknown(fields: Iterable[str], known: Iterable[str], what: str) -> None:
@@ -90,8 +93,13 @@ def new_run_rows(
 
 
 def insert_runs(connection: Connection, rows: list[dict[str, Any]]) -> None:
-    """Insert new runs (a uid that already exists is an IntegrityError, by design)."""
-    if rows:
+    """Insert new runs (a uid that already exists is an IntegrityError, by design): one COPY on
+    PostgreSQL, one executemany elsewhere."""
+    if not rows:
+        return
+    if pg_copy.supported(connection):
+        pg_copy.copy_rows(connection, runs, RUN_COLUMNS, rows)
+    else:
         execute_rows(connection, INSERT_RUN, rows)
 
 
@@ -114,12 +122,15 @@ def require_runs(connection: Connection, project: str, uids: Iterable[str]) -> N
 def update_runs(
     connection: Connection, project: str, items: Sequence[tuple[str, dict[str, Any]]], now: datetime
 ) -> int:
-    """Apply each ``(uid, fields)``; runs with the same set of fields share one executemany.
+    """Apply each ``(uid, fields)``, in order: runs with the same set of fields share one statement
+    (one ``UPDATE ... FROM`` a COPY-filled staging table on PostgreSQL, one executemany elsewhere).
 
     An update to an open state (pending, running: a start) never reopens a run that has ended, so a
-    late start cannot undo a cancel. Returns how many rows were updated, or -1 where the driver
+    late start cannot undo a cancel. A uid given twice is updated twice, in order (the second time in
+    a later round of statements). Returns how many rows were updated, or -1 where the driver
     cannot count an executemany."""
-    groups: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
+    rounds: list[dict[tuple[str, ...], list[dict[str, Any]]]] = []
+    seen: dict[str, int] = {}
     for uid, fields in items:
         _check_uid(uid)
         if not UPDATABLE_RUN_FIELDS.issuperset(fields):
@@ -127,12 +138,23 @@ def update_runs(
         row = {"_uid": uid, "_project": project, "v_updated_at": now}  # fields may set updated_at
         for key, value in fields.items():
             row[BIND_NAMES[key]] = {} if value is None and key in JSON_MAPS else value
-        groups[tuple(sorted({*fields, "updated_at"}))].append(row)
+        turn = seen[uid] = seen.get(uid, -1) + 1
+        if turn == len(rounds):
+            rounds.append(defaultdict(list))
+        rounds[turn][tuple(sorted({*fields, "updated_at"}))].append(row)
+    copy = pg_copy.supported(connection)
+    if copy and items:
+        pg_copy.ensure_stage(connection)
     updated = 0
-    countable = connection.dialect.supports_sane_multi_rowcount
-    for names, params in groups.items():
-        result = execute_rows(connection, _update_statement(names), params)
-        updated += result.rowcount if countable or len(params) == 1 else 0
+    countable = copy or connection.dialect.supports_sane_multi_rowcount
+    for groups in rounds:
+        for names, params in groups.items():
+            if copy:
+                staged = [{"_uid": row["_uid"], **{name: row[BIND_NAMES[name]] for name in names}} for row in params]
+                updated += pg_copy.update_runs_from_stage(connection, project, names, staged)
+                continue
+            result = execute_rows(connection, _update_statement(names), params)
+            updated += result.rowcount if countable or len(params) == 1 else 0
     return updated if countable else -1
 
 

@@ -175,6 +175,68 @@ scaling_events = sa.Table(
     sa.Index("ix_scaling_events_project_time", "project", "time"),
 )
 
+# Added by 0007: functions deployed as HTTP services (``shoal.services``), one row per (project, name).
+services = sa.Table(
+    "services",
+    metadata,
+    _project(),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("function", sa.String(255), nullable=False),
+    sa.Column("function_hash", sa.String(64), nullable=False),
+    sa.Column("backend", sa.String(255), nullable=False),  # local, ray, or a ray address
+    sa.Column("address", sa.Text(), nullable=True),  # how another process reaches the engine (a Ray address)
+    sa.Column("pid", sa.Integer(), nullable=True),  # the local server's process
+    sa.Column("process_start", sa.Float(), nullable=True),  # epoch seconds: tells a reused PID apart
+    sa.Column("url", sa.Text(), nullable=False),
+    sa.Column("min_replicas", sa.Integer(), nullable=False),
+    sa.Column("max_replicas", sa.Integer(), nullable=False),
+    sa.Column("state", sa.String(32), nullable=False),
+    sa.Column("spec", sa.JSON(), nullable=False),  # host, port, scaling knobs as deployed
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.PrimaryKeyConstraint("project", "name", name="pk_services"),
+)
+
+# Requests are not runs: per replica and interval, a count, the errors and latency percentiles.
+service_metrics = sa.Table(
+    "service_metrics",
+    metadata,
+    sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+    _project(),
+    sa.Column("service", sa.String(255), nullable=False),
+    sa.Column("replica", sa.String(128), nullable=False),
+    sa.Column("function_hash", sa.String(64), nullable=False),
+    sa.Column("started_at", UTCDateTime(), nullable=False),
+    sa.Column("ended_at", UTCDateTime(), nullable=False),
+    sa.Column("requests", sa.Integer(), nullable=False),
+    sa.Column("errors", sa.Integer(), nullable=False),
+    sa.Column("p50_ms", sa.Float(), nullable=True),
+    sa.Column("p95_ms", sa.Float(), nullable=True),
+    sa.Column("p99_ms", sa.Float(), nullable=True),
+    sa.Column("max_ms", sa.Float(), nullable=True),
+    sa.PrimaryKeyConstraint("id", name="pk_service_metrics"),
+    sa.Index("ix_service_metrics_service_time", "project", "service", "started_at"),
+)
+
+# The most recent failed requests of each service (bounded: older ones are deleted as new ones come).
+service_errors = sa.Table(
+    "service_errors",
+    metadata,
+    sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+    _project(),
+    sa.Column("service", sa.String(255), nullable=False),
+    sa.Column("replica", sa.String(128), nullable=False),
+    sa.Column("function_hash", sa.String(64), nullable=False),
+    sa.Column("request_id", sa.String(64), nullable=False),
+    sa.Column("time", UTCDateTime(), nullable=False),
+    sa.Column("status", sa.Integer(), nullable=False),
+    sa.Column("type", sa.String(255), nullable=False),
+    sa.Column("message", sa.Text(), nullable=False),
+    sa.Column("traceback", sa.Text(), nullable=False),
+    sa.PrimaryKeyConstraint("id", name="pk_service_errors"),
+    sa.Index("ix_service_errors_service_time", "project", "service", "time"),
+)
+
 RUN_FIELDS: tuple[str, ...] = tuple(c.name for c in runs.columns if c.name != "project")
 ARTIFACT_FIELDS: tuple[str, ...] = tuple(c.name for c in artifacts.columns if c.name != "project")
 SCALING_FIELDS: tuple[str, ...] = tuple(c.name for c in scaling_events.columns if c.name not in ("id", "project"))

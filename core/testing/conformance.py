@@ -17,8 +17,8 @@ import re
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -311,8 +311,16 @@ class BackendConformance:
         assert parent.results == {"completed": count - 1, "failed": 1, "cancelled": 0}
 
     def test_short_runs_are_batched_automatically_long_ones_are_not(self, backend, project, fn, monkeypatch):
+        from shoal import batching
+
         sizes = spy_on_batches(backend, monkeypatch)
-        runs = fn("square").map([{"x": i} for i in range(300)], backend=backend, project=project)
+        with monkeypatch.context() as patch:
+            # What the decision needs, not a quiet machine: the first runs' durations (a worker that
+            # starts cold on a busy machine may take longer than PROBE_WAIT to run one), and runs far
+            # shorter than a batch's work however slow the machine is.
+            patch.setattr(batching, "PROBE_WAIT", 300.0)
+            patch.setattr(batching, "BATCH_SECONDS", 1.0)
+            runs = fn("square").map([{"x": i} for i in range(300)], backend=backend, project=project)
         assert [r.results["square"] for r in runs] == [i * i for i in range(300)]
         if backend.batches:  # one run per slot probes the duration, the rest travel in batches
             assert max(sizes) > 1 and sum(sizes) < 300, sizes
@@ -321,7 +329,7 @@ class BackendConformance:
         sizes.clear()
         naps = fn("nap").map([{"seconds": 0.3}] * 16, backend=backend, project=project)
         assert [r.state for r in naps] == ["completed"] * 16
-        assert sizes == []  # runs of 0.3 s are worth a task each
+        assert sizes == []  # runs of 0.3 s are worth a task each (a busy machine only makes them longer)
 
     def test_cancelling_one_run_of_a_batch(self, backend, project, fn):
         from shoal.runner import open_driver

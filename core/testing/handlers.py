@@ -8,8 +8,8 @@ Importing this module needs no pytest.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import shoal
 

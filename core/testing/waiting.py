@@ -7,7 +7,7 @@ than sleeping a guessed time, and this limit is a safety net, never the thing un
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 60.0, what: str = "condition") -> None:
