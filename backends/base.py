@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from shoal.errors import BackendError, ScalingError
 from shoal.execution import RunOutcome, RunTask
+from shoal.latch import Latch
 
 if TYPE_CHECKING:  # pragma: no cover
     from shoal.function import Function
@@ -84,11 +85,13 @@ class SettledFuture(BackendFuture):
     def __init__(self, uid: str):
         self.uid = uid
         self._lock = threading.Lock()
-        self._done = threading.Event()
+        self._done = Latch()  # an Event only once someone waits (``shoal.latch``)
         self._callbacks: list[Callable[[BackendFuture], None]] = []
         self._settled: tuple[RunOutcome | None, BaseException | None] | None = None
 
-    def _resolve(self, outcome: RunOutcome | None, error: BaseException | None = None) -> None:
+    def resolve(self, outcome: RunOutcome | None, error: BaseException | None = None) -> None:
+        """Settle the future with ``outcome`` or ``error`` (for the engine code that drives it: a
+        subclass, a backend, a batch); only the first call counts."""
         with self._lock:
             if self._done.is_set():
                 return

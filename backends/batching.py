@@ -39,15 +39,15 @@ class BatchedRun(SettledFuture):
         self._batch = batch
         self._replacement: BackendFuture | None = None
 
-    def _adopt(self, future: BackendFuture) -> None:
+    def adopt(self, future: BackendFuture) -> None:
         """Resolve from ``future`` (this run sent again on its own)."""
         self._replacement = future
 
         def relay(done: BackendFuture) -> None:
             try:
-                self._resolve(done.result())
+                self.resolve(done.result())
             except BaseException as exc:  # noqa: BLE001 - handed to whoever asks for the result
-                self._resolve(None, exc)
+                self.resolve(None, exc)
 
         future.add_done_callback(relay)
 
@@ -102,25 +102,25 @@ class BatchedRuns:
             return
         except cf.CancelledError as exc:
             for run in self.runs:
-                run._resolve(_stopped(run.task) if run.started else None, None if run.started else exc)
+                run.resolve(_stopped(run.task) if run.started else None, None if run.started else exc)
             return
         except BaseException as exc:  # noqa: BLE001 - the engine's failure is every run's failure
             for run in self.runs:
-                run._resolve(None, exc)
+                run.resolve(None, exc)
             return
         for run, outcome in zip(self.runs, outcomes):
-            run._resolve(outcome, None)
+            run.resolve(outcome, None)
 
     def _split_after_loss(self, exc: WorkerLostError) -> None:
         for run in self.runs:
             if run.started or run.cancel_requested or getattr(self.backend, "_closed", False):
-                run._resolve(None, exc)
+                run.resolve(None, exc)
                 continue
             try:
-                run._adopt(self.backend.submit(run.task, run.on_start))
+                run.adopt(self.backend.submit(run.task, run.on_start))
             except Exception as again:  # noqa: BLE001 - cannot resubmit: report the loss
                 log.debug("could not resubmit run %s: %s", run.uid, again)
-                run._resolve(None, exc)
+                run.resolve(None, exc)
 
 
 def _stopped(task: RunTask) -> RunOutcome:

@@ -62,16 +62,16 @@ class AfterFuture(SettledFuture):
 
     def _go(self) -> None:
         if self._cancel_requested:
-            self._resolve(None, cf.CancelledError(f"run {self.uid} was cancelled"))
+            self.resolve(None, cf.CancelledError(f"run {self.uid} was cancelled"))
             return
         try:
             prepared = self._prepare(self._task, [outcome_or_none(f) for f in self._after])
             if isinstance(prepared, RunOutcome):
-                self._resolve(prepared)
+                self.resolve(prepared)
                 return
             inner = self._inner = self._submit(prepared)
         except Exception as exc:  # noqa: BLE001 - reported as this task's engine failure, never hangs
-            self._resolve(None, exc)
+            self.resolve(None, exc)
             return
         if self._cancel_requested:
             inner.cancel()
@@ -79,9 +79,9 @@ class AfterFuture(SettledFuture):
 
     def _inner_done(self, inner: BackendFuture) -> None:
         try:
-            self._resolve(inner.result(0))
+            self.resolve(inner.result(0))
         except BaseException as exc:  # noqa: BLE001 - kept and re-raised by result()
-            self._resolve(None, exc)
+            self.resolve(None, exc)
 
     def cancel(self) -> bool:
         if self.done():
@@ -93,7 +93,7 @@ class AfterFuture(SettledFuture):
         with self._count_lock:
             waiting = self._waiting > 0
         if waiting:  # never submitted: it ends cancelled now
-            self._resolve(None, cf.CancelledError(f"run {self.uid} was cancelled before it started"))
+            self.resolve(None, cf.CancelledError(f"run {self.uid} was cancelled before it started"))
         return True
 
 
@@ -103,7 +103,7 @@ class ReadyFuture(SettledFuture):
 
     def __init__(self, outcome: RunOutcome):
         super().__init__(outcome.uid)
-        self._resolve(outcome)
+        self.resolve(outcome)
 
     def cancel(self) -> bool:
         return False

@@ -118,7 +118,7 @@ class Context(MLRunNames):
         self.attempt = attempt
         self._trial = trial
         self._trial_factory: Callable[[], Any] | None = None
-        self._params_chosen = False  # set_params was called: the record takes the params from the worker
+        self._params_chosen = False  # see params_chosen
         self.results: dict[str, Any] = {}
         self.metrics: dict[str, list[list[float | str]]] = {}  # [step, value]; non-finite values as text
         self.artifacts: dict[str, Artifact] = {}
@@ -131,6 +131,11 @@ class Context(MLRunNames):
         values); the run's record then holds them."""
         self.params.update(values)
         self._params_chosen = True
+
+    @property
+    def params_chosen(self) -> bool:
+        """Whether ``set_params`` was called: the run's record then takes its parameters from here."""
+        return self._params_chosen
 
     @property
     def trial(self) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
+import functools
 import threading
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -54,7 +55,7 @@ class Dispatcher:
     (batched or not), retries failed attempts and records final outcomes.
 
     It reads what the driver set up: ``fn``, ``project``, ``backend``, ``spec``, ``recorder`` and
-    the per-task fields ``_env``, ``_secrets``, ``_gpus``, ``_callable``.
+    the per-task fields ``task_env``, ``task_secrets``, ``task_gpus``, ``task_callable``.
 
     Subclasses (a pipeline's ``StepDriver``) change what happens to a run through three hooks,
     each named for what it decides, and leave the private methods alone:
@@ -76,10 +77,10 @@ class Dispatcher:
     backend: Backend
     spec: FunctionSpec
     recorder: Recorder
-    _env: dict[str, str]
-    _secrets: Any
-    _gpus: int
-    _callable: Any
+    task_env: dict[str, str]
+    task_secrets: Any
+    task_gpus: int
+    task_callable: Any
 
     def launch(
         self,
@@ -95,7 +96,7 @@ class Dispatcher:
         ``params`` are the checked values for the handler (default: the recorded ones).
         """
         chosen = params if params is not None else record["params"]
-        flight = self._flight(record, inputs, params=chosen, watch=watch, scope=scope)
+        flight = self._flight(record, _input_records(inputs), params=chosen, watch=watch, scope=scope)
         self.recorder.expect()  # its outcome will come: the recorder batches while more are due
         self.resend(flight)
         return flight.handle
@@ -118,7 +119,8 @@ class Dispatcher:
         each run its ``RunTask.scope`` (tuning: the run's TrialScope).
         """
         scopes = scopes or [None] * len(records)
-        flights = [self._flight(r, inputs, params=p, watch=watch, scope=s) for r, p, s in zip(records, params, scopes)]
+        shipped = _input_records(inputs)  # one dict for every run: built and pickled once
+        flights = [self._flight(r, shipped, params=p, watch=watch, scope=s) for r, p, s in zip(records, params, scopes)]
         self.recorder.expect(len(flights))  # their outcomes will come: one announcement, not a lock per run
         handles = [f.handle for f in flights]
         if batch_size == 1 or not self.backend.batches:
@@ -175,7 +177,8 @@ class Dispatcher:
         for group in groups:
             if not group:
                 continue
-            tasks, starts = [f.task for f in group], [self._on_start(f) for f in group]
+            tasks = [f.task for f in group]
+            starts: list[OnStart | None] = [self._on_start(f) for f in group]
             try:
                 if size > 1:
                     futures = self.backend.submit_batch(tasks, starts)
@@ -189,34 +192,43 @@ class Dispatcher:
                 self._attach(flight, future)
 
     def _flight(
-        self, record: dict[str, Any], inputs: dict[str, Artifact], *, params: dict[str, Any], watch: bool, scope: Any
+        self, record: dict[str, Any], inputs: dict[str, dict], *, params: dict[str, Any], watch: bool, scope: Any
     ) -> Flight:
-        """A run's task and handle, built the same way for one run and for a map's many."""
-        spec = self.spec
+        """A run's task and handle, built the same way for one run and for a map's many (``inputs``:
+        the staged inputs' records, shared by the runs of a map)."""
         task = RunTask(
             uid=record["uid"],
-            project=self.project.name,
-            function=self.fn.name,
-            function_hash=self.fn.hash,
-            handler=self.fn.handler,
-            code=self.fn.code,
             params=params,
-            artifact_url=self.project.artifacts_url,
-            inputs={key: artifact.to_record() for key, artifact in inputs.items()},
-            timeout=spec.timeout,
+            # Shared by a map's runs, unless a subclass's shape_task may change a run's own.
+            inputs=inputs if type(self).shape_task is Dispatcher.shape_task else dict(inputs),
             iteration=record.get("iteration"),
             labels=dict(record.get("labels") or {}),
-            env=self._env,
-            secrets=self._secrets,
-            gpus=self._gpus,
             echo=watch,
             scope=scope,
-            callable=self._callable,
+            **self._task_fields,
         )
         flight = Flight(task=task, record=record)
-        flight.handle = RunHandle(task.uid, self.fn.name, lambda handle: self._cancel(flight))
+        # Partials, not closures: one object per run each (a map's runs are many; see ``shoal.latch``).
+        flight.handle = RunHandle(task.uid, self.fn.name, functools.partial(self._cancel, flight))
         self.shape_task(flight)
         return flight
+
+    @functools.cached_property
+    def _task_fields(self) -> dict[str, Any]:
+        """The fields every task of this driver shares, looked up once (a map makes many tasks)."""
+        return {
+            "project": self.project.name,
+            "function": self.fn.name,
+            "function_hash": self.fn.hash,
+            "handler": self.fn.handler,
+            "code": self.fn.code,
+            "artifact_url": self.project.artifacts_url,
+            "timeout": self.spec.timeout,
+            "env": self.task_env,
+            "secrets": self.task_secrets,
+            "gpus": self.task_gpus,
+            "callable": self.task_callable,
+        }
 
     # -- hooks for subclasses (see the class docstring) ------------------------------------------
     def shape_task(self, flight: Flight) -> None:
@@ -255,20 +267,25 @@ class Dispatcher:
             return
         self.record(flight, outcome)
 
-    def _on_start(self, flight: Flight):
-        def on_start(uid: str, started: float) -> None:
-            if flight.started_at is None:
-                flight.started_at = started
-            flight.handle.set_running()
-            self.recorder.started(uid, {"state": "running", "started_at": utc(flight.started_at)})
+    def _on_start(self, flight: Flight) -> OnStart:
+        return functools.partial(self._started, flight)
 
-        return on_start
+    def _started(self, flight: Flight, uid: str, started: float) -> None:
+        if flight.started_at is None:
+            flight.started_at = started
+        if flight.handle.done():  # its start report came after its outcome (short runs): nothing to add
+            return
+        flight.handle.set_running()
+        self.recorder.started(uid, {"state": "running", "started_at": utc(flight.started_at)})
 
     def _attach(self, flight: Flight, future: BackendFuture) -> None:
         flight.future = future
         if flight.handle.cancel_requested:
             future.cancel()
-        future.add_done_callback(lambda f: self.attempt_ended(flight, _outcome_of(flight.task, f)))
+        future.add_done_callback(functools.partial(self._attempt_done, flight))
+
+    def _attempt_done(self, flight: Flight, future: BackendFuture) -> None:
+        self.attempt_ended(flight, _outcome_of(flight.task, future))
 
     def record(self, flight: Flight, outcome: RunOutcome) -> None:
         """Record ``outcome`` as the run's final one; its handle resolves once it is stored."""
@@ -324,7 +341,7 @@ class Dispatcher:
 
         self.recorder.finished(run.uid, fields, outcome.artifacts, resolve)
 
-    def _cancel(self, flight: Flight) -> bool:
+    def _cancel(self, flight: Flight, handle: RunHandle | None = None) -> bool:
         if flight.future is None:
             return True  # cancel_requested is set: _attach cancels as soon as the future exists
         return flight.future.cancel()
@@ -345,6 +362,10 @@ class Flight:
     @property
     def created_at(self) -> datetime:
         return self.record["created_at"]
+
+
+def _input_records(inputs: dict[str, Artifact]) -> dict[str, dict]:
+    return {key: artifact.to_record() for key, artifact in inputs.items()}
 
 
 def _outcome_of(task: RunTask, future: BackendFuture) -> RunOutcome:

@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,7 @@ from .context import Context
 from .data_item import DataItem, wants_data_item
 from .error_records import error_dict, error_record
 from .errors import RunCancelledError, RunTimeoutError, ShoalError
+from .gc_freeze import older_objects_frozen
 from .logcapture import DEFAULT_LIMIT, capture_output
 from .params import handler_params, signature_of
 from .secrets import mask_data
@@ -72,6 +73,14 @@ class RunTask:
         state = dict(self.__dict__)
         state["callable"] = None  # workers rebuild the handler from the shipped code
         return state
+
+    def without_code(self) -> RunTask:
+        """A shallow copy without its code, for engines that ship the code once per function (a
+        plain copy of the fields: ``copy.copy`` goes through pickling's protocol, slow per run)."""
+        clone = object.__new__(RunTask)
+        clone.__dict__.update(self.__dict__)
+        clone.code = None
+        return clone
 
     @property
     def artifact_prefix(self) -> str:
@@ -192,16 +201,17 @@ def execute(
     started = time.time()
     if on_start is not None:
         on_start(task.uid, started)
-    worker = f"{socket.gethostname()}:{os.getpid()}"
+    worker = _worker_name()
     store = artifact_store(task.artifact_url)
     inputs = {key: Artifact.from_record(record) for key, record in task.inputs.items()}
     shared = {name: getattr(task, name) for name in _CONTEXT_FIELDS}
     ctx = Context(**shared, inputs=inputs, artifact_store=store, artifact_prefix=task.artifact_prefix)
     state, error = "completed", None
     secret_values = tuple(task.secrets.values())
+    env = {**task.env, **task.secrets} if task.env or task.secrets else None
     with capture_output(task.log_limit, task.echo, secret_values) as log:
         try:
-            with task.scope(ctx) if task.scope else _null(), swapped_environment({**task.env, **task.secrets}):
+            with task.scope(ctx) if task.scope else nullcontext(), swapped_environment(env) if env else nullcontext():
                 if on_enter is not None:
                     on_enter()
                 func = task.callable if task.callable is not None else _handler_of(task)
@@ -238,9 +248,19 @@ def execute(
         logs=log.getvalue(),
         error=error,
         worker=worker,
-        params=dict(ctx.params) if ctx._params_chosen else None,
+        params=dict(ctx.params) if ctx.params_chosen else None,
         labels=dict(ctx.labels_set) or None,
     )
+
+
+_worker_name_cache: list[str] = []  # "host:pid" of this process, asked once (getpid is a system call)
+os.register_at_fork(after_in_child=_worker_name_cache.clear)
+
+
+def _worker_name() -> str:
+    if not _worker_name_cache:
+        _worker_name_cache.append(f"{socket.gethostname()}:{os.getpid()}")
+    return _worker_name_cache[0]
 
 
 @functools.lru_cache(maxsize=16)
@@ -317,9 +337,19 @@ def execute_batch(
     While one run's handler runs, the next run's scope may prepare (a scope with a ``prepare()``
     method, such as a tuning trial sampling its parameters), so that run starts without that delay.
     """
+    with older_objects_frozen():  # the batch's many short-lived objects: see ``shoal.gc_freeze``
+        return _execute_each(batch.tasks, on_start, refused, cancel_ends_batch, isolate)
+
+
+def _execute_each(
+    tasks: list[RunTask],
+    on_start: Callable[[str, float], None] | None,
+    refused: Callable[[str], bool] | None,
+    cancel_ends_batch: bool,
+    isolate: bool,
+) -> list[RunOutcome]:
     outcomes: list[RunOutcome] = []
     interrupted = False
-    tasks = batch.tasks
     for index, task in enumerate(tasks):
         if interrupted or (refused is not None and refused(task.uid)):
             outcomes.append(never_started(task))
@@ -343,11 +373,6 @@ def stop_attempt(uid: str) -> bool:
         return False
     stop.set()
     return True
-
-
-@contextmanager
-def _null() -> Iterator[None]:
-    yield
 
 
 def _call(func: Callable, ctx: Context, params: dict[str, Any], inputs: dict[str, Artifact]) -> Any:

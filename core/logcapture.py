@@ -132,6 +132,8 @@ def echo_to(sink: Callable[[str, str], None] | None) -> Iterator[None]:
 
 
 def _install() -> None:
+    if isinstance(sys.stdout, _Router) and isinstance(sys.stderr, _Router):
+        return
     with _install_lock:
         if not isinstance(sys.stdout, _Router):
             sys.stdout = _Router(sys.stdout, "stdout")
@@ -139,15 +141,28 @@ def _install() -> None:
             sys.stderr = _Router(sys.stderr, "stderr")
 
 
-@contextmanager
-def capture_output(
-    limit: int = DEFAULT_LIMIT, echo: bool = False, secrets: tuple[str, ...] = ()
-) -> Iterator[BoundedLog]:
+def capture_output(limit: int = DEFAULT_LIMIT, echo: bool = False, secrets: tuple[str, ...] = ()) -> _Capturing:
     """Capture this thread's stdout and stderr into a BoundedLog (echoing to the terminal if asked),
-    with the run's secret values masked."""
-    log = BoundedLog(limit, secrets)
-    with attach((log, echo)):
-        yield log
+    with the run's secret values masked; use it as ``with capture_output(...) as log``."""
+    return _Capturing((BoundedLog(limit, secrets), echo))
+
+
+class _Capturing:
+    """``attach`` as a plain class: entered once per run, where a generator's cost shows."""
+
+    def __init__(self, capture: Capture):
+        self.capture = capture
+
+    def __enter__(self) -> BoundedLog:
+        _install()
+        stack = getattr(_local, "captures", None)
+        if stack is None:
+            stack = _local.captures = []
+        stack.append(self.capture)
+        return self.capture[0]
+
+    def __exit__(self, *exc: object) -> None:
+        _local.captures.pop()
 
 
 Capture = tuple[BoundedLog, bool]

@@ -110,6 +110,8 @@ def convert(name: str, value: Any, hint: Any, *, from_text: bool) -> Any:
     """Convert ``value`` to ``hint`` (pydantic's lax rules); CLI text is also tried as JSON/YAML."""
     if hint is Any or hint is inspect.Parameter.empty:
         return _parse_text(value) if from_text else value
+    if type(value) is hint and hint in (int, float, str, bool):  # pydantic would return it unchanged
+        return value
     try:
         adapter = _adapter(hint)
     except Exception:  # noqa: BLE001 - an annotation pydantic cannot handle: pass the value through

@@ -9,7 +9,7 @@ When outcomes come faster than one transaction writes them, the next batch takes
 queued meanwhile (up to MAX_WRITES_PER_TRANSACTION), so batches grow with the backlog and the writer
 catches up; a backlog older than BACKLOG_WARN seconds is logged, never silent. What is still queued
 when the process ends is written first: at interpreter exit (Ctrl-C included), and on SIGTERM, which
-otherwise would end the process without running any exit handler (see ``_on_sigterm``).
+otherwise would end the process without running any exit handler (``shoal.recorder_exit``).
 
 The recorder also persists the scaling events of the backends it is told to watch: it pulls them
 after writing a batch (at most once per ``SCALING_PULL_INTERVAL``), when its thread goes idle, and on
@@ -18,18 +18,16 @@ every flush (so the last scale-down is stored at exit too). Nothing is pulled pe
 
 from __future__ import annotations
 
-import atexit
 import logging
-import os
 import queue
-import signal
 import threading
 import time
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from . import recorder_exit
 
 if TYPE_CHECKING:  # pragma: no cover
     from shoal.backends.base import Backend, ScalingEvent
@@ -44,7 +42,6 @@ scaling_log = logging.getLogger("shoal.scaling")
 MAX_WRITES_PER_TRANSACTION = 5000
 BACKLOG_WARN = 5.0  # seconds an outcome waited before its batch was written: logged as falling behind
 BACKLOG_WARN_EVERY = 60.0  # at most one such warning per this many seconds
-SIGTERM_WRITE_TIMEOUT = 60.0  # seconds a terminated driver waits for its last outcomes to be written
 IDLE_EXIT = 10.0  # seconds without work after which the writer thread ends
 SCALING_PULL_INTERVAL = 1.0  # seconds between pulls of scaling events triggered by batches
 START_DELAY = 0.5  # seconds before a start is written: runs that end sooner are never written "running"
@@ -59,6 +56,7 @@ START_GRACE_WHEN_BUSY = 3.0
 # still ~500 when a gap of 10 ms between arrivals ended the wait, as on a busy machine they come
 # further apart).
 LINGER = 0.05
+LINGER_SLICE = 0.005  # seconds between looks while lingering: arrivals are drained, not waited on one by one
 LINGER_MIN_DUE = 16  # ... only with this many outcomes due: a few runs in flight (a tuning
 # search of parallelism 2) want each outcome written at once, since the next trial waits on it
 
@@ -110,8 +108,7 @@ class Recorder:
         self._starts: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
         self._ending: set[str] = set()  # uids whose outcome is queued: their start is not worth a write
         self._warned = float("-inf")  # when the last backlog warning was logged
-        _recorders.add(self)
-        _stop_on_sigterm()
+        recorder_exit.register(self)
 
     def watch(self, backend: Backend) -> None:
         """Persist the scaling events ``backend`` reports from now on (idempotent, cheap)."""
@@ -143,6 +140,16 @@ class Recorder:
             self._ending.add(uid)
             self._queue.put(item)
             self._ensure_thread()
+
+    @property
+    def hand_over_lock(self) -> threading.Lock:
+        """Held while an outcome is handed over: whoever holds it knows nothing new gets queued."""
+        return self._lock
+
+    @property
+    def unwritten(self) -> int:
+        """How many outcomes and starts are queued or being written."""
+        return self._queue.unfinished_tasks
 
     @property
     def outstanding(self) -> bool:
@@ -309,10 +316,7 @@ class Recorder:
             left = deadline - time.monotonic()
             if self._expected < LINGER_MIN_DUE or left <= 0:
                 break
-            try:
-                batch.append(self._queue.get(timeout=left))
-            except queue.Empty:
-                break
+            time.sleep(min(left, LINGER_SLICE))  # then drain: no wake-up per arriving outcome
         return batch
 
     def _write(self, batch: list[_Item]) -> None:
@@ -385,75 +389,3 @@ def unrecordable(fields: dict[str, Any], problem: Exception) -> dict[str, Any]:
         "started_at": fields.get("started_at"),
         "ended_at": fields.get("ended_at"),
     }
-
-
-_recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
-_sigterm_installed = False
-_sigterm_pid = 0  # the process that installed the handler: a forked child inherits it, not the recorders
-
-
-def _stop_on_sigterm() -> None:
-    """Make SIGTERM write the outcomes this process received before it ends (see ``_on_sigterm``).
-
-    Installed once, from the main thread, and only over the default action: a handler the program
-    set itself is left alone (Python's own default would end the process without writing anything).
-    """
-    global _sigterm_installed, _sigterm_pid
-    if _sigterm_installed or threading.current_thread() is not threading.main_thread():
-        return
-    try:
-        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-            return
-        signal.signal(signal.SIGTERM, _on_sigterm)
-    except (ValueError, OSError):  # no signals here (an embedded interpreter): exit flushes still run
-        return
-    _sigterm_installed, _sigterm_pid = True, os.getpid()
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    """SIGTERM ends the process as it always did, but first writes every outcome that reached it.
-
-    The writing runs in a helper thread, bounded by SIGTERM_WRITE_TIMEOUT (a database that does not
-    answer must not keep a terminated driver alive), and ends holding each recorder's lock with its
-    queue empty, so no outcome is taken over in the moment before the process ends. If the
-    interrupted code holds a recorder's lock itself, it cannot be waited for here: the process then
-    exits by SystemExit, and the exit flush writes what is queued.
-    """
-    busy = [recorder for recorder in list(_recorders) if recorder.outstanding] if os.getpid() == _sigterm_pid else []
-    if busy:
-        if any(recorder._lock.locked() for recorder in busy):
-            raise SystemExit(128 + signum)
-        log.warning("SIGTERM: writing the outcomes this process received before it ends")
-        _write_all_before_exit(busy, time.monotonic() + SIGTERM_WRITE_TIMEOUT)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _write_all_before_exit(recorders: list[Recorder], deadline: float) -> None:
-    """Flush ``recorders`` until their queues stay empty; return holding their locks (or at the deadline)."""
-    while time.monotonic() < deadline:
-        writer = threading.Thread(target=_flush_each, args=(recorders,), name="shoal-sigterm", daemon=True)
-        writer.start()
-        writer.join(max(0.0, deadline - time.monotonic()))
-        if writer.is_alive():
-            log.error("SIGTERM: the database did not take the last outcomes in time; ending anyway")
-            return
-        held = [r for r in recorders if r._lock.acquire(timeout=max(0.0, deadline - time.monotonic()))]
-        if len(held) == len(recorders) and not any(r._queue.unfinished_tasks for r in recorders):
-            return  # the locks stay held: the process ends before anything else is queued
-        for recorder in held:
-            recorder._lock.release()
-
-
-def _flush_each(recorders: list[Recorder]) -> None:
-    for recorder in recorders:
-        recorder.flush()
-
-
-@atexit.register
-def _flush_all() -> None:
-    for recorder in list(_recorders):
-        try:
-            recorder.flush()
-        except Exception:  # noqa: BLE001 - best effort at exit
-            pass

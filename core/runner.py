@@ -23,6 +23,7 @@ from .cached_launch import launch_cached, submit_cached
 from .dispatch import Dispatcher, recordable
 from .errors import CodeError, ParamError
 from .execution import error_dict
+from .gc_freeze import older_objects_frozen
 from .inputs import store_input
 from .numpy_params import refuse_table_items
 from .params import bind, function_label, values_as_params
@@ -55,6 +56,13 @@ def new_uid() -> str:
         return f"{_uids.getrandbits(128):032x}"
 
 
+def new_uids(count: int) -> list[str]:
+    """``count`` uids as ``new_uid`` makes them, taking the lock once (a map's children)."""
+    with _uids_lock:
+        bits = [_uids.getrandbits(128) for _ in range(count)]
+    return [f"{value:032x}" for value in bits]
+
+
 def resolve_backend(fn: Function, backend: Any, project: Project) -> Backend:
     """A Backend object as given; for a name, the backend its registered engine class gives this
     function (``Backend.for_function``: by default the shared embedded one, adapted to the replicas;
@@ -79,15 +87,15 @@ class Driver(Dispatcher):
         self.project = project
         self.backend = backend
         self.spec = fn.spec  # one copy for all runs of this driver
-        self._env = {k: v for k, v in self.spec.env.items() if isinstance(v, str)}
+        self.task_env = {k: v for k, v in self.spec.env.items() if isinstance(v, str)}
         if resolve_secrets is None:
             resolve_secrets = not getattr(backend, "pod_secrets", False)
         references = {k: v for k, v in self.spec.env.items() if not isinstance(v, str)}
-        self._secrets = secrets.resolve(references, project) if resolve_secrets else secrets.SecretValues()
+        self.task_secrets = secrets.resolve(references, project) if resolve_secrets else secrets.SecretValues()
         self.recorder = project.recorder
         project.watch_backend(backend)  # its scaling events go to the project's records
-        self._callable = fn.callable if backend.in_process else None
-        self._gpus = gpus_per_run(self.spec.resources)
+        self.task_callable = fn.callable if backend.in_process else None
+        self.task_gpus = gpus_per_run(self.spec.resources)
         # A function imported from a hub: its resolved hub://source/name:version@hash on each run.
         hub = fn.labels.get("hub")
         self._hub_label = {"hub": hub} if hub else {}
@@ -101,7 +109,7 @@ class Driver(Dispatcher):
             fresh = self.fn.hash not in checked
         if fresh:
             self.backend.ensure_requirements(self.spec.requirements)
-            self.backend.ensure_gpus(self._gpus, self.fn.name)
+            self.backend.ensure_gpus(self.task_gpus, self.fn.name)
             with _checked_lock:
                 checked.add(self.fn.hash)
         self.project.functions.ensure_saved(self.fn)
@@ -184,9 +192,12 @@ class Driver(Dispatcher):
         parent: str | None = None,
         iteration: int | None = None,
         labels: Mapping[str, str] | None = None,
+        uid: str | None = None,
+        created_at: datetime | None = None,
     ) -> dict[str, Any]:
+        """A pending run's record; ``uid`` and ``created_at`` default to a new uid and now."""
         return {
-            "uid": new_uid(),
+            "uid": uid or new_uid(),
             "function": self.fn.name,
             "function_hash": self.fn.hash,
             "state": "pending",
@@ -197,7 +208,8 @@ class Driver(Dispatcher):
             "backend": self.backend.name,
             "labels": {**self._hub_label, **dict(labels or {})},
             "attempts": 0,
-            "created_at": datetime.now(timezone.utc),  # set here so the returned Run and the row agree
+            # set here so the returned Run and the row agree
+            "created_at": created_at or datetime.now(timezone.utc),
         }
 
 
@@ -275,6 +287,7 @@ def _wait_all(handles: list[RunHandle]) -> list[Run]:
     return [handle.result() for handle in handles]
 
 
+@older_objects_frozen()  # a map's many run objects set off no full collections of the whole heap
 def map_function(
     fn: Function,
     params_list: Iterable[Mapping[str, Any]],
@@ -309,7 +322,11 @@ def map_function(
     parent = driver.new_record({"map": len(rows)}, staged)
     parent["state"] = "running"
     parent["started_at"] = datetime.now(timezone.utc)
-    children = [driver.new_record(p, staged, parent=parent["uid"], iteration=i) for i, p in enumerate(checked)]
+    uids, now = new_uids(len(checked)), datetime.now(timezone.utc)  # the children are made at one moment
+    children = [
+        driver.new_record(p, staged, parent=parent["uid"], iteration=i, uid=uid, created_at=now)
+        for i, (p, uid) in enumerate(zip(checked, uids))
+    ]
     if cache.enabled:  # children of the same key as a completed run are recorded cached, not run
         driver.project.store.create_runs([parent])
         handles = launch_cached(driver, children, staged, checked, cache, watch=watch, batch_size=batch_size)

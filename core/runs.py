@@ -12,6 +12,7 @@ from typing import Any
 
 from .artifacts import Artifact
 from .errors import RunFailedError, RunTimeoutError
+from .latch import Latch
 
 
 class RunState(str, Enum):
@@ -169,7 +170,7 @@ class RunHandle:
         self._canceller = canceller
         self._state = RunState.PENDING.value
         self._run: Run | None = None
-        self._done = threading.Event()
+        self._done = Latch()  # an Event only once someone waits (``shoal.latch``)
         self._callbacks: list[Callable[[RunHandle], None]] = []
         self._lock = threading.Lock()
         self.cancel_requested = False

@@ -43,6 +43,7 @@ def redis_available() -> str | None:
     except Exception as exc:  # noqa: BLE001 - any failure: skip with the reason
         return f"Redis not reachable at {REDIS_URL}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
 
+
 requires_postgres = pytest.mark.skipif(_PG_REASON is not None, reason=_PG_REASON or "")
 
 
@@ -78,8 +79,9 @@ def any_project(request, tmp_path, monkeypatch) -> shoal.Project:
 
 @pytest.fixture(scope="session")
 def dask_backend():
-    """One embedded Dask LocalCluster (two single-thread worker processes) for the whole session:
-    startup costs a second or two, so the conformance suite shares it; closed with its processes."""
+    """One embedded Dask LocalCluster (two single-thread worker processes) for the whole session (one
+    per xdist worker): startup costs a second or two, so the conformance suite shares it; closed with
+    its processes."""
     import shoal.backends
 
     backend = shoal.backends.get("dask", n_workers=2)
@@ -90,9 +92,9 @@ def dask_backend():
 
 @pytest.fixture(scope="session")
 def ray_backend():
-    """One local Ray instance of its own (2 CPUs, fixed size) for the whole session: startup costs a
-    few seconds, and Ray allows one connection per process, so every in-process Ray test shares it;
-    closed with its processes at the end."""
+    """One local Ray instance of its own (2 CPUs, fixed size) for the whole session (one per xdist
+    worker): startup costs a few seconds, and Ray allows one connection per process, so every
+    in-process Ray test shares it; closed with its processes at the end."""
     pytest.importorskip("ray")
     import shoal.backends
 

@@ -23,6 +23,9 @@ from shoal.backends.dask import DaskBackend
 from handler_sources import handler_functions
 from helpers import alive, descendants, interrupt_map, interrupted_runs, kill_by_pid, wait_for
 
+# One xdist worker runs the module, so its tests share one ``two_workers`` cluster.
+pytestmark = pytest.mark.xdist_group("faults")
+
 
 @pytest.fixture
 def fn(tmp_path):

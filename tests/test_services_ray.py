@@ -24,7 +24,11 @@ from shoal.services import delete_service, get_service, service_status  # noqa: 
 from shoal.testing import wait_for  # noqa: E402
 
 # Ray 2.60 deprecates metrics_interval_s (kept on purpose: see shoal.services.config), once per parse.
-pytestmark = pytest.mark.filterwarnings("ignore:The `metrics_interval_s` field:DeprecationWarning")
+# One xdist worker runs the whole module, in file order, on one Serve instance (see the docstring).
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:The `metrics_interval_s` field:DeprecationWarning"),
+    pytest.mark.xdist_group("services_ray"),
+]
 
 HANDLERS = """
 import os

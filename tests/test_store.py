@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from shoal.errors import AmbiguousError, NotFoundError, SpecError, StoreError
 from shoal.store import ArtifactRecord, FunctionRecord, RunRecord, Store, open_engine
 from shoal.store import migrate
-from shoal.store.schema import metadata
+from shoal.store.schema import metadata, runs
 
 PG_ADMIN_URL = os.environ.get("SHOAL_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -500,7 +500,7 @@ def test_head_constant_matches_migration_scripts():
     scripts = ScriptDirectory.from_config(config)
     assert scripts.get_heads() == [migrate.HEAD]
     assert [s.revision for s in scripts.walk_revisions()] == [
-        "0007_services", "0006_step_cache", "0005_pruned_state", "0004_run_drivers", "0003_scaling_events", "0002_artifacts", "0001_initial"
+        "0008_cache_key_index", "0007_services", "0006_step_cache", "0005_pruned_state", "0004_run_drivers", "0003_scaling_events", "0002_artifacts", "0001_initial"
     ]
 
 
@@ -557,6 +557,39 @@ def test_migrations_fresh_upgraded_and_model_are_identical(new_db):
         assert schema_of(stepped) == head
         with engine.connect() as connection:
             assert connection.execute(sa.text(f"SELECT version_num FROM {migrate.VERSION_TABLE}")).scalars().all() == [migrate.HEAD]
+    finally:
+        engine.dispose()
+
+
+def _cache_index_sql(engine: sa.Engine) -> str:
+    """The definition of the cache-key index as the database reports it."""
+    if engine.dialect.name == "sqlite":
+        query = "SELECT sql FROM sqlite_master WHERE name = 'ix_runs_project_cache_key'"
+    else:
+        query = "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_runs_project_cache_key'"
+    with engine.connect() as connection:
+        return str(connection.exec_driver_sql(query).scalar())
+
+
+def test_cache_key_index_holds_only_keyed_runs_and_lookups_use_it(new_db):
+    """0008: runs without a cache key (most) cost no entry in the index; a lookup by key still uses it."""
+    url = new_db()
+    Store(url).close()
+    engine = open_engine(url)
+    try:
+        assert "cache_key IS NOT NULL" in _cache_index_sql(engine)
+        keyed = sa.select(runs.c.uid).where(runs.c.project == "p", runs.c.cache_key.in_(["k1", "k2"]))
+        explain = "EXPLAIN QUERY PLAN" if engine.dialect.name == "sqlite" else "EXPLAIN"
+        with engine.connect() as connection:
+            if engine.dialect.name == "postgresql":  # an empty table: only then is an index worth it
+                connection.exec_driver_sql("SET enable_seqscan = off")
+            compiled = keyed.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True})
+            plan = " ".join(str(row) for row in connection.exec_driver_sql(f"{explain} {compiled}"))
+        assert "ix_runs_project_cache_key" in plan
+        migrate.downgrade(engine, "0007_services")
+        assert "cache_key IS NOT NULL" not in _cache_index_sql(engine)
+        migrate.upgrade(engine)
+        assert "cache_key IS NOT NULL" in _cache_index_sql(engine)
     finally:
         engine.dispose()
 

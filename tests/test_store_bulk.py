@@ -184,3 +184,31 @@ def test_many_updates_in_one_transaction_stay_apart(store: Store) -> None:
         run_sql.update_runs(connection, store.project, [(b, {"attempts": 7})], now)
     got = {r.uid: (r.logs, r.attempts) for r in store.get_runs([a, b])}
     assert got == {a: ("a2", 0), b: ("b1", 7)}
+
+
+@requires_postgres
+def test_copy_never_wraps_an_integer_the_column_cannot_hold() -> None:
+    """Binary COPY would store 2**40 in an int4 column as 0: such a batch goes as text, and the
+    server refuses it as an INSERT would."""
+    with Store(PG_ADMIN_URL, project=f"t{uuid.uuid4().hex[:12]}") as store:
+        item = {**_items(1)[0], "iteration": 2**40}
+        with pytest.raises(StoreError, match="out of range"):
+            store.create_runs([item])
+        assert store.count_runs() == 0
+        fine = _items(3)
+        store.create_runs(fine)
+        assert sorted(r.iteration for r in store.list_runs()) == [0, 1, 2]
+
+
+@requires_postgres
+def test_copy_of_values_the_binary_format_does_not_take_still_lands() -> None:
+    """A str subclass (an enum's value) is not a str to the binary dumper: the batch goes as text."""
+    import enum
+
+    class Backend(str, enum.Enum):
+        DASK = "dask"
+
+    with Store(PG_ADMIN_URL, project=f"t{uuid.uuid4().hex[:12]}") as store:
+        items = [{**item, "backend": Backend.DASK} for item in _items(3)]
+        store.create_runs(items)
+        assert {r.backend for r in store.list_runs()} == {"dask"}

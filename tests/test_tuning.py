@@ -261,7 +261,11 @@ def test_minimise_and_multi_objective_pareto_front(project, fn):
     assert low.best_value == min(t["values"][0] for t in low.trials)
     two = fn("two")
     result = two.tune(
-        {"x": Float(0, 1), "y": Float(0, 1)}, objective=["max.a", "min.b"], n_trials=10, strategy="nsga2", seed=0,
+        {"x": Float(0, 1), "y": Float(0, 1)},
+        objective=["max.a", "min.b"],
+        n_trials=10,
+        strategy="nsga2",
+        seed=0,
         project=project,
     )
     assert [d.name for d in result.study.directions] == ["MAXIMIZE", "MINIMIZE"]
@@ -301,16 +305,16 @@ def test_list_strategy_runs_the_ith_values_together(project, fn):
     space = {"x": [0.1, 0.2, 0.3], "y": [1, 2, 3], "kind": ["a", "a", "b"]}
     result = quad.tune(space, objective="max.score", strategy="list", project=project)
     assert sorted((t["params"]["x"], t["params"]["y"], t["params"]["kind"]) for t in result.trials) == [
-        (0.1, 1, "a"), (0.2, 2, "a"), (0.3, 3, "b")
+        (0.1, 1, "a"),
+        (0.2, 2, "a"),
+        (0.3, 3, "b"),
     ]
 
 
 def test_pruning_through_ctx_report(project, fn):
     curve = fn("curve")
     # trial values enqueued so that the later, worse ones fall below the median of the earlier ones
-    study = optuna.create_study(
-        study_name="curve", storage=_storage(project), direction="maximize"
-    )
+    study = optuna.create_study(study_name="curve", storage=_storage(project), direction="maximize")
     for x in (0.9, 0.8, 0.7, 0.1, 0.05):
         study.enqueue_trial({"x": x})
     # One trial at a time: the later trials must report after 0.9 and 0.8 completed (the pruner's
@@ -364,7 +368,9 @@ def test_a_search_where_every_trial_failed_is_an_error_and_uses_up_no_later_budg
     assert "all 3 trials of study 'forgets' failed, none completed" in message
     assert "the objective key 'accuracy' never logged; keys logged: acc" in message  # the first failure's message
     parent = project.runs.get(error.result.parent)
-    assert parent.state == "failed" and parent.error["type"] == "SearchFailedError" and parent.error["message"] == message
+    assert (
+        parent.state == "failed" and parent.error["type"] == "SearchFailedError" and parent.error["message"] == message
+    )
     assert {r.state for r in children(project, error.result)} == {"failed"}
     # The same search again runs its 3 trials again: failed trials do not count toward n_trials.
     with pytest.raises(SearchFailedError, match="all 3 trials"):
@@ -447,7 +453,9 @@ def test_parallelism_the_replicas_cannot_meet_is_a_warning_naming_both_numbers(p
     folder.mkdir()
     one = shoal.Function.from_file(tmp_path / "marks.py", "mark", replicas=(1, 1))
     with pytest.warns(ShoalWarning) as caught:
-        one.tune({"x": Float(0, 1), "folder": str(folder)}, objective="max.score", n_trials=3, parallelism=2, project=project)
+        one.tune(
+            {"x": Float(0, 1), "folder": str(folder)}, objective="max.score", n_trials=3, parallelism=2, project=project
+        )
     [warning] = [w for w in caught if issubclass(w.category, ShoalWarning)]
     text = str(warning.message)
     assert "parallelism=2 cannot be met" in text and "replicas (1, 1)" in text and "at most 1 trial(s)" in text
@@ -462,7 +470,11 @@ def test_stop_when_stops_asking_new_trials(project, fn):
     for x in (0.0, 0.3, 0.6, 0.9):
         study.enqueue_trial({"x": x, "y": 2})
     result = quad.tune(
-        {"x": Float(0, 1), "y": Int(0, 4)}, objective="max.score", n_trials=10, stop_when="score>=-0.001", project=project
+        {"x": Float(0, 1), "y": Int(0, 4)},
+        objective="max.score",
+        n_trials=10,
+        stop_when="score>=-0.001",
+        project=project,
     )
     assert result.stopped == "stop_when"
     finished = [t for t in result.trials if t["state"] != "waiting"]  # the rest stay queued
@@ -602,9 +614,13 @@ def _scope(project, study, *, tell=True, space=None):
     space = Space(space or {"x": Float(0, 1)})
     trial = study.ask()
     scope = TrialScope(
-        storage=default_ref(project), study_name=study.study_name, trial_id=trial._trial_id,
-        objective=Objective.parse("max.score"), distributions=space.distributions(),
-        sampler=NamedSampler("tpe", space, 5, False), tell=tell,
+        storage=default_ref(project),
+        study_name=study.study_name,
+        trial_id=trial._trial_id,
+        objective=Objective.parse("max.score"),
+        distributions=space.distributions(),
+        sampler=NamedSampler("tpe", space, 5, False),
+        tell=tell,
     )
     return trial, scope
 
@@ -641,3 +657,29 @@ def test_a_trial_is_told_pruned_where_it_ran_and_left_running_when_telling_is_of
     trial, scope = _scope(project, study, tell=False)  # grid, user samplers: the driver tells
     outcome = execute(task(fn("quad"), {}, scope=scope, artifacts=project.artifacts_url))
     assert outcome.state == "completed" and study._storage.get_trial(trial._trial_id).state.name == "RUNNING"
+
+
+def test_a_batch_queues_each_tell_behind_the_next_trial_and_returns_with_every_trial_told(project, fn):
+    """A trial followed by another of its batch has its tell written from a telling thread (the
+    next trial starts without waiting for the journal write); the batch's last trial waits for
+    those, so every trial is told before the batch's outcomes leave the worker."""
+    import json
+
+    from shoal.execution import RunBatch, execute_batch
+    from shoal.tuning.storage import default_ref
+    from helpers import task
+
+    study = _study(project, "queued")
+    made = [_scope(project, study) for _ in range(3)]
+    for _, scope in made[:-1]:
+        scope.followed = True
+    tasks = [task(fn("quad"), {}, scope=scope, artifacts=project.artifacts_url) for _, scope in made]
+    outcomes = execute_batch(RunBatch(tasks))
+    assert [o.state for o in outcomes] == ["completed"] * 3
+    for (trial, _), outcome in zip(made, outcomes):
+        frozen = study._storage.get_trial(trial._trial_id)
+        assert frozen.state.name == "COMPLETE" and frozen.value == outcome.results["score"]
+    with open(default_ref(project).target) as journal:  # who wrote each end (Optuna's op code 6)
+        ended = {op["trial_id"]: op["worker_id"] for op in map(json.loads, journal) if op["op_code"] == 6}
+    writers = [ended[trial._trial_id] for trial, _ in made]
+    assert writers[0] == writers[1] != writers[2]  # the telling thread, then the batch's own

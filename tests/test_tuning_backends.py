@@ -115,7 +115,8 @@ def test_an_early_stop_gives_queued_trials_back_to_the_study(project, fn, engine
         assert run.started_at is not None or "before it started" in run.error["message"]
     # The next search on the study runs them first.
     again = fn("paced").tune({"x": Float(0, 1)}, objective="max.score", n_trials=4, backend=engine, project=project)
-    assert [t.state.name for t in again.study.get_trials(deepcopy=False)] == ["COMPLETE"] * 4
+    errors = {r.uid: (r.state, r.error) for r in project.runs.list(parent=again.parent, limit=None) if not r.ok}
+    assert [t.state.name for t in again.study.get_trials(deepcopy=False)] == ["COMPLETE"] * 4, errors
 
 
 def test_short_trials_travel_in_batches_each_sampled_told_and_recorded(project, fn, engine):
@@ -129,13 +130,6 @@ def test_short_trials_travel_in_batches_each_sampled_told_and_recorded(project, 
     assert len({t["params"]["x"] for t in result.trials}) == 40
     # Batched: later trials of a batch were sampled on the worker while the one before them ran.
     assert any(run.results["ahead"] for run in runs.values())
-    if engine.name == "dask":  # runs announce their engine task: some shared one
-        from collections import Counter
-
-        from shoal.backends.dask import START_TOPIC
-
-        keys = Counter(event["key"] for _, event in engine.client.get_events(START_TOPIC) if event["uid"] in runs)
-        assert max(keys.values()) > 1 and sum(keys.values()) == 40
 
 
 def test_trials_are_asked_in_one_write_and_told_on_the_workers(project, fn, engine):

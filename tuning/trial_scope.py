@@ -12,6 +12,11 @@ In a batch of short trials, a trial's parameters are sampled while the trial bef
 A trial that completes (or is pruned) is told here, where it ran: the next trial sampled on any
 worker sees its value at once, even while the driver is busy or the trial's run still travels
 back in a batch. Failures are left to the driver, which may retry the run on the same trial.
+
+In a batch, a trial's tell (a journal append: the lock and an ``fsync``) goes to a telling thread,
+so the next trial starts at once instead of waiting for the write; the sampling of the trial
+after next waits for it (it sees that value), and the batch's last trial waits for those queued
+before its own tell, so every trial of a batch is told before its outcomes leave the worker.
 """
 
 from __future__ import annotations
@@ -32,26 +37,29 @@ from .strategies import NamedSampler
 
 log = logging.getLogger("shoal.tuning")
 
-_sampler_pool: cf.ThreadPoolExecutor | None = None
-_sampler_pool_lock = threading.Lock()
+_pools: dict[str, cf.ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+_queued_tell: cf.Future | None = None  # the last tell queued on the telling thread
 
 
-def _sampling_thread() -> cf.ThreadPoolExecutor:
-    """This process's one thread for sampling trials ahead (a forked child starts its own)."""
-    global _sampler_pool
-    with _sampler_pool_lock:
-        if _sampler_pool is None:
-            _sampler_pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="shoal-trial-sampling")
-        return _sampler_pool
+def _thread(job: str) -> cf.ThreadPoolExecutor:
+    """This process's one thread for ``job`` ("sampling" trials ahead, "telling" trials of a batch),
+    each in order (a forked child starts its own)."""
+    with _pools_lock:
+        pool = _pools.get(job)
+        if pool is None:
+            pool = _pools[job] = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"shoal-trial-{job}")
+        return pool
 
 
-def _forget_pool_in_child() -> None:
-    global _sampler_pool
-    _sampler_pool = None
+def _forget_pools_in_child() -> None:
+    global _queued_tell
+    _pools.clear()
+    _queued_tell = None
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
-    os.register_at_fork(after_in_child=_forget_pool_in_child)
+    os.register_at_fork(after_in_child=_forget_pools_in_child)
 
 
 @dataclass
@@ -69,6 +77,8 @@ class TrialScope:
     pruner: Any = None
     #: tell a completed or pruned trial here (samplers whose after_trial the driver need not see)
     tell: bool = False
+    #: a later trial of the same engine task runs after this one: its tell may be queued
+    followed: bool = False
     #: in-process runs use the driver's own study (never pickled)
     study: Any = field(default=None, repr=False, compare=False)
     #: parameters sampled ahead of the run (prepare), on the worker only
@@ -83,9 +93,13 @@ class TrialScope:
         """Start sampling this trial's parameters now, on this process's sampling thread (returns
         at once: a new thread per trial would make the caller wait for it to start)."""
         if self.distributions and self._ahead is None:
-            self._ahead = _sampling_thread().submit(self._sample)
+            self._ahead = _thread("sampling").submit(self._sample, _queued_tell)
 
-    def _sample(self) -> tuple[Any, dict[str, Any]]:
+    def _sample(self, after: cf.Future | None = None) -> tuple[Any, dict[str, Any]]:
+        """Sample this trial's parameters, once the tell queued before (``after``) is written: the
+        trial after next sees the value of the one before it."""
+        if after is not None:
+            after.result()
         trial = self._trial()
         return trial, {name: suggest(trial, name, dist) for name, dist in self.distributions.items()}
 
@@ -162,13 +176,25 @@ class TrialScope:
         return self._sample()
 
     def _tell(self, ctx: Any, **outcome: Any) -> None:
+        """Tell the trial: queued on the sampling thread when a trial of the same task follows,
+        else now, once the tells queued before it are written."""
+        global _queued_tell
         if not self.tell:
             return
-        trial = ctx.trial
-        try:
-            trial.study.tell(trial, **outcome)
-        except Exception as exc:  # noqa: BLE001 - the run's result stands; the driver tells the trial
-            log.warning("trial %d could not be told where it ran (%s); the driver tells it", trial.number, exc)
+        if self.followed:
+            _queued_tell = _thread("telling").submit(_tell_trial, ctx.trial, outcome)
+            return
+        queued = _queued_tell
+        if queued is not None:
+            queued.result()
+        _tell_trial(ctx.trial, outcome)
+
+
+def _tell_trial(trial: Any, outcome: dict[str, Any]) -> None:
+    try:
+        trial.study.tell(trial, **outcome)
+    except Exception as exc:  # noqa: BLE001 - the run's result stands; the driver tells the trial
+        log.warning("trial %d could not be told where it ran (%s); the driver tells it", trial.number, exc)
 
 
 def _record_suggested(ctx: Any) -> None:

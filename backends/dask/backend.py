@@ -155,7 +155,7 @@ class DaskBackend(Backend):
                 pass
             self._shipper.clear()
             for future in list(self._futures.values()):  # not settled in time: never left hanging
-                future._resolve(None, cf.CancelledError(f"run {future.uid} was cancelled: the backend closed"))
+                future.resolve(None, cf.CancelledError(f"run {future.uid} was cancelled: the backend closed"))
         if cluster is not None:
             try:
                 cluster.close()
@@ -237,15 +237,17 @@ class DaskBackend(Backend):
         self._cancel_on_workers(uids)
 
     def _on_start_event(self, event: Any) -> None:
-        """A run started on a worker (Dask's event loop thread; events of other clients too)."""
+        """Runs started on a worker, reported together (``worker.StartReports``; Dask's event loop
+        thread; events of other clients too)."""
         _, message = event
-        uid = message.get("uid")
-        if uid in self._cancelled:  # cancelled as it started: its Dask future may already be gone
-            self._cancelled.pop(uid, None)
-            self._stop_soon(uid)
-        future = self._futures.get(message.get("key"))
-        if future is not None:
-            future._announced(uid, message["time"], message.get("worker", ""))
+        worker = message.get("worker", "")
+        for key, uid, started in message.get("starts", ()):
+            if uid in self._cancelled:  # cancelled as it started: its Dask future may already be gone
+                self._cancelled.pop(uid, None)
+                self._stop_soon(uid)
+            future = self._futures.get(key)
+            if future is not None:
+                future._announced(uid, started, worker)
 
     def _remember_cancelled(self, uids: list[str]) -> None:
         """Keep the uids of runs cancelled before they started, for a start event that may still

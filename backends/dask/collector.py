@@ -90,7 +90,7 @@ class Collector:
         gathered = {id(d): value for (_, d), value in zip(finished, values)}
         for future, dask_future in batch:
             try:
-                future._settle(dask_future, gathered.get(id(dask_future)))
+                future.settle(dask_future, gathered.get(id(dask_future)))
             except Exception:  # noqa: BLE001 - a failing callback must not stop the collector
                 log.exception("settling run %s failed", future.uid)
 

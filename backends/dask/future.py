@@ -96,7 +96,7 @@ class DaskFuture(SettledFuture):
         assert collector is not None, "a future exists only once its backend has started"
         collector.put(self, future)
 
-    def _settle(self, future: Any, gathered: Any = None) -> None:
+    def settle(self, future: Any, gathered: Any = None) -> None:
         """Resubmit a task lost before it started; else keep its outcome (``gathered``, when the
         collector fetched it in a batch) or error, release Dask's copy and resolve. Dask's copy
         goes at once so idle workers can be retired, and ``result()`` needs no client later."""
@@ -114,7 +114,7 @@ class DaskFuture(SettledFuture):
             except BaseException as exc:  # noqa: BLE001 - kept and re-raised by every result() call
                 settled = (None, exc)
         future.release()
-        self._resolve(*settled)
+        self.resolve(*settled)
 
     def _lost_before_start(self, future: Any) -> bool:
         if future.status != "error" or self.started or self.cancel_requested or self._backend._closed:

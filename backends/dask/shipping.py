@@ -13,7 +13,6 @@ zero), and the next map sends it again, once.
 
 from __future__ import annotations
 
-import copy
 import threading
 import uuid
 from typing import Any
@@ -62,9 +61,7 @@ class CodeShipper:
         if code is None:
             return encode(task), None
         future = self._acquire(client, task.function_hash, code)
-        shipped = [copy.copy(member) for member in runs]
-        for member in shipped:
-            member.code = None
+        shipped = [member.without_code() for member in runs]
         return encode(RunBatch(shipped) if isinstance(task, RunBatch) else shipped[0]), future
 
     def submit(self, client: Any, func: Any, task: RunTask | RunBatch, key: str, **options: Any) -> tuple[Any, bool]:

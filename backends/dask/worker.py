@@ -8,6 +8,8 @@ Workers import this module (by the reference in each pickled task, and as the pr
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from shoal.execution import (
@@ -19,6 +21,7 @@ from shoal.execution import (
     never_started,
     stop_attempt,
 )
+from shoal.gc_freeze import older_objects_frozen
 
 from ..task_codec import decode
 from .shipping import with_code
@@ -26,31 +29,108 @@ from .shipping import with_code
 if TYPE_CHECKING:  # pragma: no cover
     from shoal.code import Code
 
-START_TOPIC = "shoal-run-start"  # the Dask event topic of run starts (see ``run_on_worker``)
+START_TOPIC = "shoal-run-start"  # the Dask event topic of run starts (see ``StartReports``)
 MAX_REFUSED = 10_000  # cancelled-before-start uids a worker remembers
+# Starts that happen within START_LINGER seconds of each other go to the driver in one event.
+START_LINGER = 0.01
 
 
 def run_on_worker(packed: bytes, key: str, code: Code | None = None) -> RunOutcome | list[RunOutcome]:
-    """The task Dask executes: one attempt (or a batch of short runs), announcing each start (and
-    where) to the driver. The attempt arrives encoded (``shoal.backends.task_codec``); its code,
-    when it travels once per function (``.shipping``), arrives as ``code``."""
+    """The task Dask executes: one attempt (or a batch of short runs), announcing starts to the driver
+    (``StartReports``). The attempt arrives encoded (``shoal.backends.task_codec``); its code, when
+    it travels once per function (``.shipping``), arrives as ``code``."""
+    from distributed import get_worker
+
     task: RunTask | RunBatch = with_code(decode(packed), code)
+    try:
+        worker = get_worker()
+    except ValueError:  # not inside a worker (e.g. client.run): nothing to announce
+        worker = None
 
     def announce(uid: str, started: float) -> None:
-        from distributed import get_worker
+        if worker is not None:
+            _start_reports.add(worker, key, uid, started)
 
-        try:
-            worker = get_worker()
-        except ValueError:  # not inside a worker (e.g. client.run): nothing to announce
-            return
-        worker.log_event(START_TOPIC, {"key": key, "uid": uid, "time": started, "worker": worker.address})
+    try:
+        return _execute(task, announce)
+    finally:
+        if worker is not None:
+            _start_reports.task_ended(worker, key)
 
+
+def _execute(task: RunTask | RunBatch, announce: Callable[[str, float], None]) -> RunOutcome | list[RunOutcome]:
     isolate = _shares_process()
     if isinstance(task, RunBatch):
-        return execute_batch(task, announce, refused=_refused_here, isolate=isolate)
+        with older_objects_frozen():  # its many short-lived objects: see ``shoal.gc_freeze``
+            return execute_batch(task, announce, refused=_refused_here, isolate=isolate)
     if _refused_here(task.uid):  # cancelled while it waited on this worker: the user's code must not run
         return never_started(task)
     return execute_registered(task, announce, isolate=isolate)
+
+
+class StartReports:
+    """The start reports of this worker process: a task's first at once, the rest a few at a time.
+
+    Why: one Dask event per run start cost each run a wake-up of the worker's event loop, a
+    message through the scheduler and one on the driver's event loop, and a batch of short runs
+    starts thousands a second. The first run of a task is announced at once, so the driver knows
+    without delay that the task started (it is then stopped where it runs, never dropped, when
+    cancelled). Later runs of a batch wait at most ``START_LINGER`` and go with the others of that
+    moment in one event. Every event is ``{"worker": address, "starts": [[key, uid, time], ...]}``.
+    The starts of a batch that returned before they went out are dropped: its outcomes, which carry
+    their start times, are on their way (a batch done within ``START_LINGER`` sends one event).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: set[tuple[Any, str]] = set()  # (worker, task key) of tasks that announced a start
+        self._pending: dict[tuple[Any, str], list[list]] = {}  # (worker, task key) -> starts not yet sent
+        self._due = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, worker: Any, key: str, uid: str, started: float) -> None:
+        start = [key, uid, started]
+        with self._lock:
+            first = (worker, key) not in self._running
+            if first:
+                self._running.add((worker, key))
+            else:
+                self._pending.setdefault((worker, key), []).append(start)
+                self._due.set()
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._loop, name="shoal-dask-starts", daemon=True)
+                    self._thread.start()
+        if first:
+            _send(worker, [start])
+
+    def task_ended(self, worker: Any, key: str) -> None:
+        """The task ``key`` returned: its runs' outcomes are on their way, their starts need not go."""
+        with self._lock:
+            self._running.discard((worker, key))
+            self._pending.pop((worker, key), None)
+
+    def _loop(self) -> None:
+        while True:
+            self._due.wait()
+            time.sleep(START_LINGER)  # let the starts of this moment gather
+            with self._lock:
+                pending, self._pending = self._pending, {}
+                self._due.clear()
+            by_worker: dict[Any, list[list]] = {}
+            for (worker, _), starts in pending.items():
+                by_worker.setdefault(worker, []).extend(starts)
+            for worker, starts in by_worker.items():
+                _send(worker, starts)
+
+
+def _send(worker: Any, starts: list[list]) -> None:
+    try:
+        worker.log_event(START_TOPIC, {"worker": worker.address, "starts": starts})
+    except Exception:  # noqa: BLE001 - a worker closing: its runs' outcomes still come
+        pass
+
+
+_start_reports = StartReports()
 
 
 def _shares_process() -> bool:
@@ -111,4 +191,4 @@ def dask_setup(worker: Any) -> None:
         pass
 
 
-__all__ = ["START_TOPIC", "cancel_on_worker", "dask_setup", "run_on_worker"]
+__all__ = ["START_TOPIC", "StartReports", "cancel_on_worker", "dask_setup", "run_on_worker"]

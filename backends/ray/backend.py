@@ -9,14 +9,13 @@ as cancelled; a task that ignores it is killed after ``cancel_grace`` seconds. S
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import threading
 from typing import Any, ClassVar
 
 from shoal.errors import BackendError
-from shoal.execution import RunBatch, RunTask
+from shoal.execution import RunBatch, RunOutcome, RunTask
 
 from ..base import Backend, BackendFuture, OnStart, ScalingEvent, WorkerInfo
 from ..batching import BatchedRuns
@@ -156,9 +155,7 @@ class RayBackend(RayLifecycle, Backend):
             import ray
 
             ref = self._code_refs[task.function_hash] = ray.put(code)
-        shipped = [copy.copy(member) for member in runs]
-        for member in shipped:
-            member.code = None
+        shipped = [member.without_code() for member in runs]
         return (RunBatch(shipped) if isinstance(task, RunBatch) else shipped[0]), [ref]
 
     def _started(self, uid: str, started: float, node: str) -> None:
@@ -168,6 +165,21 @@ class RayBackend(RayLifecycle, Backend):
                 self._running[uid] = node
         if callback is not None:
             callback(uid, started)
+
+    def ended_unannounced(self, outcomes: list[RunOutcome]) -> None:
+        """Runs that ended before a start line came (workers announce only runs that last, see
+        ``.announce``). Their outcome carries their start; a failed attempt's start is also
+        reported as a start, before its end, so a run that is retried keeps its first start."""
+        if not self._on_start:
+            return
+        failed = [outcome for outcome in outcomes if outcome.state == "failed" and outcome.started_at is not None]
+        if not failed:
+            return
+        with self._lock:
+            callbacks = [(outcome, self._on_start.pop(outcome.uid, None)) for outcome in failed]
+        for outcome, callback in callbacks:
+            if callback is not None:
+                callback(outcome.uid, outcome.started_at)  # type: ignore[arg-type]
 
     def _finished(self, future: BackendFuture) -> None:
         with self._lock:

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from shoal.execution import RunOutcome
 
-from ..task_codec import decode, encode
-from .worker import returned_outcome, run_on_worker
+from ..task_codec import decode
+from .worker import returned_outcome, run_task
 
 if TYPE_CHECKING:  # pragma: no cover
     from shoal.execution import RunTask
@@ -36,7 +36,7 @@ def run_after(payload: bytes, *arguments: Any) -> RunOutcome | bytes:
     prepared = prepare(task, outcomes)
     if isinstance(prepared, RunOutcome):
         return prepared
-    return run_on_worker(encode((prepared, starts, echo)), code)
+    return run_task(prepared, starts, echo, code)
 
 
 def submit_after(

@@ -46,9 +46,9 @@ class RayFuture(SettledFuture):
             error = done.exception()
         except cf.CancelledError as exc:  # Ray's future of a cancelled task may itself be cancelled
             error = exc
-        self._settle(error if error is not None else done.result())
+        self.settle(error if error is not None else done.result())
 
-    def _settle(self, value: Any) -> None:
+    def settle(self, value: Any) -> None:
         """Ray's answer (an encoded outcome or list of outcomes, or Ray's error) as the future's result."""
         if self.done():
             return  # already settled (the backend closed before Ray answered)
@@ -60,13 +60,14 @@ class RayFuture(SettledFuture):
             value = exc
         self._ref = None  # let Ray free the stored outcome
         if isinstance(value, (RunOutcome, list)):
-            self._resolve(value)  # type: ignore[arg-type]
+            self._backend.ended_unannounced(value if isinstance(value, list) else [value])
+            self.resolve(value)  # type: ignore[arg-type]
         elif self._killed and self._batch:
-            self._resolve(None, cf.CancelledError(f"batch {self.uid} was stopped by killing its worker"))
+            self.resolve(None, cf.CancelledError(f"batch {self.uid} was stopped by killing its worker"))
         elif self._killed:
-            self._resolve(self._killed_outcome())
+            self.resolve(self._killed_outcome())
         else:
-            self._resolve(None, engine_error(value))
+            self.resolve(None, engine_error(value))
 
     def _killed_outcome(self) -> RunOutcome:
         """A run stopped by killing its worker ran, so it is not "cancelled before it started"."""

@@ -215,7 +215,7 @@ class RayLifecycle:
             except Exception:  # noqa: BLE001 - closing must not fail at exit
                 pass
             for future in list(self._inflight):  # Ray will not answer for them any more
-                future._settle(cf.CancelledError("the ray backend was closed"))
+                future.settle(cf.CancelledError("the ray backend was closed"))
         if mode == "fixed":
             from .processes import cluster_pids, reap_watchdog, stop_processes
 

@@ -2,7 +2,8 @@
 
 Ray does not tell the driver when a task starts; an actor or a streaming task would (measured: both
 cost more than the task itself), while a line into a local named pipe costs microseconds. The worker
-writes ``uid started node`` (``shoal.backends.ray.worker``); one driver thread reads. Joined
+writes ``uid started node`` for runs still running after a moment (``shoal.backends.ray.announce``);
+one driver thread reads. The start of a run that ended sooner comes with its outcome. Joined
 clusters (workers on other machines) have no start reports.
 """
 

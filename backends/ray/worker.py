@@ -4,18 +4,18 @@ Ray pickles ``run_on_worker`` by reference, so a worker imports this module (and
 light ``__init__``), never the driver's backend. Runs reach it as one ``bytes`` argument and their
 outcomes go back as one ``bytes`` value (``shoal.backends.task_codec``): Ray stores and hands back
 bytes as they are, while any other value goes through its msgpack and pickle layers on the worker
-and again on the driver (measured: about a quarter of the driver's time per task). A run's start
-goes back to the driver as one line into its start pipe (``shoal.backends.ray.start``), a watched
+and again on the driver (measured: about a quarter of the driver's time per task). The start of a
+run that lasts goes back to the driver as one line into its start pipe (``.announce``), a watched
 run's output through its echo pipe (``.echo``).
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 from shoal.execution import (
@@ -29,10 +29,9 @@ from shoal.execution import (
 )
 
 from ..task_codec import decode, encode
+from .announce import note_end, note_start, write_start
 
 _code_cache: dict[str, Any] = {}  # function hash -> Code, in each worker process
-_start_pipes: dict[str, int] = {}  # path of the driver's start pipe -> open fd (-1: unusable here)
-_node_id: list[str] = []
 
 
 def run_on_worker(payload: bytes, code: list | None = None) -> bytes:
@@ -45,48 +44,87 @@ def run_on_worker(payload: bytes, code: list | None = None) -> bytes:
     yet. The pipes are the driver's, when the driver is on this machine; the echo pipe is given for
     watched runs only.
     """
+    task, starts, echo = decode(payload)
+    return run_task(task, starts, echo, code)
+
+
+def run_task(task: RunTask | RunBatch, starts: str | None, echo: str | None, code: list | None) -> bytes:
+    """``run_on_worker`` on a task already decoded (a pipeline step's, see ``.dependencies``)."""
     from shoal.logcapture import echo_to
 
     from .echo import sink
 
-    task, starts, echo = decode(payload)
-    announce = _announcer(starts) if starts else None
+    announce = None
+    if starts:  # watched runs' starts at once, the others' once they last (see ``.announce``)
+        announce = partial(write_start if echo else note_start, starts)
     with _cancel_as_stop(task.uids) as cancelled, echo_to(sink(echo) if echo else None):
-        if isinstance(task, RunBatch):
-            for member in task.tasks:
-                _fill_code(member, code)
-            refused = (lambda uid: cancelled.is_set()) if cancelled is not None else None
-            return encode(execute_batch(task, announce, refused=refused, cancel_ends_batch=True))
-        _fill_code(task, code)
-        if cancelled is not None and cancelled.is_set():  # cancelled before the handler began
-            return encode(never_started(task))
-        return encode(execute_registered(task, announce))
+        try:
+            if isinstance(task, RunBatch):
+                for member in task.tasks:
+                    _fill_code(member, code)
+                refused = (lambda uid: cancelled.is_set()) if cancelled is not None else None
+                return encode(execute_batch(task, announce, refused=refused, cancel_ends_batch=True))
+            _fill_code(task, code)
+            if cancelled is not None and cancelled.is_set():  # cancelled before the handler began
+                return encode(never_started(task))
+            return encode(execute_registered(task, announce))
+        finally:
+            if announce is not None:
+                note_end()
 
 
-@contextmanager
-def _cancel_as_stop(uids: tuple[str, ...]) -> Iterator[threading.Event | None]:
+class _Interrupts:
     """Ray's cancel of a running task as shoal's own stop request. Ray interrupts the task's main
     thread (a KeyboardInterrupt wherever it lands) and repeats that while the task runs (its
     ``cancellation_retry_ms``); a repeat landing after the attempt ended, as its outcome is encoded,
-    dropped that outcome and everything the run had logged. Here the interrupt stops the running
-    attempt through its ``StopSignal`` (which raises only inside the handler) and sets the event
-    it yields, so no run of this task starts afterwards. Yields None where the task does not run in
-    the main thread (signal handlers cannot be set there): Ray's KeyboardInterrupt then applies."""
-    if threading.current_thread() is not threading.main_thread():
-        yield None
-        return
-    cancelled = threading.Event()
+    dropped that outcome and everything the run had logged. So while a task runs, SIGINT stops its
+    running attempt through its ``StopSignal`` (which raises only inside the handler) and sets the
+    task's event, so no run of this task starts afterwards; between tasks it does what the handler
+    before shoal's did. The handler is set once per worker process (measured: setting and restoring
+    it for every task cost ~17 us, about a tenth of a no-op task's time in shoal's code)."""
 
-    def on_interrupt(signum: int, frame: Any) -> None:
+    def __init__(self) -> None:
+        self.installed = False
+        self.previous: Any = None
+        self.current: tuple[tuple[str, ...], threading.Event] | None = None
+
+    def install(self) -> None:
+        self.previous = signal.signal(signal.SIGINT, self.on_interrupt)
+        self.installed = True
+
+    def on_interrupt(self, signum: int, frame: Any) -> None:
+        current = self.current
+        if current is None:  # between tasks: as before shoal's handler
+            if callable(self.previous):
+                self.previous(signum, frame)
+            elif self.previous != signal.SIG_IGN:
+                raise KeyboardInterrupt
+            return
+        uids, cancelled = current
         cancelled.set()
         for uid in uids:
             stop_attempt(uid)
 
-    previous = signal.signal(signal.SIGINT, on_interrupt)
+
+_interrupts = _Interrupts()
+
+
+@contextmanager
+def _cancel_as_stop(uids: tuple[str, ...]) -> Iterator[threading.Event | None]:
+    """The task's runs stop on Ray's cancel (see ``_Interrupts``); yields the event that says the
+    task was cancelled, or None where the task does not run in the main thread (signal handlers
+    cannot be set there): Ray's KeyboardInterrupt then applies."""
+    if threading.current_thread() is not threading.main_thread():
+        yield None
+        return
+    if not _interrupts.installed:
+        _interrupts.install()
+    cancelled = threading.Event()
+    outer, _interrupts.current = _interrupts.current, (uids, cancelled)
     try:
         yield cancelled
     finally:
-        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+        _interrupts.current = outer
 
 
 def returned_outcome(value: Any) -> RunOutcome | list[RunOutcome] | Any:
@@ -111,33 +149,4 @@ def _fill_code(task: RunTask, code: list | None) -> None:
         task.code = cached
 
 
-def _announcer(path: str) -> Callable[[str, float], None]:
-    """``on_start`` for a worker: one line into the driver's pipe (atomic, never blocks; a line that
-    does not fit while the driver lags is dropped: the run then shows as running only when done)."""
-
-    def announce(uid: str, started: float) -> None:
-        fd = _start_pipes.get(path)
-        if fd is None:
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
-            except OSError:
-                fd = -1  # not on the driver's machine
-            _start_pipes[path] = fd
-        if fd >= 0:
-            try:
-                os.write(fd, f"{uid} {started!r} {_this_node()}\n".encode())
-            except OSError:
-                pass
-
-    return announce
-
-
-def _this_node() -> str:
-    if not _node_id:
-        import ray
-
-        _node_id.append(ray.get_runtime_context().get_node_id())
-    return _node_id[0]
-
-
-__all__ = ["members", "returned_outcome", "run_on_worker"]
+__all__ = ["members", "returned_outcome", "run_on_worker", "run_task"]

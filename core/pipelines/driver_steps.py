@@ -79,7 +79,7 @@ class DriverStepFuture(SettledFuture):
         self._handle = handle
 
     def settle(self, outcome: RunOutcome) -> None:
-        self._resolve(outcome)
+        self.resolve(outcome)
 
     def cancel(self) -> bool:
         return self._handle.cancel()

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from shoal.errors import ParamError, PipelineError, SpecError
 from shoal.function import Function
+from shoal.gc_freeze import older_objects_frozen
 
 if TYPE_CHECKING:  # pragma: no cover
     from shoal.project import Project
@@ -106,7 +107,8 @@ class Pipeline(Function):
         options = CacheOptions.from_call(
             cache=cache, refresh=refresh, cache_expires=cache_expires, cache_version=cache_version
         )
-        return run_pipeline(self, params, backend=backend, project=project, cache=options, from_text=from_text)
+        with older_objects_frozen():  # the steps' many objects set off no full collections of the whole heap
+            return run_pipeline(self, params, backend=backend, project=project, cache=options, from_text=from_text)
 
     def submit(self, *args: Any, **kwargs: Any) -> Any:
         raise PipelineError(f"pipeline {self.name!r} runs on the driver: call {self.name}.run(...), not submit")

@@ -99,6 +99,15 @@ def processed_columns(
     return {bind.name: _column(bind, rows) for bind in prepared.binds}
 
 
+def processed_by_column(
+    connection: Connection, statement: ClauseElement, columns: dict[str, list[Any]], json_text: bool = False
+) -> dict[str, list[Any]]:
+    """:func:`processed_columns` of rows given column by column (``columns``: every parameter of
+    ``statement`` to its values across the rows), for callers that never build a dict per row."""
+    prepared = _prepare(statement, connection.dialect, json_text)
+    return {bind.name: _processed(bind, columns[bind.name]) for bind in prepared.binds}
+
+
 def _column(bind: _Bind, rows: Sequence[dict[str, Any]]) -> list[Any]:
     """The processed values of one parameter across ``rows``."""
     if bind.constant is not _MISSING and bind.name not in rows[0]:
@@ -107,6 +116,11 @@ def _column(bind: _Bind, rows: Sequence[dict[str, Any]]) -> list[Any]:
         values = [row[bind.name] for row in rows]
     except KeyError:
         raise KeyError(f"a row lacks parameter {bind.name!r}") from None
+    return _processed(bind, values)
+
+
+def _processed(bind: _Bind, values: list[Any]) -> list[Any]:
+    """``values`` of one parameter through its bind processor."""
     process = bind.process
     if process is None:
         return values

@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 from ..errors import StoreError
 from .engine import SQLITE_BEGIN, first_line, mask, sqlite_path
 
-HEAD = "0007_services"
+HEAD = "0008_cache_key_index"
 """The newest revision in ``migrations/versions`` (a test keeps the two in step)."""
 
 VERSION_TABLE = "shoal_alembic_version"

@@ -129,33 +129,60 @@ def update_runs(
     late start cannot undo a cancel. A uid given twice is updated twice, in order (the second time in
     a later round of statements). Returns how many rows were updated, or -1 where the driver
     cannot count an executemany."""
-    rounds: list[dict[tuple[str, ...], list[dict[str, Any]]]] = []
+    rounds: list[dict[tuple[str, ...], list[tuple[str, dict[str, Any]]]]] = []
     seen: dict[str, int] = {}
     for uid, fields in items:
         _check_uid(uid)
         if not UPDATABLE_RUN_FIELDS.issuperset(fields):
             _unknown(fields, UPDATABLE_RUN_FIELDS, "run")
-        row = {"_uid": uid, "_project": project, "v_updated_at": now}  # fields may set updated_at
-        for key, value in fields.items():
-            row[BIND_NAMES[key]] = {} if value is None and key in JSON_MAPS else value
         turn = seen[uid] = seen.get(uid, -1) + 1
         if turn == len(rounds):
             rounds.append(defaultdict(list))
-        rounds[turn][tuple(sorted({*fields, "updated_at"}))].append(row)
+        rounds[turn][tuple(sorted({*fields, "updated_at"}))].append((uid, fields))
     copy = pg_copy.supported(connection)
     if copy and items:
         pg_copy.ensure_stage(connection)
     updated = 0
     countable = copy or connection.dialect.supports_sane_multi_rowcount
     for groups in rounds:
-        for names, params in groups.items():
+        for names, group in groups.items():
             if copy:
-                staged = [{"_uid": row["_uid"], **{name: row[BIND_NAMES[name]] for name in names}} for row in params]
-                updated += pg_copy.update_runs_from_stage(connection, project, names, staged)
+                uids = [uid for uid, _ in group]
+                updated += pg_copy.update_runs_from_stage(connection, project, uids, _field_columns(names, group, now))
                 continue
+            params = [_bind_row(project, uid, fields, now) for uid, fields in group]
             result = execute_rows(connection, _update_statement(names), params)
             updated += result.rowcount if countable or len(params) == 1 else 0
     return updated if countable else -1
+
+
+def _value(name: str, value: Any) -> Any:
+    """What an update stores for ``value`` of field ``name`` (None in a JSON map is the empty map)."""
+    return {} if value is None and name in JSON_MAPS else value
+
+
+def _bind_row(project: str, uid: str, fields: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """The parameters of :func:`_update_statement` for one run (``updated_at`` now unless given)."""
+    row = {"_uid": uid, "_project": project, "v_updated_at": now}
+    for key, value in fields.items():
+        row[BIND_NAMES[key]] = _value(key, value)
+    return row
+
+
+def _field_columns(
+    names: tuple[str, ...], group: Sequence[tuple[str, dict[str, Any]]], now: datetime
+) -> dict[str, list[Any]]:
+    """The values of each of ``names`` across ``group`` (runs that set exactly those fields), column
+    by column as a COPY sends them (``updated_at`` now unless given)."""
+    columns = {}
+    for name in names:
+        if name == "updated_at":
+            columns[name] = [fields.get(name, now) for _, fields in group]
+        elif name in JSON_MAPS:
+            columns[name] = [_value(name, fields[name]) for _, fields in group]
+        else:
+            columns[name] = [fields[name] for _, fields in group]
+    return columns
 
 
 @functools.lru_cache(maxsize=256)

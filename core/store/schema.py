@@ -111,7 +111,14 @@ runs = sa.Table(
     sa.Index("ix_runs_project_function_created", "project", "function", "created_at"),
     sa.Index("ix_runs_project_state", "project", "state"),
     sa.Index("ix_runs_driver_state", "driver", "state"),
-    sa.Index("ix_runs_project_cache_key", "project", "cache_key"),
+    # Only runs with a cache key (0008): most runs have none, and lookups always name one.
+    sa.Index(
+        "ix_runs_project_cache_key",
+        "project",
+        "cache_key",
+        postgresql_where=sa.text("cache_key IS NOT NULL"),
+        sqlite_where=sa.text("cache_key IS NOT NULL"),
+    ),
 )
 
 # Which driver is running a cache key right now (``shoal.store.cache``): the primary key decides.

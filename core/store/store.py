@@ -199,9 +199,12 @@ class Store:
         if not items:
             return
         now = utcnow()
-        updates = [(uid, dict(fields)) for uid, fields, _ in items]
+        updates = [(uid, fields) for uid, fields, _ in items]  # only read
         artifact_rows = [
-            row for uid, _, artifacts in items for row in run_sql.artifact_rows(self.project, uid, artifacts, now)
+            row
+            for uid, _, artifacts in items
+            if artifacts
+            for row in run_sql.artifact_rows(self.project, uid, artifacts, now)
         ]
         with self._transaction(write=True) as connection:
             # Counting the updated rows spares a SELECT per batch; only a shortfall (or a driver
