@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -181,3 +182,16 @@ def interrupted_runs(folder: Path) -> tuple[shoal.Run, list[shoal.Run]]:
     [parent] = [r for r in runs if r.parent is None]
     children = sorted((r for r in runs if r.parent == parent.uid), key=lambda r: r.iteration)
     return parent, children
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def refused(port: int) -> bool:
+    """True when nothing accepts connections on ``port`` of 127.0.0.1."""
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0

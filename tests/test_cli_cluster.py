@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import uuid
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 
 import shoal
 from shoal import backends
@@ -37,12 +37,6 @@ def one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _open(root: Path, database: str | None) -> shoal.Project:

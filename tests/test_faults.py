@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
 import pytest
+from handler_sources import handler_functions
+from helpers import alive, descendants, free_port, interrupt_map, interrupted_runs, kill_by_pid, wait_for
 
 import shoal
 from shoal.backends.dask import DaskBackend
-
-from handler_sources import handler_functions
-from helpers import alive, descendants, interrupt_map, interrupted_runs, kill_by_pid, wait_for
 
 # One xdist worker runs the module, so its tests share one ``two_workers`` cluster.
 pytestmark = pytest.mark.xdist_group("faults")
@@ -60,12 +58,6 @@ def finishes(call, limit: float = 120.0):
     if "error" in box:
         raise box["error"]
     return box.get("value")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # -- a worker process killed mid-run --------------------------------------------------------------

@@ -22,7 +22,7 @@ import pytest
 
 pytest.importorskip("ray")
 
-from helpers import descendants, kill_by_pid  # noqa: E402
+from helpers import descendants, free_port, kill_by_pid  # noqa: E402
 
 from shoal.testing import wait_for  # noqa: E402
 
@@ -36,12 +36,6 @@ backend.start()
 print("answer", ray.get(ray.remote(lambda: 6 * 7).remote()), "mode", os.environ.get("RAY_AUTH_MODE"))
 backend.close()
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def listening(port: int) -> bool:

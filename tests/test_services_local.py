@@ -15,25 +15,15 @@ import urllib.error
 import urllib.request
 
 import pytest
-from helpers import alive, functions_from, kill_by_pid
+from handler_sources import SERVICE_HANDLERS
+from helpers import alive, free_port, functions_from, kill_by_pid, refused
 
 import shoal
 from shoal.errors import NotFoundError, SecretError, ServiceError, ServiceSpecError
 from shoal.services import delete_service, get_service, service_errors, service_metrics, service_status
 from shoal.testing import wait_for
 
-HANDLERS = """
-import os
-import threading
-
-
-def predict(x: list[float], scale: float = 1.0) -> dict:
-    return {"sum": sum(x) * scale, "pid": os.getpid()}
-
-
-def fails(x: int):
-    return 1 / x
-
+HANDLERS = SERVICE_HANDLERS + """
 
 def with_context(ctx, word: str):
     return {"function": ctx.function, "uid": ctx.uid, "word": word}
@@ -54,42 +44,9 @@ class Model:
         return {"y": x * self.weight, "pid": os.getpid()}
 
 
-def secret_reversed() -> str:
-    return os.environ["API_TOKEN"][::-1]  # reversed: an answer quoting the value itself is masked
-
-
 def secret_fails():
     raise RuntimeError("rejected token " + os.environ["API_TOKEN"])
-
-
-class Broken:
-    def __init__(self, ctx):
-        raise RuntimeError("model file missing")
-
-    def __call__(self, x: float):
-        return x
-
-
-def held(started: str, release: str) -> str:
-    with open(started, "a") as out:
-        out.write("started\\n")  # the test waits for this before it sends more
-    for _ in range(12000):  # until the test releases it (bounded: 2 minutes)
-        if os.path.exists(release):
-            return "done"
-        threading.Event().wait(0.01)
-    return "never released"
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def refused(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
 def post_raw(url: str, data: bytes) -> tuple[int, dict]:

@@ -16,7 +16,8 @@ import pytest
 
 pytest.importorskip("ray.serve")
 
-from helpers import alive  # noqa: E402
+from handler_sources import SERVICE_HANDLERS  # noqa: E402
+from helpers import alive, free_port  # noqa: E402
 
 import shoal  # noqa: E402
 from shoal.errors import ServiceError, ServiceSpecError  # noqa: E402
@@ -30,18 +31,7 @@ pytestmark = [
     pytest.mark.xdist_group("services_ray"),
 ]
 
-HANDLERS = """
-import os
-import threading
-
-
-def predict(x: list[float], scale: float = 1.0) -> dict:
-    return {"sum": sum(x) * scale, "pid": os.getpid()}
-
-
-def fails(x: int):
-    return 1 / x
-
+HANDLERS = SERVICE_HANDLERS + """
 
 def busy(seconds: float = 0.3) -> int:
     threading.Event().wait(seconds)  # a request that takes a while: load for the autoscaler
@@ -56,35 +46,7 @@ class Model:
 
     def predict(self, x: float) -> dict:
         return {"y": x * self.weight, "pid": os.getpid()}
-
-
-def secret_reversed() -> str:
-    return os.environ["API_TOKEN"][::-1]  # reversed: an answer quoting the value itself is masked
-
-
-class Broken:
-    def __init__(self, ctx):
-        raise RuntimeError("model file missing")
-
-    def __call__(self, x: float):
-        return x
-
-
-def held(started: str, release: str) -> str:
-    with open(started, "a") as out:
-        out.write("started\\n")  # the test waits for this before it sends more
-    for _ in range(12000):  # until the test releases it (bounded: 2 minutes)
-        if os.path.exists(release):
-            return "done"
-        threading.Event().wait(0.01)
-    return "never released"
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
