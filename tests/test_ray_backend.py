@@ -125,9 +125,15 @@ def test_watched_runs_echo_their_output_live_on_the_driver(ray_backend, project,
         seen["err"] += captured.err
         return text in seen["out"]
 
-    wait_for(lambda: shown("waiting for the release"), timeout=60, what="the handler's output on the driver")
-    assert handle.state == "running" and "on stderr too" in seen["err"]
-    release.write_text("go")
+    try:  # stdout and stderr travel apart: wait for both
+        wait_for(
+            lambda: shown("waiting for the release") and "on stderr too" in seen["err"],
+            timeout=60,
+            what="the handler's stdout and stderr on the driver",
+        )
+        assert handle.state == "running"
+    finally:
+        release.write_text("go")  # a failed assertion must not leave the run holding a CPU of the session's Ray
     run = handle.result(60)
     assert run.state == "completed" and "released" in seen["out"] + capsys.readouterr().out  # shown before it ends
     assert "waiting for the release" in run.logs  # and recorded, as always
@@ -141,10 +147,28 @@ def write_file(path: Path, text: str) -> Path:
     return path
 
 
-def test_map_of_many_runs_uses_both_slots(ray_backend, project, fn):
-    runs = fn("nap").map([{"seconds": 0.3}] * 8, backend=ray_backend, project=project)
+MEET = """
+import os
+import time
+
+
+def meet(folder: str, i: int) -> int:
+    open(os.path.join(folder, f"started-{i}"), "w").close()
+    deadline = time.monotonic() + 60  # bounded: one slot alone passes after a minute (and the test fails)
+    while len(os.listdir(folder)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return os.getpid()
+"""
+
+
+def test_map_of_many_runs_uses_both_slots(ray_backend, project, tmp_path):
+    """Each run waits until two have started: on a busy machine, a second worker process slow to
+    start cannot leave the whole map to the first."""
+    meet = shoal.Function.from_file(write_file(tmp_path / "meet.py", MEET), "meet")
+    (tmp_path / "started").mkdir()
+    runs = meet.map([{"folder": str(tmp_path / "started"), "i": i} for i in range(8)], backend=ray_backend, project=project)
     assert all(r.state == "completed" for r in runs)
-    assert len({r.results["pid"] for r in runs}) >= 2  # two worker processes shared the work
+    assert len({r.results["return"] for r in runs}) >= 2  # two worker processes shared the work
 
 
 def test_large_code_travels_once_through_the_object_store(ray_backend, project, tmp_path):
