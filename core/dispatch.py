@@ -24,7 +24,7 @@ from .execution import RunOutcome, RunTask, error_record, never_started
 from .logcapture import tail
 from .numpy_params import json_form
 from .recorder import unrecordable
-from .runs import Run, RunHandle
+from .runs import Run, RunHandle, run_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from shoal.backends.base import Backend, BackendFuture, OnStart
@@ -304,42 +304,41 @@ class Dispatcher:
             "started_at": utc(started),  # the first attempt's start: duration covers the retries
             "ended_at": utc(outcome.ended_at),
         }
+        pending = flight.record  # read, not copied: a map records thousands of these
+        params, labels = pending["params"], pending["labels"]
         if outcome.params is not None:  # chosen on the worker (a tuning trial's sampled values)
-            fields["params"] = recordable(outcome.params)
+            params = fields["params"] = recordable(outcome.params)
         if outcome.labels:  # set by the handler (ctx.set_label): added to the run's labels
-            fields["labels"] = {**flight.record["labels"], **outcome.labels}
-        record = {**flight.record, **fields}
-        artifacts = {a["key"]: Artifact.from_record(a) for a in outcome.artifacts}
-        run = Run(
-            uid=record["uid"],
-            function=record["function"],
-            function_hash=record["function_hash"],
-            state=outcome.state,
-            params=record["params"],
-            inputs=record["inputs"],
-            results=outcome.results,
-            metrics=outcome.metrics,
-            artifacts=artifacts,
-            logs=logs,
-            error=outcome.error,
-            attempts=outcome.attempt,
-            parent=record.get("parent"),
-            iteration=record.get("iteration"),
-            backend=record["backend"],
-            labels=record["labels"],
-            created_at=flight.created_at,
-            started_at=fields["started_at"],
-            ended_at=fields["ended_at"],
-            cache_key=record.get("cache_key"),
+            labels = fields["labels"] = {**labels, **outcome.labels}
+        flight.run = run_of(
+            {
+                "uid": pending["uid"],
+                "function": pending["function"],
+                "function_hash": pending["function_hash"],
+                "state": outcome.state,
+                "params": params,
+                "inputs": pending["inputs"],
+                "results": outcome.results,
+                "metrics": outcome.metrics,
+                "artifacts": {a["key"]: Artifact.from_record(a) for a in outcome.artifacts}
+                if outcome.artifacts
+                else {},
+                "logs": logs,
+                "error": outcome.error,
+                "attempts": outcome.attempt,
+                "parent": pending.get("parent"),
+                "iteration": pending.get("iteration"),
+                "backend": pending["backend"],
+                "labels": labels,
+                "created_at": pending["created_at"],
+                "started_at": fields["started_at"],
+                "ended_at": fields["ended_at"],
+                "cache_key": pending.get("cache_key"),
+                "cached_from": None,
+            }
         )
-
-        def resolve(problem: Exception | None) -> None:
-            # If the outcome could not be stored, the handle reports what the recorder wrote instead.
-            flight.handle.set_run(
-                run if problem is None else dataclasses.replace(run, artifacts={}, **unrecordable(fields, problem))
-            )
-
-        self.recorder.finished(run.uid, fields, outcome.artifacts, resolve)
+        flight.fields = fields
+        self.recorder.finished(flight.run.uid, fields, outcome.artifacts, flight.resolve)
 
     def _cancel(self, flight: Flight, handle: RunHandle | None = None) -> bool:
         if flight.future is None:
@@ -358,10 +357,21 @@ class Flight:
     future: Any = None
     earlier_logs: list[str] = dataclasses.field(default_factory=list)
     started_at: float | None = None  # when the first attempt started
+    run: Run | None = None  # the final outcome as recorded (set by ``Dispatcher.record``)
+    fields: dict[str, Any] | None = None  # ... and the fields written for it
 
     @property
     def created_at(self) -> datetime:
         return self.record["created_at"]
+
+    def resolve(self, problem: Exception | None) -> None:
+        """The recorder wrote the outcome (``problem`` None) or could not: resolve the handle with
+        the run, or with what the recorder wrote instead (a method, not a closure per run)."""
+        run, fields = self.run, self.fields
+        assert run is not None and fields is not None, "resolved only after Dispatcher.record"
+        if problem is not None:
+            run = dataclasses.replace(run, artifacts={}, **unrecordable(fields, problem))
+        self.handle.set_run(run)
 
 
 def _input_records(inputs: dict[str, Artifact]) -> dict[str, dict]:

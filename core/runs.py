@@ -161,6 +161,19 @@ class Run:
         return f"<shoal.Run {self.uid[:12]} {self.function} {self.state}{' ' + shown if shown else ''}>"
 
 
+_RUN_FIELDS = tuple(Run.__dataclass_fields__)
+
+
+def run_of(values: dict[str, Any]) -> Run:
+    """The Run with ``values``, one for each of its fields, set in one step: a frozen dataclass's
+    ``__init__`` sets each of its 21 fields through ``object.__setattr__`` (measured: 2 us, a tenth
+    of that this way), and the dispatcher builds one per finished run of a map."""
+    assert len(values) == len(_RUN_FIELDS), "run_of takes every field of a Run"
+    run = object.__new__(Run)
+    run.__dict__.update(values)
+    return run
+
+
 class RunHandle:
     """A submitted run: poll ``state``, ``wait``, get the recorded ``result()``, or ``cancel()``."""
 

@@ -17,8 +17,9 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 

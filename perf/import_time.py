@@ -20,8 +20,8 @@ PROBE = (
     "import json, sys, time\n"
     "began = time.perf_counter()\n"
     "import shoal\n"
-    "print(json.dumps({'seconds': time.perf_counter() - began, 'loaded': [m for m in %r if m in sys.modules]}))\n"
-) % (ENGINES,)
+    f"print(json.dumps({{'seconds': time.perf_counter() - began, 'loaded': [m for m in {ENGINES!r} if m in sys.modules]}}))\n"
+)
 
 
 def probe() -> dict:

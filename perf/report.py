@@ -206,9 +206,10 @@ def measure(args) -> dict:
             storage = open_storage(kind, project, folder)
             steps = max(2, args.steps // 5) if kind == "sqlite" else args.steps
             runners = {
-                "optuna": lambda name, trials: run_optuna(storage, name, trials, steps),
-                "shoal ctx.report": lambda name, trials: run_shoal(storage, project, name, trials, steps, "ctx"),
-                "shoal trial.report": lambda name, trials: run_shoal(
+                "optuna": lambda name, trials, storage=storage, steps=steps: run_optuna(storage, name, trials, steps),
+                "shoal ctx.report": lambda name, trials, storage=storage, steps=steps: run_shoal(
+                    storage, project, name, trials, steps, "ctx"),
+                "shoal trial.report": lambda name, trials, storage=storage, steps=steps: run_shoal(
                     storage, project, name, trials, steps, "optuna" if accepted else "trial"),
             }
             for system, call in runners.items():  # warm: imports, storage, code paths

@@ -35,7 +35,8 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from harness import Session, bars, options, pyplot
 

@@ -63,3 +63,15 @@ def test_an_application_freeze_is_left_alone():
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def test_full_collections_are_rarer_inside_and_the_threshold_comes_back_after():
+    if gc.get_freeze_count():
+        pytest.skip("this process froze objects itself")
+    before = gc.get_threshold()
+    with older_objects_frozen():
+        assert gc.get_threshold()[2] >= gc_freeze.FULL_COLLECTION_EVERY
+        with older_objects_frozen():  # nested: still deferred, restored only by the outermost
+            pass
+        assert gc.get_threshold()[2] >= gc_freeze.FULL_COLLECTION_EVERY
+    assert gc.get_threshold() == before

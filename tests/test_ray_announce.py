@@ -45,3 +45,35 @@ def test_short_runs_are_recorded_with_their_start(ray_backend, project, tmp_path
     runs = handler_functions(tmp_path)("square").map(list(range(20)), backend=ray_backend, project=project)
     assert [r.state for r in runs] == ["completed"] * 20
     assert all(r.started_at is not None and r.started_at <= r.ended_at for r in runs)
+
+
+class _Future:
+    """What ``EndWatch`` settles: records the value."""
+
+    def __init__(self) -> None:
+        self.values: list = []
+
+    def settle(self, value) -> None:
+        self.values.append(value)
+
+
+def test_the_end_watch_says_busy_while_many_ends_are_due(monkeypatch):
+    """The start pipe's reader lets ends gather only while many are due: a lone run's end (or a
+    small search's) is read at once (``shoal.backends.ray.start.GATHER``)."""
+    import base64
+
+    from shoal.backends.ray import ends
+
+    monkeypatch.setattr(ends, "POLL", 60.0)  # no look at Ray while the test runs
+    watch = ends.EndWatch()
+    try:
+        futures = {watch.token(): _Future() for _ in range(ends.BUSY_FROM + 1)}
+        for token, future in futures.items():
+            assert watch.watch(token, future, ref=None)
+        tokens = list(futures)
+        value = base64.b64encode(b"outcome").decode()
+        assert watch.ended([(tokens[0], value)]) is True  # BUSY_FROM still awaited
+        assert futures[tokens[0]].values == [b"outcome"]
+        assert watch.ended([(tokens[1], value)]) is False  # fewer: each end at once
+    finally:
+        watch.close()

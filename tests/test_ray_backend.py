@@ -161,6 +161,32 @@ def meet(folder: str, i: int) -> int:
 """
 
 
+def test_outcomes_come_with_the_end_line_or_from_ray_when_too_large_for_it(ray_backend, project, fn):
+    """A task's end line into the start pipe carries its outcome when it fits one atomic pipe write
+    (``shoal.backends.ray.ends``); a larger outcome is fetched from Ray. Both settle their runs."""
+    small, large = fn("chatty").map([{"lines": 1}, {"lines": 200}], backend=ray_backend, project=project)
+    assert small.state == large.state == "completed", (small.error, large.error)
+    assert small.logs.endswith("THE LAST LINE\n") and large.logs.endswith("THE LAST LINE\n")
+    assert len(large.logs) > 16_000  # far over a pipe line (4,096 bytes)
+
+
+def test_a_task_that_ends_without_its_end_line_still_settles(ray_backend, project, fn, tmp_path):
+    """A task cancelled before it ran writes no end line (``shoal.backends.ray.ends``): cancelling
+    attaches Ray's callback, which settles it (a run pending while both workers are busy). A lost
+    worker's task, which writes none either, is ``test_worker_killed_mid_run``'s."""
+    release = tmp_path / "release"
+    handles = [
+        fn("gated").submit({"release": str(release), "limit": 60}, backend=ray_backend, project=project)
+        for _ in range(3)
+    ]
+    pending = fn("add").submit({"x": 1}, backend=ray_backend, project=project)
+    assert pending.cancel() is True
+    run = pending.result(60)
+    assert run.state == "cancelled", run.error
+    release.touch()
+    assert all(handle.result(90).state == "completed" for handle in handles)
+
+
 def test_map_of_many_runs_uses_both_slots(ray_backend, project, tmp_path):
     """Each run waits until two have started: on a busy machine, a second worker process slow to
     start cannot leave the whole map to the first."""
@@ -233,7 +259,7 @@ def test_cancel_repeated_while_a_run_ends_keeps_its_outcome(fn, tmp_path):
     interrupter = threading.Thread(target=interrupt, daemon=True)
     try:
         interrupter.start()
-        outcome = returned_outcome(run_on_worker(encode((attempt, None, None))))
+        outcome = returned_outcome(run_on_worker(encode((attempt, None, None, None))))
     finally:
         finished.set()
         interrupter.join(30)

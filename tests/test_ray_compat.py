@@ -83,6 +83,26 @@ def test_a_done_callback_runs_on_rays_thread_or_at_once_when_already_done(ray, t
     assert later == [threading.current_thread()]  # already done: called at once, on the caller's thread
 
 
+def _double(x: int) -> int:
+    return 2 * x
+
+
+# -- RemoteFunction._decorator -----------------------------------------------------------------------
+def test_a_direct_remote_keeps_rays_invocation_and_submits_through_it(ray):
+    """``_compat.DirectRemote``: Ray hands each ``.remote()``'s inner ``invocation`` to the remote
+    function's ``_decorator`` hook; it is kept from the first call and called for later ones."""
+    import ray.cloudpickle
+
+    from shoal.backends.ray._compat import DirectRemote
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    direct = DirectRemote(_double, {"num_cpus": 1, "max_retries": 0, "name": "shoal-test:double"})
+    first = direct.remote(1)
+    assert direct._invocation is not None, "Ray no longer calls RemoteFunction._decorator(invocation)"
+    later = [direct.remote(i) for i in range(2, 6)]
+    assert ray.get([first, *later], timeout=120) == [2, 4, 6, 8, 10]
+
+
 def test_a_task_error_is_an_instance_of_its_cause(ray):
     def fail() -> None:
         raise ValueError("no")

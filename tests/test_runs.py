@@ -337,3 +337,19 @@ def test_recorder_thread_ends_when_idle_and_comes_back(project, fn, monkeypatch)
     wait_for(lambda: recorder._thread is None)  # idle: no thread left behind
     second = fn("scalar").run({"x": 3}, project=project, watch=False)
     assert project.runs.get(first.uid) == first and project.runs.get(second.uid) == second
+
+
+def test_run_of_builds_the_run_its_constructor_builds():
+    """``run_of`` (the dispatcher's one-step Run) equals ``Run(...)`` of the same fields."""
+    import dataclasses
+    from datetime import datetime, timezone
+
+    from shoal.runs import Run, run_of
+
+    now = datetime.now(timezone.utc)
+    values = {field.name: None for field in dataclasses.fields(Run)}
+    values.update(uid="u" * 32, function="f", function_hash="h", state="completed", params={"x": 1}, started_at=now)
+    built = run_of(dict(values))
+    assert built == Run(**values) and built.ok and built.params == {"x": 1}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.state = "failed"  # type: ignore[misc]

@@ -212,3 +212,27 @@ def test_copy_of_values_the_binary_format_does_not_take_still_lands() -> None:
         items = [{**item, "backend": Backend.DASK} for item in _items(3)]
         store.create_runs(items)
         assert {r.backend for r in store.list_runs()} == {"dask"}
+
+
+def test_sqlite_timestamp_text_is_sqlalchemys() -> None:
+    """The one-step text of a timestamp on SQLite (``bulk._sqlite_timestamps``) is SQLAlchemy's."""
+    from sqlalchemy.dialects import sqlite
+
+    from shoal.store import bulk
+
+    statement = runs.update().values(started_at=sa.bindparam("s", type_=runs.c.started_at.type))
+    generic = statement.compile(dialect=sqlite.dialect())._bind_processors["s"]
+    fast = bulk._sqlite_timestamps(generic)
+    assert fast is not generic  # the samples matched: the fast path is in use
+    elsewhere = timezone(timedelta(hours=-7, minutes=-30))
+    for value in [
+        datetime.now(timezone.utc),
+        datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc),  # no microseconds: still six digits
+        datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=elsewhere),
+        datetime(2026, 6, 1, 12, 0, 0, 7),  # naive: local time
+        datetime(99, 1, 1, tzinfo=timezone.utc),
+        None,
+    ]:
+        assert fast(value) == generic(value)
+    with pytest.raises(TypeError):
+        fast("2026-01-01")

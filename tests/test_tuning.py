@@ -646,6 +646,31 @@ def test_a_trial_sampled_ahead_runs_with_those_values_and_is_told_where_it_ran(p
     assert frozen.state.name == "COMPLETE" and frozen.value == outcome.results["score"]
 
 
+def test_a_trial_sampled_for_its_queued_task_is_written_only_where_its_run_starts(project, fn):
+    """``prepare_queued`` (a Dask worker, for the task queued behind the one it runs) samples but
+    writes nothing: the run that starts here uses and writes those values; a run that started
+    elsewhere would have sampled its own, and the held ones are never written."""
+    from shoal.execution import execute
+    from shoal.tuning import trial_scope
+    from helpers import task
+
+    study = _study(project, "queued")
+    trial, scope = _scope(project, study)
+    scope.prepare_queued()
+    held = trial_scope._sampled_for_queued[scope._key].result(timeout=30)
+    assert study._storage.get_trial(trial._trial_id).params == {}  # nothing written while queued
+    outcome = execute(task(fn("quad"), {}, scope=scope, artifacts=project.artifacts_url))
+    assert outcome.state == "completed" and outcome.params == held[1]
+    frozen = study._storage.get_trial(trial._trial_id)
+    assert frozen.params == held[1] and frozen.state.name == "COMPLETE" and scope._key not in trial_scope._sampled_for_queued
+
+    other, moved = _scope(project, study)
+    moved.prepare_queued()  # this process samples it, but the task runs elsewhere: never written
+    trial_scope._sampled_for_queued[moved._key].result(timeout=30)
+    trial_scope._sampled_for_queued.clear()
+    assert study._storage.get_trial(other._trial_id).params == {}
+
+
 def test_a_trial_is_told_pruned_where_it_ran_and_left_running_when_telling_is_off(project, fn):
     from shoal.execution import execute
     from helpers import task

@@ -134,12 +134,13 @@ def test_short_trials_travel_in_batches_each_sampled_told_and_recorded(project, 
 
 def test_trials_are_asked_in_one_write_and_told_on_the_workers(project, fn, engine):
     """The driver creates each trial with its run link in one journal line (no separate user-attr
-    write); every trial is told where it ran, so the driver itself writes no trial's end."""
+    write); every trial is told where it ran, so the driver itself writes no trial's end; a trial's
+    parameters (whose append may be deferred, see TrialScope) are written before its end."""
     import json
 
     from shoal.tuning.storage import default_ref
 
-    create_trial, set_trial_state, set_trial_user_attr = 4, 6, 8  # Optuna's journal op codes
+    create_trial, set_trial_param, set_trial_state, set_trial_user_attr = 4, 5, 6, 8  # Optuna's journal op codes
 
     result = fn("brief").tune(
         {"x": Float(0, 1)}, objective="max.score", n_trials=40, backend=engine, seed=3, project=project
@@ -153,6 +154,10 @@ def test_trials_are_asked_in_one_write_and_told_on_the_workers(project, fn, engi
     driver = {op["worker_id"] for op in created}
     ended = [op for op in ops if op["op_code"] == set_trial_state and op["state"] != 0]
     assert len(ended) == 40 and not driver & {op["worker_id"] for op in ended}
+    params = {op["trial_id"]: i for i, op in reversed(list(enumerate(ops))) if op["op_code"] == set_trial_param}
+    ends = {op["trial_id"]: i for i, op in enumerate(ops) if op["op_code"] == set_trial_state and op["state"] != 0}
+    assert len(params) == 40 and all(params[trial] < end for trial, end in ends.items())
+    assert len([op for op in ops if op["op_code"] == set_trial_param]) == 40  # one value each, never two
 
 
 def test_missing_objective_fails_on_the_worker(project, fn, engine):

@@ -9,6 +9,8 @@ must not load it).
 from __future__ import annotations
 
 import contextlib
+import copy
+import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -78,3 +80,117 @@ def journal_file(storage: Any) -> tuple[str, Any] | None:
     if not isinstance(backend, JournalFileBackend):
         return None
     return backend._file_path, getattr(backend, "_lock", None)
+
+
+def create_running_trials(storage: Any, study_id: int, user_attrs: list[dict[str, Any]]) -> list[int] | None:
+    """Create one RUNNING trial per ``user_attrs`` entry in a single append of a ``JournalStorage``
+    (one lock and one ``fsync`` for them all, where ``create_new_trial`` takes one each); their
+    storage ids, in order. None for other storages and for backends that snapshot per created trial
+    (Redis): the caller creates them one by one.
+
+    The lines are Optuna's own ``CREATE_TRIAL`` operation, as ``create_new_trial`` writes it for a
+    RUNNING template trial. One append is one write under the file lock, so the trials are
+    consecutive in the journal and get consecutive ids ending at the last this thread created.
+    """
+    from datetime import datetime, timezone
+
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import BaseJournalBackend
+    from optuna.storages.journal._base import BaseJournalSnapshot
+    from optuna.storages.journal._storage import JournalOperation
+    from optuna.trial import TrialState
+
+    backend = getattr(storage, "_backend", None) if isinstance(storage, JournalStorage) else None
+    if not isinstance(backend, BaseJournalBackend) or isinstance(backend, BaseJournalSnapshot) or not user_attrs:
+        return None
+    start = datetime.now(tz=timezone.utc).isoformat(timespec="microseconds")
+    fields = {"study_id": study_id, "datetime_start": start, "state": TrialState.RUNNING, "value": None, "values": None}
+    fields |= {"distributions": {}, "params": {}, "system_attrs": {}, "intermediate_values": {}}
+    with storage._thread_lock:
+        replay = storage._replay_result
+        head = {"op_code": JournalOperation.CREATE_TRIAL, "worker_id": replay.worker_id}
+        backend.append_logs([{**head, **fields, "user_attrs": attrs} for attrs in user_attrs])
+        storage._sync_with_backend()
+        last = replay._last_created_trial_id_by_this_process
+        ids = list(range(last - len(user_attrs) + 1, last + 1))
+        written = [replay._trials[i].user_attrs for i in ids if i in replay._trials]
+    if written != json.loads(json.dumps(user_attrs)):  # never expected: say so rather than mislink
+        raise RuntimeError(f"journal trials {ids} are not the ones just created in one append")
+    return ids
+
+
+@contextlib.contextmanager
+def params_in_one_append(trial: Any) -> Iterator[None]:
+    """Parameters ``trial`` (an ``optuna.trial.Trial``) suggests in the block reach its journal
+    storage in one append at the end of the block (one lock and one ``fsync`` for all of them,
+    where ``set_trial_param`` takes one each), as Optuna's own ``SET_TRIAL_PARAM`` lines. The
+    trial's ``storage`` attribute, which ``Trial._suggest`` writes through, holds them meanwhile:
+    the trial itself keeps each value as it is suggested, and what is written before a failure
+    in the block is still written. Other storages are written as usual."""
+    with params_held(trial) as held:
+        try:
+            yield
+        finally:
+            if held is not None:
+                held.write()
+
+
+@contextlib.contextmanager
+def params_held(trial: Any) -> Iterator[_HeldParams | None]:
+    """As ``params_in_one_append``, but the block gets the holder and writes it itself, when it
+    chooses (``write()``: one append; until then the values are the trial's alone, unseen by its
+    storage even in this process); None for other storages, written as usual."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import BaseJournalBackend
+    from optuna.storages.journal._base import BaseJournalSnapshot
+
+    storage = trial.storage
+    backend = getattr(storage, "_backend", None) if isinstance(storage, JournalStorage) else None
+    if not isinstance(backend, BaseJournalBackend) or isinstance(backend, BaseJournalSnapshot):
+        yield None
+        return
+    held = _HeldParams(storage)
+    trial.storage = held
+    # The trial's cached FrozenTrial is the journal's own object until the next write replaces it;
+    # ``Trial._suggest`` adds each value to it, which would show held values as written in this
+    # process (and a later sampling of the same trial here would take them as already written).
+    trial._cached_frozen_trial = copy.deepcopy(trial._cached_frozen_trial)
+    try:
+        yield held
+    finally:
+        trial.storage = storage
+
+
+class _HeldParams:
+    """A journal storage whose ``set_trial_param`` is held until ``write`` (params_held)."""
+
+    def __init__(self, storage: Any) -> None:
+        self._storage = storage
+        self._lines: list[dict[str, Any]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._storage, name)
+
+    def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float, distribution: Any) -> None:
+        from optuna.distributions import distribution_to_json
+
+        self._lines.append(
+            {
+                "trial_id": trial_id,
+                "param_name": param_name,
+                "param_value_internal": param_value_internal,
+                "distribution": distribution_to_json(distribution),
+            }
+        )
+
+    def write(self) -> None:
+        from optuna.storages.journal._storage import JournalOperation
+
+        if not self._lines:
+            return
+        storage = self._storage
+        with storage._thread_lock:
+            head = {"op_code": JournalOperation.SET_TRIAL_PARAM, "worker_id": storage._replay_result.worker_id}
+            storage._backend.append_logs([{**head, **line} for line in self._lines])
+            storage._sync_with_backend()
+        self._lines = []

@@ -51,6 +51,13 @@ log = logging.getLogger("shoal.tuning")
 # results, while each engine task costs a round trip through the engine and a first trial that
 # samples before it can start. Measured on 200 trials of 10 ms on Dask: ~15% less CPU per trial.
 TRIAL_BATCH_SECONDS = 0.3
+# Towards the end of a search, a task carries at most the remaining trials over this many tasks per
+# slot (a map's batches use ``shoal.batching.BATCHES_PER_SLOT``, 4): tasks shrink as the end nears so
+# every slot stays busy to the last, but each engine task costs its worker a pause that trials of one
+# task do not (its first trial is sampled as it starts, its last told before it returns): measured on
+# Dask, 8-15 ms between tasks against ~0.3 ms between trials of a task. 200 trials of 10 ms: 24
+# tasks instead of 34, and +16% trials/s (median of 9 searches each, alternated, on a busy machine).
+TAIL_TASKS_PER_SLOT = 2
 
 
 class SearchCancelled(Exception):
@@ -226,33 +233,27 @@ class Loop:
         if self.batching and len(self.durations) >= self.slots:
             durations = list(self.durations)
             remaining = self.budget - self.asked if self.budget is not None else None
-            if batching.batch_size(durations, remaining, self.slots) > 1:
+            if batching.batch_size(durations, None, self.slots) > 1:  # short enough to batch at all
                 typical = max(sum(durations) / len(durations), 1e-5)
                 size = min(int(TRIAL_BATCH_SECONDS / typical), batching.MAX_RUNS_PER_TASK)
                 if remaining is not None:
-                    size = min(size, math.ceil(remaining / (self.slots * batching.BATCHES_PER_SLOT)))
+                    size = min(size, math.ceil(remaining / (self.slots * TAIL_TASKS_PER_SLOT)))
         if self.budget is not None:
             size = min(size, self.budget - self.asked)
         return max(1, size)
 
     def _launch(self) -> None:
         s = self.s
-        trials: list[Any] = []
-        runs: list[dict[str, Any]] = []
-        scopes: list[TrialScope] = []
         self.asker.refresh()
-        for _ in range(self._batch_size()):
-            if trials and compat.stop_requested(self.study):
-                break
-            trial, record, scope = self._new_trial()
-            trials.append(trial)
-            runs.append(record)
-            scopes.append(scope)
+        records, trials = self._new_trials(self._batch_size())
+        scopes = [self._scope(trial) for trial in trials]
         for scope in scopes[:-1]:  # a later trial of this task follows: its tell may queue (TrialScope)
             scope.followed = True
-        s.project.store.create_runs(runs)
+        s.project.store.create_runs(records)
         bound = dict(s.space.constants)  # the records get the sampled values when the runs end
-        handles = s.driver.launch_many(runs, self.staged, [bound] * len(runs), scopes=scopes, batch_size=len(runs))
+        handles = s.driver.launch_many(
+            records, self.staged, [bound] * len(records), scopes=scopes, batch_size=len(records)
+        )
         task = self.launched
         self.launched += 1
         self.tasks[task] = len(handles)
@@ -262,32 +263,41 @@ class Loop:
         self.progress.running = min(len(self.inflight), self.parallelism)
         self._report()
 
-    def _new_trial(self) -> tuple[Any, dict[str, Any], TrialScope]:
-        """Ask a trial and prepare its run record; sampled where it runs (see TrialScope)."""
+    def _new_trials(self, count: int) -> tuple[list[dict[str, Any]], list[Any]]:
+        """Ask up to ``count`` trials (fewer if the study stops meanwhile) and prepare their run
+        records; sampled where they run (see TrialScope)."""
         s = self.s
-        record = s.driver.new_record(
-            dict(s.space.constants), self.staged, parent=self.parent.uid, labels={"study": s.study_name}
-        )
-        # The trial is born linked to its run: a driver killed from here on leaves enough to mend both.
-        trial = self.asker.ask({"run": record["uid"], "parent": self.parent.uid, "driver": self.owner})
-        trial_id = compat.trial_id(trial)
-        record["iteration"] = trial.number
-        self.asked += 1
-        if s.heartbeat:
-            self.storage.record_heartbeat(trial_id)
-        in_process = s.driver.backend.in_process
-        scope = TrialScope(
+        records = [
+            s.driver.new_record(
+                dict(s.space.constants), self.staged, parent=self.parent.uid, labels={"study": s.study_name}
+            )
+            for _ in range(count)
+        ]
+        # Trials are born linked to their runs: a driver killed from here on leaves enough to mend both.
+        links = [{"run": record["uid"], "parent": self.parent.uid, "driver": self.owner} for record in records]
+        trials = self.asker.ask_many(links)
+        del records[len(trials) :]
+        for record, trial in zip(records, trials):
+            record["iteration"] = trial.number
+            if s.heartbeat:
+                self.storage.record_heartbeat(compat.trial_id(trial))
+        self.asked += len(trials)
+        return records, trials
+
+    def _scope(self, trial: Any) -> TrialScope:
+        """What the trial's run needs on its worker to sample, report and tell (TrialScope)."""
+        s = self.s
+        return TrialScope(
             storage=s.ref,
             study_name=s.study_name,
-            trial_id=trial_id,
+            trial_id=compat.trial_id(trial),
             objective=s.objective,
             distributions=s.distributions,
             sampler=s.trial_sampler(trial.number),
             pruner=self.study.pruner,
             tell=self.told_on_workers,
-            study=self.study if in_process else None,
+            study=self.study if s.driver.backend.in_process else None,
         )
-        return trial, record, scope
 
     def _tell(self, handle: RunHandle) -> None:
         from optuna.trial import TrialState

@@ -15,7 +15,8 @@ it is submitted again, so a dying worker loses only the run it was executing.
 Modules, by job (side):
 - ``worker``: the task Dask executes, cancellation on workers, the workers' preload (worker).
 - ``future``: the future of one attempt, resubmitted when lost before it started (driver).
-- ``shipping``: what a task carries: the run without its code, the code once per function (both).
+- ``shipping``: what a task carries: the run without its code, the code once per function (inside
+  each task while few are in flight) (both).
 - ``collector``: the thread that fetches finished outcomes in batches (driver).
 - ``backend``: ``DaskBackend``: lifecycle, submitting, cancelling, scaling (driver).
 - ``clusters``: reaching a scheduler, starting the embedded cluster (driver).

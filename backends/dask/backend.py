@@ -23,6 +23,10 @@ from .worker import MAX_REFUSED, START_TOPIC, cancel_on_worker, run_on_worker
 SCALE_DOWN_WAIT = 30.0  # seconds scale() waits for Dask to retire workers
 CLOSE_GRACE = 3.0  # seconds close() gives stopped runs to report their outcome
 STOP_COALESCE = 0.02  # seconds stop requests of single batched runs wait for others to go with them
+# Dask queues a group of tasks and places them by load, not by where their dependencies are, once
+# it holds more than this many tasks per thread of the cluster ("root-ish", see ``.shipping``).
+ROOTISH_TASKS_PER_THREAD = 2
+THREADS_TTL = 2.0  # seconds the cluster's thread count is reused before it is asked again
 
 
 class DaskBackend(Backend):
@@ -79,7 +83,8 @@ class DaskBackend(Backend):
         self._futures: dict[str, DaskFuture] = {}  # Dask key -> future of the attempt, until done
         self._cancelled: dict[str, None] = {}  # uids cancelled before they announced a start, newest last
         self._stops: list[str] = []  # single runs of batches to stop, sent together (stop_batched_run)
-        self._shipper = CodeShipper()  # each function's code, once per cluster
+        self._shipper = CodeShipper(self._many_in_flight)  # each function's code, once per cluster
+        self._threads_seen = (-THREADS_TTL, 1)  # (monotonic time, the cluster's threads then)
         self._lock = threading.RLock()
         self._closed = False
 
@@ -103,6 +108,20 @@ class DaskBackend(Backend):
     def cluster(self) -> Any:
         self.start()
         return self._cluster
+
+    def _many_in_flight(self) -> bool:
+        """Whether the tasks in flight are enough for Dask to place them by load: only then does a
+        function's code travel once, by reference (``.shipping``); fewer carry it inside."""
+        return len(self._futures) > ROOTISH_TASKS_PER_THREAD * self._cluster_threads()
+
+    def _cluster_threads(self) -> int:
+        """The threads of the cluster's workers, asked again at most every ``THREADS_TTL`` seconds."""
+        seen, threads = self._threads_seen
+        if time.monotonic() - seen > THREADS_TTL:
+            workers = scheduler_workers(self.client).values()
+            threads = max(1, sum(int(worker.get("nthreads", 1)) for worker in workers))
+            self._threads_seen = (time.monotonic(), threads)
+        return threads
 
     def start(self) -> DaskBackend:
         with self._lock:

@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
 _serials = itertools.count(1)
 
 
-def run_after(packed: bytes, key: str, prepare: Prepare, *upstream: Any) -> RunOutcome | list[RunOutcome]:
+def run_after(packed: bytes, key: str, prepare: Prepare, *upstream: Any) -> RunOutcome | bytes:
     """The task Dask executes for a step: its producers' outcomes arrive as arguments (Dask
     resolved their futures); ``prepare`` swaps the references, or ends the step unrun."""
     task: RunTask = decode(packed)

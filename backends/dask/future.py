@@ -11,6 +11,7 @@ from shoal.errors import BackendError, WorkerLostError
 from shoal.execution import RunBatch, RunOutcome, RunTask
 
 from ..base import OnStart, SettledFuture
+from ..task_codec import decode
 from .worker import run_on_worker
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -106,13 +107,11 @@ class DaskFuture(SettledFuture):
             self._backend.shipper.release(self._task.function_hash)
         if self._lost_before_start(future) and self._resubmit(future):
             return
-        if gathered is not None:
-            settled: tuple[RunOutcome | None, BaseException | None] = (gathered, None)
-        else:
-            try:
-                settled = (self._fetch(future), None)
-            except BaseException as exc:  # noqa: BLE001 - kept and re-raised by every result() call
-                settled = (None, exc)
+        try:
+            value = self._fetch(future) if gathered is None else gathered
+            settled: tuple[Any, BaseException | None] = (_unpacked(value), None)
+        except BaseException as exc:  # noqa: BLE001 - kept and re-raised by every result() call
+            settled = (None, exc)
         future.release()
         self.resolve(*settled)
 
@@ -134,7 +133,7 @@ class DaskFuture(SettledFuture):
             return False
         return True
 
-    def _fetch(self, future: Any) -> RunOutcome:
+    def _fetch(self, future: Any) -> RunOutcome | bytes:
         from distributed import KilledWorker
         from distributed.client import FutureCancelledError
 
@@ -168,6 +167,11 @@ class DaskFuture(SettledFuture):
             self._future.cancel()
         self._backend._cancel_on_workers(uids)
         return True
+
+
+def _unpacked(value: Any) -> RunOutcome | list[RunOutcome]:
+    """What a task returned: a batch's outcomes come encoded (``worker.run_on_worker``)."""
+    return decode(value) if isinstance(value, bytes) else value
 
 
 def resources(task: RunTask | RunBatch) -> dict[str, int] | None:

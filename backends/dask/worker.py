@@ -23,7 +23,8 @@ from shoal.execution import (
 )
 from shoal.gc_freeze import older_objects_frozen
 
-from ..task_codec import decode
+from ..task_codec import decode, encode
+from ._compat import next_ready_call
 from .shipping import with_code
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -35,10 +36,13 @@ MAX_REFUSED = 10_000  # cancelled-before-start uids a worker remembers
 START_LINGER = 0.01
 
 
-def run_on_worker(packed: bytes, key: str, code: Code | None = None) -> RunOutcome | list[RunOutcome]:
+def run_on_worker(packed: bytes, key: str, code: Code | None = None) -> RunOutcome | bytes:
     """The task Dask executes: one attempt (or a batch of short runs), announcing starts to the driver
     (``StartReports``). The attempt arrives encoded (``shoal.backends.task_codec``); its code, when
-    it travels once per function (``.shipping``), arrives as ``code``."""
+    it travels once per function (``.shipping``), arrives as ``code``. A batch's outcomes go back
+    encoded too (``DaskFuture`` decodes them): Dask serialises each element of a returned list as
+    a value of its own, with its own frames, which cost the driver's event loop more than the
+    records of a 20,000-run map (measured: 20,000 unpickle calls, ~0.1 s of CPU, against 20)."""
     from distributed import get_worker
 
     task: RunTask | RunBatch = with_code(decode(packed), code)
@@ -47,9 +51,13 @@ def run_on_worker(packed: bytes, key: str, code: Code | None = None) -> RunOutco
     except ValueError:  # not inside a worker (e.g. client.run): nothing to announce
         worker = None
 
+    last = _last_that_prepares(task)
+
     def announce(uid: str, started: float) -> None:
         if worker is not None:
             _start_reports.add(worker, key, uid, started)
+            if uid == last:
+                _prepare_queued(worker)
 
     try:
         return _execute(task, announce)
@@ -58,11 +66,40 @@ def run_on_worker(packed: bytes, key: str, code: Code | None = None) -> RunOutco
             _start_reports.task_ended(worker, key)
 
 
-def _execute(task: RunTask | RunBatch, announce: Callable[[str, float], None]) -> RunOutcome | list[RunOutcome]:
+def _last_that_prepares(task: RunTask | RunBatch) -> str | None:
+    """The uid of a batch's last run if its runs prepare queued ones (tuning trials): its start
+    lets the next task's first run prepare (``_prepare_queued``); other tasks are not looked into."""
+    if not isinstance(task, RunBatch) or len(task.tasks) < 2:
+        return None
+    last = task.tasks[-1]
+    return last.uid if hasattr(last.scope, "prepare_queued") else None
+
+
+def _prepare_queued(worker: Any) -> None:
+    """The last run of a batch starts: the first run of the task this worker runs next prepares
+    now (a tuning trial samples its parameters, see ``TrialScope.prepare_queued``), as the next run
+    of a batch does while the one before it runs; so a task's first trial does not wait for its
+    sampling either (measured on Dask: ~4 ms of each task's start). Best effort: it reads the
+    worker's queue as Dask holds it (``._compat.next_ready_call``), and does nothing if that is not
+    what it expects."""
+    call = next_ready_call(worker)
+    if call is None or call[0] is not run_on_worker or not call[1] or not isinstance(call[1][0], bytes):
+        return
+    try:
+        following = decode(call[1][0])
+    except Exception:  # noqa: BLE001 - not a payload this version of shoal reads: nothing to prepare
+        return
+    first = following.tasks[0] if isinstance(following, RunBatch) else following
+    prepare = getattr(getattr(first, "scope", None), "prepare_queued", None)
+    if prepare is not None:
+        prepare()
+
+
+def _execute(task: RunTask | RunBatch, announce: Callable[[str, float], None]) -> RunOutcome | bytes:
     isolate = _shares_process()
     if isinstance(task, RunBatch):
         with older_objects_frozen():  # its many short-lived objects: see ``shoal.gc_freeze``
-            return execute_batch(task, announce, refused=_refused_here, isolate=isolate)
+            return encode(execute_batch(task, announce, refused=_refused_here, isolate=isolate))
     if _refused_here(task.uid):  # cancelled while it waited on this worker: the user's code must not run
         return never_started(task)
     return execute_registered(task, announce, isolate=isolate)

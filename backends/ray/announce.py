@@ -14,7 +14,9 @@ whose output shows is running.
 
 from __future__ import annotations
 
+import base64
 import os
+import select
 import threading
 import time
 
@@ -69,6 +71,23 @@ def _watch() -> None:
 def write_start(path: str, uid: str, started: float) -> None:
     """One line into the driver's pipe: atomic and never blocking (a line that does not fit while
     the driver lags is dropped: the run then shows as running only when its outcome comes)."""
+    _write(path, f"{uid} {started!r} {_this_node()}\n")
+
+
+def write_end(path: str, token: str, value: bytes | None) -> None:
+    """The task submitted as ``token`` returns ``value`` now (``shoal.backends.ray.ends``): ``token
+    end`` and, when the line stays within one atomic pipe write, the value (base64), which spares
+    the driver fetching it from Ray. Dropped like a start line when the pipe is full (the driver's
+    look at unreported tasks then finds the task)."""
+    line = f"{token} end"
+    if value is not None:
+        data = base64.b64encode(value).decode()
+        if len(line) + len(data) + 2 <= select.PIPE_BUF:
+            line = f"{line} {data}"
+    _write(path, line + "\n")
+
+
+def _write(path: str, line: str) -> None:
     fd = _pipes.get(path)
     if fd is None:
         try:
@@ -78,7 +97,7 @@ def write_start(path: str, uid: str, started: float) -> None:
         _pipes[path] = fd
     if fd >= 0:
         try:
-            os.write(fd, f"{uid} {started!r} {_this_node()}\n".encode())
+            os.write(fd, line.encode())
         except OSError:
             pass
 
@@ -91,4 +110,4 @@ def _this_node() -> str:
     return _node[0]
 
 
-__all__ = ["ANNOUNCE_AFTER", "note_end", "note_start", "write_start"]
+__all__ = ["ANNOUNCE_AFTER", "note_end", "note_start", "write_end", "write_start"]

@@ -20,8 +20,9 @@ from shoal.execution import RunBatch, RunOutcome, RunTask
 from ..base import Backend, BackendFuture, OnStart, ScalingEvent, WorkerInfo
 from ..batching import BatchedRuns
 from ..task_codec import encode
-from ._compat import available_resources_per_node
+from ._compat import DirectRemote, available_resources_per_node
 from .echo import EchoPipe
+from .ends import EndWatch
 from .future import RayFuture, first_line
 from .lifecycle import RayLifecycle, autoscaler_events
 from .start import StartPipe
@@ -90,6 +91,7 @@ class RayBackend(RayLifecycle, Backend):
         self._pip: tuple[str, ...] = ()
         self._inflight = set()  # submitted, not yet done
         self._starts: StartPipe | None = None
+        self._ends: EndWatch | None = None  # tasks whose end comes through the start pipe (``.ends``)
         self._echo: EchoPipe | None = None  # watched runs' output, from workers on this machine
         self._on_start: dict[str, OnStart] = {}  # uid -> the driver's callback, until the run starts
         self._running = {}  # uid -> node id, from its start until its end
@@ -124,7 +126,9 @@ class RayBackend(RayLifecycle, Backend):
                     self._on_start[uid] = on_start  # type: ignore[assignment]
         shipped, code = self._code_arguments(task)
         echo = self._echo if any(member.echo for member in members(task)) else None
-        pipes = (starts.path if starts else None, echo.path if echo else None)
+        ends, pipe = self._ends, self._starts
+        end = (pipe.path, ends.token()) if ends is not None and pipe is not None else None
+        pipes = (starts.path if starts else None, echo.path if echo else None, end)
         remote = self._remote_for(task, step=after is not None)
         if after is not None:
             prepare, upstream = after
@@ -137,6 +141,8 @@ class RayBackend(RayLifecycle, Backend):
         with self._lock:
             self._inflight.add(future)
         future.add_done_callback(self._finished)
+        if end is None or ends is None or not ends.watch(end[1], future, ref):
+            future.listen()  # no end line will come, or it came already
         return future
 
     def submit_batch(self, tasks: list[RunTask], on_start: list[OnStart | None] | None = None) -> list[BackendFuture]:
@@ -201,8 +207,6 @@ class RayBackend(RayLifecycle, Backend):
         key = (task.function, requirements, gpus, step)
         remote = self._remotes.get(key)
         if remote is None:
-            import ray
-
             options: dict[str, Any] = {"num_cpus": 1, "max_retries": 0, "name": f"shoal:{task.function}"}
             if gpus:
                 options["num_gpus"] = gpus
@@ -210,7 +214,7 @@ class RayBackend(RayLifecycle, Backend):
                 options["runtime_env"] = {"pip": list(requirements)}
             from .dependencies import run_after
 
-            remote = self._remotes[key] = ray.remote(run_after if step else run_on_worker).options(**options)
+            remote = self._remotes[key] = DirectRemote(run_after if step else run_on_worker, options)
         return remote
 
     @property

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from shoal.execution import RunOutcome
 
-from ..task_codec import decode
+from ..task_codec import decode, encode
+from .announce import write_end
 from .worker import returned_outcome, run_task
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -23,20 +24,28 @@ if TYPE_CHECKING:  # pragma: no cover
     from .backend import RayBackend
 
 
-def run_after(payload: bytes, *arguments: Any) -> RunOutcome | bytes:
-    """The Ray task of a step: ``payload`` is ``(task, start pipe, echo pipe, prepare, has code)``
-    encoded by the driver (one argument: Ray serialises each argument on its own, the largest part
-    of a submission's cost); ``arguments`` are the list holding a large code's reference, if any,
-    then the producers' outcomes (Ray resolved their ObjectRefs). ``prepare`` swaps the
-    references, or ends the step unrun."""
-    task, starts, echo, prepare, has_code = decode(payload)
+def run_after(payload: bytes, *arguments: Any) -> bytes:
+    """The Ray task of a step: ``payload`` is ``(task, start pipe, echo pipe, end, prepare, has
+    code)`` encoded by the driver (one argument: Ray serialises each argument on its own, the
+    largest part of a submission's cost); ``arguments`` are the list holding a large code's
+    reference, if any, then the producers' outcomes (Ray resolved their ObjectRefs). ``prepare``
+    swaps the references, or ends the step unrun."""
+    task, starts, echo, end, prepare, has_code = decode(payload)
     code, upstream = (arguments[0], arguments[1:]) if has_code else (None, arguments)
-    received = [returned_outcome(value) for value in upstream]  # Ray resolved them: encoded outcomes
-    outcomes = [value if isinstance(value, RunOutcome) else None for value in received]
-    prepared = prepare(task, outcomes)
+    try:
+        received = [returned_outcome(value) for value in upstream]  # Ray resolved them: encoded outcomes
+        outcomes = [value if isinstance(value, RunOutcome) else None for value in received]
+        prepared = prepare(task, outcomes)
+    except BaseException:
+        if end is not None:  # the driver then gets Ray's error (see ``run_task``)
+            write_end(end[0], end[1], None)
+        raise
     if isinstance(prepared, RunOutcome):
-        return prepared
-    return run_task(prepared, starts, echo, code)
+        value = encode(prepared)
+        if end is not None:
+            write_end(end[0], end[1], value)
+        return value
+    return run_task(prepared, starts, echo, code, end)
 
 
 def submit_after(
@@ -56,12 +65,19 @@ def submit_after(
     upstream: list[Any] = []
     for dep in after:
         if isinstance(dep, RayFuture):
-            upstream.append(dep.as_argument())
+            upstream.append(_as_argument(dep.as_argument()))
         elif dep.done():
-            upstream.append(outcome_or_none(dep))
+            upstream.append(_as_argument(outcome_or_none(dep)))
         else:
             return AfterFuture(task, after, prepare, lambda prepared: backend.submit(prepared, on_start))
     return backend.submit(task, on_start, after=(prepare, upstream))
+
+
+def _as_argument(value: Any) -> Any:
+    """A producer's outcome as a task argument: encoded (Ray passes bytes as they are, while it
+    pickles any other object with cloudpickle, measured several times slower), or its ObjectRef or
+    None as they are (``run_after`` reads all three)."""
+    return encode(value) if isinstance(value, RunOutcome) else value
 
 
 __all__ = ["run_after", "submit_after"]

@@ -1,6 +1,6 @@
-"""``RayFuture``: a ``SettledFuture`` settled when Ray's future of the task's ObjectRef is done, and
-how Ray's failures translate into the contract's (``WorkerLostError``, ``CancelledError``,
-``BackendError``)."""
+"""``RayFuture``: a ``SettledFuture`` settled once the task's ObjectRef is done (told by the task's end
+line, ``.ends``, or by Ray's completion callback), and how Ray's failures translate into the
+contract's (``WorkerLostError``, ``CancelledError``, ``BackendError``)."""
 
 from __future__ import annotations
 
@@ -25,8 +25,9 @@ _LOST = frozenset(
 
 
 class RayFuture(SettledFuture):
-    """A Ray ObjectRef of an encoded RunOutcome (a batch's list of them); settled on Ray's callback
-    thread when the task ends, or by the backend closing (cancelled)."""
+    """A Ray ObjectRef of an encoded RunOutcome (a batch's list of them); settled when the task ends
+    (by the start pipe's reader, or on Ray's callback thread after ``listen``), or by the backend
+    closing (cancelled)."""
 
     def __init__(self, task: RunTask | RunBatch, ref: Any, backend: RayBackend, echo: EchoPipe | None = None):
         super().__init__(task.uid)
@@ -37,16 +38,25 @@ class RayFuture(SettledFuture):
         self._ref = ref
         self._backend = backend
         self._killed = False  # force-cancelled while running
-        ref.future().add_done_callback(self._completed)
+        self._listening = False  # settled by Ray's callback (else by the task's end line)
 
-    def _completed(self, done: cf.Future) -> None:
-        """Ray's ``ObjectRef.future()`` settled: on Ray's callback thread (on this one when the task
-        had already ended). Its errors are instances of their cause too (``RayTaskError(Cause)``)."""
+    def listen(self) -> None:
+        """Settle on Ray's completion callback (on Ray's io thread; on this one if already done):
+        used only where no end line comes (a cancelled task, a joined cluster), so the public
+        ``ObjectRef.future()`` costs nothing that counts."""
+        ref = self._ref
+        if ref is not None:
+            self._listening = True
+            ref.future().add_done_callback(self._settle_done)
+
+    def _settle_done(self, done: cf.Future) -> None:
+        """``settle`` with a done Ray future's value, or its error (a task's error is an instance of
+        its cause too: ``future()`` gives it so)."""
         try:
             error = done.exception()
-        except cf.CancelledError as exc:  # Ray's future of a cancelled task may itself be cancelled
-            error = exc
-        self.settle(error if error is not None else done.result())
+        except cf.CancelledError as cancelled:  # nobody cancels Ray's future; if so, as Ray's cancel
+            error = cancelled
+        self.settle(done.result() if error is None else error)
 
     def settle(self, value: Any) -> None:
         """Ray's answer (an encoded outcome or list of outcomes, or Ray's error) as the future's result."""
@@ -107,6 +117,8 @@ class RayFuture(SettledFuture):
             ray.cancel(ref)
         except Exception:  # noqa: BLE001 - finished or lost meanwhile: nothing left to cancel
             return False
+        if not self._listening:  # a task cancelled before it ran writes no end line (see ``.ends``)
+            self.listen()
         self._backend.kill_later(self)
         return True
 

@@ -25,6 +25,7 @@ from shoal.execution import swapped_environment
 from ._compat import temp_dir_option
 from .connect import init_in_keeper, init_target
 from .echo import EchoPipe
+from .ends import EndWatch
 from .future import first_line
 from .start import StartPipe
 
@@ -65,6 +66,7 @@ class RayLifecycle:
     _remotes: dict[tuple, Any]
     _inflight: set[RayFuture]
     _starts: StartPipe | None
+    _ends: EndWatch | None
     _echo: EchoPipe | None
     _on_start: dict
     _running: dict[str, str]
@@ -157,7 +159,8 @@ class RayLifecycle:
             raise BackendError(f"could not start a local ray instance: {first_line(exc)}") from None
         self._mode, self._size = "fixed", size
         self._gcs_address = ray.get_runtime_context().gcs_address
-        self._starts = StartPipe(self._temp_dir, self._started)  # type: ignore[attr-defined]
+        self._ends = EndWatch()
+        self._starts = StartPipe(self._temp_dir, self._started, self._ends.ended)  # type: ignore[attr-defined]
         self._echo = EchoPipe(self._temp_dir)
         self._record_event(0, size, f"started a local ray instance of {size} CPUs")  # type: ignore[attr-defined]
 
@@ -177,7 +180,8 @@ class RayLifecycle:
                 raise BackendError(f"could not start the local autoscaling ray cluster: {first_line(exc)}") from None
             raise
         self._cluster, self._mode, self._gcs_address = cluster, "autoscale", address
-        self._starts = StartPipe(str(cluster.root), self._started)  # type: ignore[attr-defined]
+        self._ends = EndWatch()
+        self._starts = StartPipe(str(cluster.root), self._started, self._ends.ended)  # type: ignore[attr-defined]
         self._echo = EchoPipe(str(cluster.root))
 
     def close(self) -> None:
@@ -191,9 +195,9 @@ class RayLifecycle:
         """Disconnect, then stop every process this backend started (by PID)."""
         global _owner
         mode, cluster, token, temp_dir, starts = self._mode, self._cluster, self._token, self._temp_dir, self._starts
-        echo = self._echo
+        echo, ends = self._echo, self._ends
         doomed = self.pids()  # before Ray's own shutdown orphans the agents (they are found as children)
-        self._mode = self._cluster = self._token = self._temp_dir = self._starts = self._echo = None
+        self._mode = self._cluster = self._token = self._temp_dir = self._starts = self._echo = self._ends = None
         self._code_refs.clear()
         self._remotes.clear()
         self._on_start.clear()
@@ -202,6 +206,8 @@ class RayLifecycle:
             return
         if starts is not None:
             starts.close()
+        if ends is not None:
+            ends.close()
         if echo is not None:
             echo.close()
         with _owner_lock:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import partial
 from typing import Any
 
@@ -27,9 +27,11 @@ from shoal.execution import (
     never_started,
     stop_attempt,
 )
+from shoal.logcapture import echo_to
 
 from ..task_codec import decode, encode
-from .announce import note_end, note_start, write_start
+from .announce import note_end, note_start, write_end, write_start
+from .echo import sink
 
 _code_cache: dict[str, Any] = {}  # function hash -> Code, in each worker process
 
@@ -38,39 +40,69 @@ def run_on_worker(payload: bytes, code: list | None = None) -> bytes:
     """The Ray task: one attempt of one run, or a batch of short runs; its outcome (the batch's
     list of outcomes) comes back encoded (``returned_outcome`` reads it).
 
-    ``payload`` is ``(task, start pipe path, echo pipe path)`` encoded by the driver. Large code
-    travels once per function as an object in Ray's store: ``code`` then holds its reference inside
-    a list, so Ray does not fetch it for every task, only a worker that has not seen the function
-    yet. The pipes are the driver's, when the driver is on this machine; the echo pipe is given for
-    watched runs only.
+    ``payload`` is ``(task, start pipe path, echo pipe path, end)`` encoded by the driver.
+    Large code travels once per function as an object in Ray's store: ``code`` then holds its
+    reference inside a list, so Ray does not fetch it for every task, only a worker that has not
+    seen the function yet. The pipes are the driver's, when the driver is on this machine; the echo
+    pipe is given for watched runs only; ``end``, the start pipe's path and this submission's token,
+    when the driver waits for the task's end line, which carries a small outcome (``.ends``).
     """
-    task, starts, echo = decode(payload)
-    return run_task(task, starts, echo, code)
+    task, starts, echo, end = decode(payload)
+    return run_task(task, starts, echo, code, end)
 
 
-def run_task(task: RunTask | RunBatch, starts: str | None, echo: str | None, code: list | None) -> bytes:
-    """``run_on_worker`` on a task already decoded (a pipeline step's, see ``.dependencies``)."""
-    from shoal.logcapture import echo_to
-
-    from .echo import sink
-
+def run_task(
+    task: RunTask | RunBatch,
+    starts: str | None,
+    echo: str | None,
+    code: list | None,
+    end: tuple[str, str] | None = None,
+) -> bytes:
+    """``run_on_worker`` on a task already decoded (a pipeline step's, see ``.dependencies``). With
+    ``end`` (a pipe and the submission's token), the task's end line is written as it returns, also
+    when it raises (the driver then gets Ray's error), while Ray's interrupts still only stop runs."""
     announce = None
     if starts:  # watched runs' starts at once, the others' once they last (see ``.announce``)
         announce = partial(write_start if echo else note_start, starts)
-    with _cancel_as_stop(task.uids) as cancelled, echo_to(sink(echo) if echo else None):
+    value = None
+    with _cancel_as_stop(task.uids) as cancelled, echo_to(sink(echo)) if echo else nullcontext():
         try:
-            if isinstance(task, RunBatch):
-                for member in task.tasks:
-                    _fill_code(member, code)
-                refused = (lambda uid: cancelled.is_set()) if cancelled is not None else None
-                return encode(execute_batch(task, announce, refused=refused, cancel_ends_batch=True))
-            _fill_code(task, code)
-            if cancelled is not None and cancelled.is_set():  # cancelled before the handler began
-                return encode(never_started(task))
-            return encode(execute_registered(task, announce))
+            value = _outcome_of(task, announce, cancelled, code)
+            return value
         finally:
             if announce is not None:
                 note_end()
+            if end is not None:
+                write_end(end[0], end[1], value)
+
+
+def _outcome_of(task: RunTask | RunBatch, announce: Any, cancelled: _Cancelled | None, code: list | None) -> bytes:
+    """The task's runs executed, their outcome (a batch's list of them) encoded."""
+    if isinstance(task, RunBatch):
+        for member in task.tasks:
+            _fill_code(member, code)
+        refused = (lambda uid: cancelled.is_set()) if cancelled is not None else None
+        return encode(execute_batch(task, announce, refused=refused, cancel_ends_batch=True))
+    _fill_code(task, code)
+    if cancelled is not None and cancelled.is_set():  # cancelled before the handler began
+        return encode(never_started(task))
+    return encode(execute_registered(task, announce))
+
+
+class _Cancelled:
+    """Whether Ray cancelled the running task: set by the SIGINT handler, which runs in the task's
+    own thread, so a flag needs no lock (a ``threading.Event`` made a Condition and a lock per task)."""
+
+    __slots__ = ("cancelled",)
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def set(self) -> None:
+        self.cancelled = True
+
+    def is_set(self) -> bool:
+        return self.cancelled
 
 
 class _Interrupts:
@@ -86,7 +118,7 @@ class _Interrupts:
     def __init__(self) -> None:
         self.installed = False
         self.previous: Any = None
-        self.current: tuple[tuple[str, ...], threading.Event] | None = None
+        self.current: tuple[tuple[str, ...], _Cancelled] | None = None
 
     def install(self) -> None:
         self.previous = signal.signal(signal.SIGINT, self.on_interrupt)
@@ -110,8 +142,8 @@ _interrupts = _Interrupts()
 
 
 @contextmanager
-def _cancel_as_stop(uids: tuple[str, ...]) -> Iterator[threading.Event | None]:
-    """The task's runs stop on Ray's cancel (see ``_Interrupts``); yields the event that says the
+def _cancel_as_stop(uids: tuple[str, ...]) -> Iterator[_Cancelled | None]:
+    """The task's runs stop on Ray's cancel (see ``_Interrupts``); yields the flag that says the
     task was cancelled, or None where the task does not run in the main thread (signal handlers
     cannot be set there): Ray's KeyboardInterrupt then applies."""
     if threading.current_thread() is not threading.main_thread():
@@ -119,7 +151,7 @@ def _cancel_as_stop(uids: tuple[str, ...]) -> Iterator[threading.Event | None]:
         return
     if not _interrupts.installed:
         _interrupts.install()
-    cancelled = threading.Event()
+    cancelled = _Cancelled()
     outer, _interrupts.current = _interrupts.current, (uids, cancelled)
     try:
         yield cancelled

@@ -42,6 +42,11 @@ def active_pipeline() -> PipelineRun | None:
     return _active.get()
 
 
+#: Steps recorded and launched before the rest of a launch are recorded: the engine starts on them
+#: while the driver records the others (one insert for them all made the engine wait for it).
+LAUNCH_FIRST = 32
+
+
 class PipelineRun:
     """The driver side of one pipeline run (see the module docstring)."""
 
@@ -267,11 +272,13 @@ class PipelineRun:
                     found.stamp(step.record)
                 to_run.append(step)
             self._record_cached(cached)
-            self.project.store.create_runs([step.record for step in to_run] + [step.record for step, _ in busy])
             blocked = self._downstream_of({step.uid for step, _ in busy})
-            for step in to_run:
-                if step.uid not in blocked:
-                    step.driver.launch(step.record, step.staged, params=step.params)
+            first, rest = to_run[:LAUNCH_FIRST], to_run[LAUNCH_FIRST:]
+            self.project.store.create_runs([step.record for step in first] + [step.record for step, _ in busy])
+            self._launch_unblocked(first, blocked)
+            if rest:  # the engine runs the first steps while the others are recorded
+                self.project.store.create_runs([step.record for step in rest])
+                self._launch_unblocked(rest, blocked)
             for step, found in busy:  # in dependency order: a busy step's producers are launched by now
                 outcome = found.wait()
                 if isinstance(outcome, Cached):
@@ -284,6 +291,13 @@ class PipelineRun:
             for step in to_run:
                 if step.uid in blocked:
                     step.driver.launch(step.record, step.staged, params=step.params)
+
+    @staticmethod
+    def _launch_unblocked(steps: list[Step], blocked: set[str]) -> None:
+        """Launch the recorded ``steps`` (in order: producers first) that wait for no busy step."""
+        for step in steps:
+            if step.uid not in blocked:
+                step.driver.launch(step.record, step.staged, params=step.params)
 
     def _record_cached(self, cached: list[tuple[Step, Cached]], *, new: bool = True) -> None:
         """Record steps the cache answers (not ``new``: their pending records exist already)."""

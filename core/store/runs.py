@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection
 
 from ..errors import AmbiguousError, NotFoundError, StoreError
 from . import pg_copy
-from .bulk import execute_rows
+from .bulk import execute_columns, execute_rows
 from .drivers import OPEN_STATES
 from .records import ArtifactRecord, RunRecord
 from .refs import check_prefix
@@ -86,8 +86,10 @@ def new_run_rows(
             raise StoreError(f"run {item.get('uid')!r} lacks required field(s) {', '.join(missing)}")
         _check_uid(item["uid"])
         row = template.copy()
-        # None means "use the default" except where None is a real value.
-        row.update({key: value for key, value in item.items() if value is not None or key in NULLABLE_RUN_FIELDS})
+        if None in item.values():  # None means "use the default" except where None is a real value
+            row.update({key: value for key, value in item.items() if value is not None or key in NULLABLE_RUN_FIELDS})
+        else:  # the common case (a map's children): no filtering pass per row
+            row.update(item)
         rows.append(row)
     return rows
 
@@ -150,23 +152,17 @@ def update_runs(
                 uids = [uid for uid, _ in group]
                 updated += pg_copy.update_runs_from_stage(connection, project, uids, _field_columns(names, group, now))
                 continue
-            params = [_bind_row(project, uid, fields, now) for uid, fields in group]
-            result = execute_rows(connection, _update_statement(names), params)
-            updated += result.rowcount if countable or len(params) == 1 else 0
+            columns = {BIND_NAMES[name]: values for name, values in _field_columns(names, group, now).items()}
+            columns["_uid"] = [uid for uid, _ in group]
+            columns["_project"] = [project] * len(group)
+            result = execute_columns(connection, _update_statement(names), columns)
+            updated += result.rowcount if countable or len(group) == 1 else 0
     return updated if countable else -1
 
 
 def _value(name: str, value: Any) -> Any:
     """What an update stores for ``value`` of field ``name`` (None in a JSON map is the empty map)."""
     return {} if value is None and name in JSON_MAPS else value
-
-
-def _bind_row(project: str, uid: str, fields: dict[str, Any], now: datetime) -> dict[str, Any]:
-    """The parameters of :func:`_update_statement` for one run (``updated_at`` now unless given)."""
-    row = {"_uid": uid, "_project": project, "v_updated_at": now}
-    for key, value in fields.items():
-        row[BIND_NAMES[key]] = _value(key, value)
-    return row
 
 
 def _field_columns(
