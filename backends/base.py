@@ -160,6 +160,9 @@ class Backend(ABC):
     in_process: ClassVar[bool] = False
     #: True when ``submit_batch`` ships several runs in one engine task (worth it for short runs).
     batches: ClassVar[bool] = False
+    #: True when a worker lets the first run of the task queued behind a batch prepare while the
+    #: batch's last run runs (a tuning trial samples early; see ``TrialScope.prepare_queued``).
+    prepares_queued: ClassVar[bool] = False
 
     @property
     def remote(self) -> bool:

@@ -41,6 +41,7 @@ class DaskBackend(Backend):
 
     name = "dask"
     batches = True
+    prepares_queued = True  # ``.worker._prepare_queued``
     can_install = True
 
     def __init__(
