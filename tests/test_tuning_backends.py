@@ -115,7 +115,9 @@ def test_an_early_stop_gives_queued_trials_back_to_the_study(project, fn, engine
         assert run.started_at is not None or "before it started" in run.error["message"]
     # The next search on the study runs them first.
     again = fn("paced").tune({"x": Float(0, 1)}, objective="max.score", n_trials=4, backend=engine, project=project)
-    errors = {r.uid: (r.state, r.error) for r in project.runs.list(parent=again.parent, limit=None) if not r.ok}
+    errors = "\n".join(  # in full: a dict's repr would be cut short in the failure report
+        f"{r.uid} {r.state}: {r.error}" for r in project.runs.list(parent=again.parent, limit=None) if not r.ok
+    )
     assert [t.state.name for t in again.study.get_trials(deepcopy=False)] == ["COMPLETE"] * 4, errors
 
 

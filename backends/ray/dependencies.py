@@ -14,7 +14,7 @@ from shoal.execution import RunOutcome
 
 from ..task_codec import decode, encode
 from .announce import write_end
-from .worker import returned_outcome, run_task
+from .worker import _cancel_as_stop, _was_set, returned_outcome, run_task
 
 if TYPE_CHECKING:  # pragma: no cover
     from shoal.execution import RunTask
@@ -30,12 +30,14 @@ def run_after(payload: bytes, *arguments: Any) -> bytes:
     largest part of a submission's cost); ``arguments`` are the list holding a large code's
     reference, if any, then the producers' outcomes (Ray resolved their ObjectRefs). ``prepare``
     swaps the references, or ends the step unrun."""
-    task, starts, echo, end, prepare, has_code = decode(payload)
-    code, upstream = (arguments[0], arguments[1:]) if has_code else (None, arguments)
+    end = None
     try:
-        received = [returned_outcome(value) for value in upstream]  # Ray resolved them: encoded outcomes
-        outcomes = [value if isinstance(value, RunOutcome) else None for value in received]
-        prepared = prepare(task, outcomes)
+        with _cancel_as_stop(()) as setting_up:  # Ray's interrupt while decoding (imports) only marks it
+            task, starts, echo, end, prepare, has_code = decode(payload)
+            code, upstream = (arguments[0], arguments[1:]) if has_code else (None, arguments)
+            received = [returned_outcome(value) for value in upstream]  # Ray resolved them: encoded outcomes
+            outcomes = [value if isinstance(value, RunOutcome) else None for value in received]
+            prepared = prepare(task, outcomes)
     except BaseException:
         if end is not None:  # the driver then gets Ray's error (see ``run_task``)
             write_end(end[0], end[1], None)
@@ -45,7 +47,7 @@ def run_after(payload: bytes, *arguments: Any) -> bytes:
         if end is not None:
             write_end(end[0], end[1], value)
         return value
-    return run_task(prepared, starts, echo, code, end)
+    return run_task(prepared, starts, echo, code, end, cancelled_before=_was_set(setting_up))
 
 
 def submit_after(

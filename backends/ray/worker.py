@@ -47,8 +47,9 @@ def run_on_worker(payload: bytes, code: list | None = None) -> bytes:
     pipe is given for watched runs only; ``end``, the start pipe's path and this submission's token,
     when the driver waits for the task's end line, which carries a small outcome (``.ends``).
     """
-    task, starts, echo, end = decode(payload)
-    return run_task(task, starts, echo, code, end)
+    with _cancel_as_stop(()) as setting_up:  # Ray's interrupt while decoding (imports) only marks it
+        task, starts, echo, end = decode(payload)
+    return run_task(task, starts, echo, code, end, cancelled_before=_was_set(setting_up))
 
 
 def run_task(
@@ -57,15 +58,20 @@ def run_task(
     echo: str | None,
     code: list | None,
     end: tuple[str, str] | None = None,
+    cancelled_before: bool = False,
 ) -> bytes:
     """``run_on_worker`` on a task already decoded (a pipeline step's, see ``.dependencies``). With
     ``end`` (a pipe and the submission's token), the task's end line is written as it returns, also
-    when it raises (the driver then gets Ray's error), while Ray's interrupts still only stop runs."""
+    when it raises (the driver then gets Ray's error), while Ray's interrupts still only stop runs.
+    ``cancelled_before``: Ray interrupted the task while it was being set up (decoded): its runs
+    do not start."""
     announce = None
     if starts:  # watched runs' starts at once, the others' once they last (see ``.announce``)
         announce = partial(write_start if echo else note_start, starts)
     value = None
     with _cancel_as_stop(task.uids) as cancelled, echo_to(sink(echo)) if echo else nullcontext():
+        if cancelled_before and cancelled is not None:
+            cancelled.set()
         try:
             value = _outcome_of(task, announce, cancelled, code)
             return value
@@ -157,6 +163,10 @@ def _cancel_as_stop(uids: tuple[str, ...]) -> Iterator[_Cancelled | None]:
         yield cancelled
     finally:
         _interrupts.current = outer
+
+
+def _was_set(cancelled: _Cancelled | None) -> bool:
+    return cancelled is not None and cancelled.is_set()
 
 
 def returned_outcome(value: Any) -> RunOutcome | list[RunOutcome] | Any:
