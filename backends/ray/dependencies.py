@@ -14,7 +14,7 @@ from shoal.execution import RunOutcome
 
 from ..task_codec import decode, encode
 from .announce import write_end
-from .worker import _cancel_as_stop, _was_set, returned_outcome, run_task
+from .worker import cancel_as_stop, returned_outcome, run_task, was_cancelled
 
 if TYPE_CHECKING:  # pragma: no cover
     from shoal.execution import RunTask
@@ -32,7 +32,7 @@ def run_after(payload: bytes, *arguments: Any) -> bytes:
     swaps the references, or ends the step unrun."""
     end = None
     try:
-        with _cancel_as_stop(()) as setting_up:  # Ray's interrupt while decoding (imports) only marks it
+        with cancel_as_stop(()) as setting_up:  # Ray's interrupt while decoding (imports) only marks it
             task, starts, echo, end, prepare, has_code = decode(payload)
             code, upstream = (arguments[0], arguments[1:]) if has_code else (None, arguments)
             received = [returned_outcome(value) for value in upstream]  # Ray resolved them: encoded outcomes
@@ -47,7 +47,7 @@ def run_after(payload: bytes, *arguments: Any) -> bytes:
         if end is not None:
             write_end(end[0], end[1], value)
         return value
-    return run_task(prepared, starts, echo, code, end, cancelled_before=_was_set(setting_up))
+    return run_task(prepared, starts, echo, code, end, cancelled_before=was_cancelled(setting_up))
 
 
 def submit_after(

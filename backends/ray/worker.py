@@ -47,9 +47,9 @@ def run_on_worker(payload: bytes, code: list | None = None) -> bytes:
     pipe is given for watched runs only; ``end``, the start pipe's path and this submission's token,
     when the driver waits for the task's end line, which carries a small outcome (``.ends``).
     """
-    with _cancel_as_stop(()) as setting_up:  # Ray's interrupt while decoding (imports) only marks it
+    with cancel_as_stop(()) as setting_up:  # Ray's interrupt while decoding (imports) only marks it
         task, starts, echo, end = decode(payload)
-    return run_task(task, starts, echo, code, end, cancelled_before=_was_set(setting_up))
+    return run_task(task, starts, echo, code, end, cancelled_before=was_cancelled(setting_up))
 
 
 def run_task(
@@ -69,7 +69,7 @@ def run_task(
     if starts:  # watched runs' starts at once, the others' once they last (see ``.announce``)
         announce = partial(write_start if echo else note_start, starts)
     value = None
-    with _cancel_as_stop(task.uids) as cancelled, echo_to(sink(echo)) if echo else nullcontext():
+    with cancel_as_stop(task.uids) as cancelled, echo_to(sink(echo)) if echo else nullcontext():
         if cancelled_before and cancelled is not None:
             cancelled.set()
         try:
@@ -148,7 +148,7 @@ _interrupts = _Interrupts()
 
 
 @contextmanager
-def _cancel_as_stop(uids: tuple[str, ...]) -> Iterator[_Cancelled | None]:
+def cancel_as_stop(uids: tuple[str, ...]) -> Iterator[_Cancelled | None]:
     """The task's runs stop on Ray's cancel (see ``_Interrupts``); yields the flag that says the
     task was cancelled, or None where the task does not run in the main thread (signal handlers
     cannot be set there): Ray's KeyboardInterrupt then applies."""
@@ -165,7 +165,8 @@ def _cancel_as_stop(uids: tuple[str, ...]) -> Iterator[_Cancelled | None]:
         _interrupts.current = outer
 
 
-def _was_set(cancelled: _Cancelled | None) -> bool:
+def was_cancelled(cancelled: _Cancelled | None) -> bool:
+    """Whether ``cancel_as_stop``'s flag says Ray cancelled the task (None: no flag, not known)."""
     return cancelled is not None and cancelled.is_set()
 
 
@@ -191,4 +192,4 @@ def _fill_code(task: RunTask, code: list | None) -> None:
         task.code = cached
 
 
-__all__ = ["members", "returned_outcome", "run_on_worker", "run_task"]
+__all__ = ["cancel_as_stop", "members", "returned_outcome", "run_on_worker", "run_task", "was_cancelled"]
