@@ -36,6 +36,15 @@ def encode(task: Any) -> bytes:
     return cloudpickle.dumps(task, protocol=PROTOCOL)
 
 
+def encode_outcome(outcome: Any) -> bytes:
+    """An outcome (or a batch's list of them) going back to the driver, as ``encode`` makes it. The
+    driver holds every module registered by value (it registered them), so only a reference to the
+    worker's own ``__main__`` needs cloudpickle: the registry's scan is skipped (outcomes are plain
+    data: JSON results, error texts, artifact records)."""
+    data = pickle.dumps(outcome, protocol=PROTOCOL)
+    return data if _MAIN_GLOBAL not in data else encode(outcome)
+
+
 def _names_driver_only_module(data: bytes) -> bool:
     """Whether the pickle may name a module workers lack: ``__main__``, or one registered with
     ``cloudpickle.register_pickle_by_value`` (as ``shoal.by_value`` registers the files the driver
@@ -53,4 +62,4 @@ def decode(data: bytes) -> Any:
     return pickle.loads(data)
 
 
-__all__ = ["decode", "encode"]
+__all__ = ["decode", "encode", "encode_outcome"]

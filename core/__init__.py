@@ -7,6 +7,8 @@ Importing shoal loads no engine (Dask, Ray, Optuna, Kubernetes) and no database 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .artifacts import Artifact
 from .context import Context
 from .data_item import DataItem
@@ -30,9 +32,11 @@ from .errors import (
     WorkerLostError,
 )
 from .function import Function, function
-from .pipelines import Pipeline, pipeline
 from .project import Project, project
 from .runs import Run, RunHandle, RunState, gather
+
+if TYPE_CHECKING:  # imported on first use (``__getattr__``)
+    from .pipelines.pipeline import Pipeline, pipeline
 
 __version__ = "0.1.0"
 
@@ -51,18 +55,25 @@ def tune(fn, space=None, **options):
 #: on first use: none of them imports an engine, but loading them only when asked keeps
 #: ``import shoal`` (and ``shoal --help``) fast.
 _SUBPACKAGES = ("backends", "services", "tuning")
+#: Names of the public API imported on first use too: pipelines load the worker-side execution
+#: module (~30 ms of ``import shoal``, measured), which a script that defines no pipeline never needs.
+_LAZY_NAMES = {"Pipeline": "pipelines", "pipeline": "pipelines"}
 
 
 def __getattr__(name: str):
-    if name in _SUBPACKAGES:
-        import importlib
+    import importlib
 
+    if name in _SUBPACKAGES:
         return importlib.import_module(f"{__name__}.{name}")  # the import also sets the attribute
+    if name in _LAZY_NAMES:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY_NAMES[name]}"), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_SUBPACKAGES))
+    return sorted(set(globals()) | set(_SUBPACKAGES) | set(_LAZY_NAMES))
 
 
 __all__ = [

@@ -8,6 +8,7 @@ re-exported here, where callers import them).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import pathlib
@@ -24,6 +25,15 @@ from .mlrun_names import NO_MEANING, MLRunNames
 __all__ = ["NO_MEANING", "Context", "finite_or_text", "to_json_value"]
 
 _logger: logging.Logger | None = None
+
+
+@functools.lru_cache(maxsize=16)
+def artifact_store(url: str) -> ArtifactStore:
+    """The artifact store at ``url``, opened once per process: resolving an fsspec URL costs about
+    a third of a short run's own time on a worker (measured), and a store holds no per-run state.
+    A run's Context opens it when the handler first stores something (importing fsspec, the first
+    time, costs ~20 ms of a fresh worker's CPU)."""
+    return ArtifactStore(url)
 
 
 class _CurrentStdoutHandler(logging.StreamHandler):
@@ -96,6 +106,7 @@ class Context(MLRunNames):
         params: Mapping[str, Any] | None = None,
         inputs: Mapping[str, Artifact] | None = None,
         artifact_store: ArtifactStore | None = None,
+        artifact_url: str | None = None,
         artifact_prefix: str = "",
         reporter: Callable[[float, int | None], None] | None = None,
         trial: Any = None,
@@ -110,21 +121,28 @@ class Context(MLRunNames):
         self.project = project
         #: the run's index among its siblings (a map's item, a tuning trial's number); 0 otherwise
         self.iteration = iteration or 0
-        self._labels: dict[str, str] = dict(labels or {})
+        self._labels: dict[str, str] = dict(labels) if labels else {}
         self.labels_set: dict[str, str] = {}  # set_label calls: added to the run's recorded labels
-        self._secrets: dict[str, str] = dict(secrets or {})
-        self.params: dict[str, Any] = dict(params or {})
-        self.inputs: dict[str, Artifact] = dict(inputs or {})
+        self._secrets: dict[str, str] = dict(secrets) if secrets else {}
+        self.params: dict[str, Any] = dict(params) if params else {}
+        self.inputs: dict[str, Artifact] = dict(inputs) if inputs else {}
         self.attempt = attempt
-        self._trial = trial
-        self._trial_factory: Callable[[], Any] | None = None
-        self._params_chosen = False  # see params_chosen
+        if trial is not None:
+            self._trial = trial
         self.results: dict[str, Any] = {}
         self.metrics: dict[str, list[list[float | str]]] = {}  # [step, value]; non-finite values as text
         self.artifacts: dict[str, Artifact] = {}
         self._store = artifact_store
+        self._store_url = artifact_url  # opened on first use: most runs store nothing
         self._prefix = artifact_prefix
-        self._reporter = reporter
+        if reporter is not None:
+            self._reporter = reporter
+
+    # What most runs never set, as class defaults: a Context is made for every run.
+    _trial: Any = None
+    _trial_factory: Callable[[], Any] | None = None
+    _params_chosen = False  # see params_chosen
+    _reporter: Callable[[float, int | None], None] | None = None
 
     def set_params(self, values: Mapping[str, Any]) -> None:
         """Add parameters chosen on the worker before the handler runs (a tuning trial's sampled
@@ -266,7 +284,9 @@ class Context(MLRunNames):
 
     def _require_store(self) -> ArtifactStore:
         if self._store is None:
-            raise ArtifactError("this context has no artifact store (it is not inside a run)")
+            if self._store_url is None:
+                raise ArtifactError("this context has no artifact store (it is not inside a run)")
+            self._store = artifact_store(self._store_url)
         return self._store
 
     def _put(

@@ -177,6 +177,10 @@ class Dispatcher:
         for group in groups:
             if not group:
                 continue
+            if size > 1 and len(group) > 1:  # these outcomes arrive together: one arrival, not n
+                self.recorder.batched(len(group))
+                for flight in group:
+                    flight.share = 1 / len(group)
             tasks = [f.task for f in group]
             starts: list[OnStart | None] = [self._on_start(f) for f in group]
             try:
@@ -338,7 +342,7 @@ class Dispatcher:
             }
         )
         flight.fields = fields
-        self.recorder.finished(flight.run.uid, fields, outcome.artifacts, flight.resolve)
+        self.recorder.finished(flight.run.uid, fields, outcome.artifacts, flight.resolve, share=flight.share)
 
     def _cancel(self, flight: Flight, handle: RunHandle | None = None) -> bool:
         if flight.future is None:
@@ -359,6 +363,8 @@ class Flight:
     started_at: float | None = None  # when the first attempt started
     run: Run | None = None  # the final outcome as recorded (set by ``Dispatcher.record``)
     fields: dict[str, Any] | None = None  # ... and the fields written for it
+    # Its part of the engine task its outcome arrives with: 1, or 1/n in a batch of n (``Recorder.batched``).
+    share: float = 1.0
 
     @property
     def created_at(self) -> datetime:

@@ -8,6 +8,7 @@ Built on the driver (workers get its code and spec in a ``RunTask``). Its option
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from datetime import timedelta
@@ -25,6 +26,14 @@ from .step_cache import CacheOptions
 if TYPE_CHECKING:  # pragma: no cover
     from .project import Project
     from .runs import Run, RunHandle
+
+
+def _pipeline_body() -> Any:
+    """The pipeline run whose body is running here (``shoal.pipelines.session.active_pipeline``), if
+    any. None while that module is not loaded, since a body needs it: an import statement in every
+    ``submit`` cost a tenth of a step's submission (measured)."""
+    session = sys.modules.get("shoal.pipelines.session")
+    return session.active_pipeline() if session is not None else None
 
 
 class Function:
@@ -322,12 +331,10 @@ class Function:
         ``params`` and the cache options as for ``run``: ``fn.submit(x)`` is Dask's
         ``client.submit(f, x)``. With ``cache=True``, a run whose key another driver is running is
         recorded pending and its handle resolves once that driver's outcome is known."""
-        from .pipelines.session import active_pipeline
-
-        steps = active_pipeline()
+        steps = _pipeline_body()
         if steps is not None:  # inside a pipeline's body: a step, cached unless cache=False
             cached = (cache, refresh, cache_ignore, cache_expires, cache_version)
-            return steps.submit(self, params, inputs, backend=backend, cache=cached)  # type: ignore[return-value]
+            return steps.submit(self, params, inputs, backend=backend, cache=cached)
         from .runner import submit_function
 
         options = CacheOptions.from_call(cache, refresh, cache_ignore, cache_expires, cache_version)
@@ -375,12 +382,10 @@ class Function:
 
         The cache options are those of ``run``, per child run.
         """
-        from .pipelines.session import active_pipeline
-
-        steps = active_pipeline()
+        steps = _pipeline_body()
         if steps is not None:  # inside a pipeline's body: one step per item
             cached = (cache, refresh, cache_ignore, cache_expires, cache_version)
-            return steps.map(self, items, iterables, inputs, backend=backend, cache=cached)  # type: ignore[return-value]
+            return steps.map(self, items, iterables, inputs, backend=backend, cache=cached)
         from .runner import map_function
 
         return map_function(

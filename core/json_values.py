@@ -42,6 +42,9 @@ def to_json_value(value: Any) -> tuple[bool, Any]:
     """
     if value is None:
         return True, None
+    kind = type(value)
+    if kind is int or kind is str or kind is bool:  # most results: already plain
+        return True, value
     if isinstance(value, bool):
         return True, bool(value)
     if isinstance(value, int):

@@ -23,6 +23,8 @@ class BoundedLog:
     """Keeps the last ``limit`` characters and counts what was dropped; ``secrets`` are values
     replaced by ``****`` wherever they appear (also across two writes)."""
 
+    __slots__ = ("limit", "secrets", "_parts", "_size", "dropped")  # one per run: small and quick to make
+
     def __init__(self, limit: int = DEFAULT_LIMIT, secrets: tuple[str, ...] = ()):
         self.limit = limit
         self.secrets = secrets
@@ -53,6 +55,8 @@ class BoundedLog:
     def getvalue(self) -> str:
         """The kept tail, with a note of what was dropped; NUL characters are replaced because
         PostgreSQL text columns cannot hold them."""
+        if not self._parts and not self.dropped:  # most short runs print nothing
+            return ""
         self._trim()
         text = self._parts[0] if self._parts else ""
         if self.dropped:
@@ -154,15 +158,27 @@ class _Capturing:
         self.capture = capture
 
     def __enter__(self) -> BoundedLog:
-        _install()
-        stack = getattr(_local, "captures", None)
-        if stack is None:
-            stack = _local.captures = []
-        stack.append(self.capture)
+        push(self.capture)
         return self.capture[0]
 
     def __exit__(self, *exc: object) -> None:
         _local.captures.pop()
+
+
+def push(capture: Capture) -> None:
+    """Send this thread's output to ``capture`` until ``pop()``: ``capture_output`` without its
+    context manager, for ``execute``'s per-run path (pair it with ``pop`` in a ``finally``)."""
+    if not (type(sys.stdout) is _Router and type(sys.stderr) is _Router):
+        _install()
+    try:
+        _local.captures.append(capture)
+    except AttributeError:
+        _local.captures = [capture]
+
+
+def pop() -> None:
+    """End the capture ``push`` began in this thread."""
+    _local.captures.pop()
 
 
 Capture = tuple[BoundedLog, bool]

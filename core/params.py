@@ -26,6 +26,8 @@ class Signature:
     #: the first parameter when it takes an Optuna trial (named ``trial`` or typed ``optuna.Trial``):
     #: Optuna's objective form; the run's other parameters are that trial's values
     trial_param: str | None = None
+    #: the parameters whose hint wants a NumPy array (found once here: ``handler_params`` runs per run)
+    array_params: frozenset[str] = frozenset()
 
 
 #: first-parameter names that receive the run's context: shoal's ``ctx`` and MLRun's ``context``
@@ -92,7 +94,8 @@ def signature_of(func: Callable) -> Signature:
             if param.default is param.empty:
                 required.add(param.name)
     hints = {k: v for k, v in hints.items() if k in names}
-    return Signature(context_param, tuple(names), frozenset(required), hints, accepts_any, trial_param)
+    arrays = frozenset(k for k, v in hints.items() if is_array_hint(v))
+    return Signature(context_param, tuple(names), frozenset(required), hints, accepts_any, trial_param, arrays)
 
 
 @lru_cache(maxsize=512)
@@ -209,6 +212,9 @@ def bind(
     return out
 
 
+_JSON_SCALARS = frozenset({int, str, bool, float, type(None)})
+
+
 def _is_json(value: Any) -> bool:
     try:
         json.dumps(value, default=_json_default)
@@ -222,6 +228,8 @@ def _recordable(name: str, value: Any, hint: Any) -> Any:
     hint gives it (a Path as text, an Enum as its value, a date in ISO form); the worker turns it
     back with ``handler_params``. A NumPy or pandas value is checked and kept as it is (see
     ``shoal.numpy_params``): the record holds its JSON form, the handler gets the value."""
+    if type(value) in _JSON_SCALARS:
+        return value  # most parameters: no JSON round trip needed to know
     if is_numpy_or_pandas(value):
         return param_value(name, value)
     if _is_json(value):
@@ -242,17 +250,29 @@ def _recordable(name: str, value: Any, hint: Any) -> Any:
 def handler_params(func: Callable, params: Mapping[str, Any]) -> dict[str, Any]:
     """Recorded parameters as the handler's hints want them (on the worker, after ``bind``): a
     JSON list for an ``np.ndarray`` parameter becomes an array again."""
-    hints = signature_of(func).hints
+    return params_for(signature_of(func), params)
+
+
+def params_for(sig: Signature, params: Mapping[str, Any]) -> dict[str, Any]:
+    """``handler_params`` for a handler whose signature the caller has at hand (``execute``)."""
+    hints, arrays = sig.hints, sig.array_params
+    if not hints:
+        return dict(params)
     out = {}
     for key, value in params.items():
         hint = hints.get(key)
-        if key not in hints:
+        if hint is None:
             out[key] = value
-        elif is_array_hint(hint):  # a recorded JSON list (a re-run) becomes an array again
+        elif type(value) is hint and hint in _PLAIN:  # most parameters: nothing to convert
+            out[key] = value
+        elif key in arrays:  # a recorded JSON list (a re-run) becomes an array again
             out[key] = as_array(key, value, hint)
         else:
             out[key] = convert(key, value, hint, from_text=False)
     return out
+
+
+_PLAIN = frozenset({int, float, str, bool})
 
 
 def _json_default(value: Any) -> Any:

@@ -57,8 +57,9 @@ START_GRACE_WHEN_BUSY = 3.0
 # further apart).
 LINGER = 0.05
 LINGER_SLICE = 0.005  # seconds between looks while lingering: arrivals are drained, not waited on one by one
-LINGER_MIN_DUE = 16  # ... only with this many outcomes due: a few runs in flight (a tuning
-# search of parallelism 2) want each outcome written at once, since the next trial waits on it
+LINGER_MIN_DUE = 16  # ... only with this many arrivals due (engine tasks, a batch's runs arriving
+# together): a few tasks in flight (a tuning search of parallelism 2, whose tasks carry several trials,
+# or a map in a few large batches) want each arrival written at once: the next task waits on it
 
 
 @dataclass
@@ -105,6 +106,7 @@ class Recorder:
         # uid -> (when due, fields), oldest first: every start waits the same START_DELAY, so
         # insertion order is due order and finding what is due never scans the whole map.
         self._expected = 0  # outcomes announced by expect() and not yet handed to finished()
+        self._arrivals = 0.0  # ... counted as the engine tasks they arrive with (see ``batched``)
         self._starts: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
         self._ending: set[str] = set()  # uids whose outcome is queued: their start is not worth a write
         self._warned = float("-inf")  # when the last backlog warning was logged
@@ -130,13 +132,26 @@ class Recorder:
         some are due, the writer lingers a moment to batch them; with none due it writes at once."""
         with self._lock:
             self._expected += count
+            self._arrivals += count
+
+    def batched(self, count: int) -> None:
+        """``count`` of the runs announced travel in one engine task: their outcomes arrive together
+        (each is handed to ``finished`` with ``share=1/count``)."""
+        with self._lock:
+            self._arrivals = max(0.0, self._arrivals - (count - 1))
 
     def finished(
-        self, uid: str, fields: dict[str, Any], artifacts: list[dict], then: Callable[[Exception | None], None]
+        self,
+        uid: str,
+        fields: dict[str, Any],
+        artifacts: list[dict],
+        then: Callable[[Exception | None], None],
+        share: float = 1.0,
     ) -> None:
         item = _Item(uid, fields, list(artifacts), then, time.monotonic())
         with self._lock:  # held with _loop's exit check: an item is never left without a thread
             self._expected = max(0, self._expected - 1)
+            self._arrivals = max(0.0, self._arrivals - share)
             self._ending.add(uid)
             self._queue.put(item)
             self._ensure_thread()
@@ -314,7 +329,7 @@ class Recorder:
             except queue.Empty:
                 pass
             left = deadline - time.monotonic()
-            if self._expected < LINGER_MIN_DUE or left <= 0:
+            if self._arrivals < LINGER_MIN_DUE - 0.5 or left <= 0:  # (- 0.5: shares of 1/n add up inexactly)
                 break
             time.sleep(min(left, LINGER_SLICE))  # then drain: no wake-up per arriving outcome
         return batch

@@ -180,9 +180,11 @@ class Driver(Dispatcher):
         """Each input as an Artifact stored once by content in the artifact store (values, local
         paths and fsspec URLs alike; an Artifact as it is), with its size and SHA-256: only its
         URL is recorded and shipped."""
+        if not inputs:
+            return {}
         folder = f"{self.project.name}/inputs"
         store = self.project.artifacts
-        return {key: store_input(store, folder, value, key=key) for key, value in (inputs or {}).items()}
+        return {key: store_input(store, folder, value, key=key) for key, value in inputs.items()}
 
     def new_record(
         self,

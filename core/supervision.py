@@ -39,8 +39,11 @@ class StopSignal:
     its next bytecode; a supervised handler's waiter (see ``supervise``) polls ``is_set()``.
     """
 
+    # One lock for all signals: held for a few bytecodes at a time, and a run need not make one.
+    _lock = threading.Lock()
+    __slots__ = ("_requested", "_thread")
+
     def __init__(self) -> None:
-        self._lock = threading.Lock()
         self._requested = False
         self._thread: int | None = None
 
@@ -54,14 +57,14 @@ class StopSignal:
     def is_set(self) -> bool:
         return self._requested
 
-    def call(self, body: Callable[[], Any]) -> Any:
-        """``body()`` in this thread, interruptible by ``set()`` only while it runs."""
+    def call(self, body: Callable[..., Any], *args: Any) -> Any:
+        """``body(*args)`` in this thread, interruptible by ``set()`` only while it runs."""
         with self._lock:
             if self._requested:
                 raise RunCancelledError()
             self._thread = threading.get_ident()
         try:
-            return body()
+            return body(*args)
         finally:
             with self._lock:  # a stop sent just before lands here, still inside the caller's try
                 self._thread = None
@@ -170,7 +173,9 @@ def call_stoppable(body: Callable[[], Any], timeout: float | None, stop: StopSig
     SIGALRM; elsewhere the handler runs in a supervised helper thread so that the timeout holds
     even when it is blocked.
     """
-    if timeout and not _alarm_usable():
+    if not timeout:  # most runs: no timer to set
+        return stop.call(body) if stop is not None else body()
+    if not _alarm_usable():
         return supervise(body, timeout=timeout, stop=stop, name=name)
     with deadline(timeout):
         return stop.call(body) if stop is not None else body()

@@ -127,3 +127,38 @@ def test_base_journal_file_lock_is_the_base_of_optunas_locks_and_a_backend_uses_
     assert len(reopened.trials) == 3
     with pytest.raises(AttributeError):
         compat.NoSuchName  # noqa: B018 - only the names the module defines
+
+
+def _suggestions(sampler, seed_trials: int = 12, draws: int = 4) -> list[float]:
+    """What ``sampler`` suggests for a few trials after ``seed_trials`` told ones (TPE past its
+    random start-up trials, so both of its random streams are used)."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda trial: (trial.suggest_float("x", -3, 3) - 1) ** 2, n_trials=seed_trials)
+    study.sampler = sampler
+    found = []
+    for _ in range(draws):
+        trial = study.ask()
+        found.append(trial.suggest_float("x", -3, 3))
+        study.tell(trial, (found[-1] - 1) ** 2)
+    return found
+
+
+@pytest.mark.parametrize("kind", ["tpe", "random"])
+def test_a_reseeded_sampler_draws_what_a_new_one_with_that_seed_draws(kind):
+    make = {
+        "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=False),
+        "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
+    }[kind]
+    used = make(3)
+    assert compat.reusable(used)
+    _suggestions(used)  # its streams advanced by a search of its own
+    compat.reseed(used, 7)
+    assert _suggestions(used) == _suggestions(make(7))
+    compat.reseed(used, 7)
+    assert _suggestions(used, seed_trials=2) == _suggestions(make(7), seed_trials=2)  # TPE's start-up draws too
+
+
+def test_samplers_with_state_beyond_their_random_streams_are_not_reusable():
+    assert not compat.reusable(optuna.samplers.TPESampler(seed=1, multivariate=True))
+    assert not compat.reusable(optuna.samplers.NSGAIISampler(seed=1))
+    assert not compat.reusable(optuna.samplers.GridSampler({"x": [0, 1]}))

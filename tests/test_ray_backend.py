@@ -209,6 +209,17 @@ def test_large_code_travels_once_through_the_object_store(ray_backend, project, 
 
 
 # -- cancellation -----------------------------------------------------------------------------------
+def test_small_code_travels_with_the_remote_function(ray_backend, project, fn):
+    """A function's code rides in its remote function (``worker.carrying``), exported by Ray once
+    per worker: each task ships without it."""
+    adder = fn("add")
+    runs = adder.map([{"x": i} for i in range(4)], backend=ray_backend, project=project)
+    assert [r.results["sum"] for r in runs] == [1.0, 2.0, 3.0, 4.0]
+    carried = [key for key in ray_backend._remotes if key[-1] == adder.hash]
+    assert carried, ray_backend._remotes.keys()  # one remote function for this code version
+    assert adder.hash not in ray_backend._code_refs  # small code: not through the object store
+
+
 def test_cancel_pending_and_running(ray_backend, project, fn, tmp_path):
     looper = fn("looper")
     markers = [tmp_path / f"started-{i}" for i in range(ray_backend.slots)]

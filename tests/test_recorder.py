@@ -92,6 +92,31 @@ def test_few_due_outcomes_are_written_at_once_each_on_its_own(project):
     assert all(store.get_run(uid).state == "completed" for uid in uids)
 
 
+def test_outcomes_of_a_few_batched_tasks_are_written_at_once(project):
+    """Many runs due, but in a few engine tasks (a map in a few batches, a search whose tasks carry
+    several trials): a task's outcomes arrive together, so the writer counts tasks, not runs, and
+    writes each arrival at once instead of lingering for the next."""
+    store = project.store
+    per_task = 20
+    uids = pending_runs(store, STREAM)
+    calls = counting(store)
+    recorder = Recorder(store)
+    recorder.expect(STREAM)  # 60 runs due ...
+    for _ in range(STREAM // per_task):
+        recorder.batched(per_task)  # ... in 3 tasks: fewer than LINGER_MIN_DUE arrivals
+    for start in range(0, STREAM, per_task):
+        events = []
+        for uid in uids[start : start + per_task]:
+            written = threading.Event()
+            fields = {"state": "completed", "results": {}, "ended_at": datetime.now(timezone.utc)}
+            recorder.finished(uid, fields, [], lambda problem, written=written: written.set(), share=1 / per_task)
+            events.append(written)
+        assert all(event.wait(SAFETY_NET / 2) for event in events), "the writer waited for the next task's outcomes"
+    recorder.flush()
+    assert sum(calls) == STREAM
+    assert all(store.get_run(uid).state == "completed" for uid in uids)
+
+
 def test_a_writer_behind_takes_the_whole_backlog_and_says_so(project, monkeypatch, caplog):
     """While one write is held up, outcomes pile up: the next batch takes all of them (not a fixed
     few hundred), and the wait is logged, not silent."""

@@ -40,8 +40,8 @@ DRIVER = textwrap.dedent(
     line_file = os.open(received, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     original = Recorder.finished
 
-    def finished(self, uid, fields, artifacts, then):
-        original(self, uid, fields, artifacts, then)  # the recorder has it: it reached the driver
+    def finished(self, uid, fields, artifacts, then, **options):
+        original(self, uid, fields, artifacts, then, **options)  # the recorder has it: it reached the driver
         line = {"uid": uid, "state": fields["state"], "results": fields.get("results")}
         os.write(line_file, (json_dumps(line) + "\\n").encode())
 

@@ -353,3 +353,14 @@ def test_run_of_builds_the_run_its_constructor_builds():
     assert built == Run(**values) and built.ok and built.params == {"x": 1}
     with pytest.raises(dataclasses.FrozenInstanceError):
         built.state = "failed"  # type: ignore[misc]
+
+
+def test_a_run_that_stores_nothing_never_opens_the_artifact_store(fn):
+    """A Context opens its artifact store when the handler first stores something: a run that
+    stores nothing completes even where the store cannot be opened (``execute`` never raises)."""
+    from helpers import task
+
+    from shoal.execution import execute
+
+    outcome = execute(task(fn("add"), {"x": 1}, artifacts="nosuchprotocol://bucket"))
+    assert outcome.state == "completed", outcome.error

@@ -24,7 +24,7 @@ def fn(tmp_path):
 
 
 def _fields(t: RunTask) -> dict:
-    state = t.__getstate__()
+    state = dict(vars(t))
     state.pop("code")
     return state
 
@@ -151,3 +151,14 @@ def test_modules_registered_by_value_travel_by_value(fn, tmp_path, monkeypatch):
     )
     printed = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True, cwd=tmp_path)
     assert printed.stdout.split() == ["Point", "4", "False"]
+
+
+def test_an_outcome_round_trips_as_its_fields():
+    """RunOutcome pickles as a tuple of its fields (``__reduce__``): every field comes back."""
+    from shoal.execution import RunOutcome
+
+    outcome = RunOutcome(
+        "u", "failed", 2, 1.0, 2.0, {"a": 1}, {"m": [[0, 1.0]]}, [{"k": "v"}], "log",
+        {"type": "X", "message": "m", "traceback": ""}, "h:1", {"p": 1}, {"l": "v"},
+    )  # fmt: skip
+    assert decode(encode(outcome)) == outcome

@@ -40,6 +40,27 @@ def intermediate_values(trial: Any) -> dict[int, float]:
     return trial._cached_frozen_trial.intermediate_values
 
 
+def reusable(sampler: Any) -> bool:
+    """Whether ``reseed`` can make ``sampler`` what a new one would be: Optuna's random sampler, and
+    its independent TPE sampler (as shoal's "tpe" strategy builds it), whose only state across
+    trials is its random streams (a multivariate one keeps a search space per study)."""
+    import optuna
+
+    if type(sampler) is optuna.samplers.RandomSampler:
+        return True
+    return type(sampler) is optuna.samplers.TPESampler and sampler._multivariate is False and not sampler._group
+
+
+def reseed(sampler: Any, seed: int) -> None:
+    """Give a ``reusable`` sampler, in place, the random state a new one built with ``seed`` has.
+    Building one draws an OS-seeded NumPy random state per random stream before seeding it (~0.5 ms,
+    measured: about a tenth of a worker's CPU per short trial); seeding the streams it has is what
+    that construction ends with."""
+    sampler._rng.rng.seed(seed=seed)
+    if hasattr(sampler, "_random_sampler"):  # TPE's own random sampler, for its first trials
+        sampler._random_sampler._rng.rng.seed(seed=seed)
+
+
 def stop_requested(study: Any) -> bool:
     """Whether ``Study.stop`` was called (by a sampler such as ``GridSampler`` when its grid is
     exhausted, or a callback) since the search began."""

@@ -6,6 +6,7 @@ Names are checked before anything runs; Optuna sampler and pruner objects pass t
 from __future__ import annotations
 
 import itertools
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +43,29 @@ class NamedSampler:
     multi: bool
 
     def build(self) -> Any:
-        return sampler(self.strategy, self.space, seed=self.seed, multi=self.multi).sampler
+        """The sampler; a TPE or random one is this thread's from an earlier trial of the same
+        strategy, reseeded to what a new one would be (``_optuna_compat.reseed``), or without a
+        seed, as it is."""
+        from . import _optuna_compat as compat
+
+        key = (self.strategy, self.multi)
+        built = getattr(_reused, "samplers", None)
+        if built is None:
+            built = _reused.samplers = {}
+        kept = built.get(key)
+        if kept is not None:
+            if self.seed is not None:
+                compat.reseed(kept, self.seed)
+            return kept
+        fresh = sampler(self.strategy, self.space, seed=self.seed, multi=self.multi).sampler
+        if compat.reusable(fresh):
+            built[key] = fresh
+        return fresh
+
+
+#: Per thread: samplers of named strategies reused across trials (``NamedSampler.build``); a thread's
+#: own, as a sampler is not safe to use from two threads at once.
+_reused = threading.local()
 
 
 def check_strategy(strategy: Any) -> None:

@@ -142,9 +142,12 @@ class TrialScope:
         """The trial, its parameters and their append still to make (None: already written, a
         storage other than a journal). What was suggested before a failure is written, unless
         the trial is ``queued`` (it may run elsewhere)."""
+        study = self._study()  # built while the tell before is written: sampling is what must see it
         if after is not None:
             after.result()
-        trial = self._trial()
+        from .recorded_trial import RecordedTrial
+
+        trial = RecordedTrial(study, self.trial_id)
         with params_held(trial) as held:
             try:
                 params = {name: suggest(trial, name, dist) for name, dist in self.distributions.items()}

@@ -156,6 +156,14 @@ class WorkerProcess(_Program):
             await scheduler.close_rpc()
         await super().start()
 
+    async def close(self) -> None:
+        """Stop the worker; what it logs while it goes (a heartbeat that met the closing scheduler,
+        under load, logs a CommClosedError with its traceback) is kept in the tail, not relayed: the
+        user's runs ended or were cancelled before the cluster closes."""
+        if self.relay is not None:
+            self.relay.muted = True
+        await super().close()
+
     async def _joined(self, scheduler: Any) -> bool:
         try:
             workers = (await scheduler.identity()).get("workers", {})
@@ -170,6 +178,7 @@ class _Relay:
     def __init__(self, stream: Any):
         self._stream = stream
         self._tail = bytearray()
+        self.muted = False  # set when the cluster closes the worker: Dask's shutdown noise stays out
         self._thread = threading.Thread(target=self._run, name="shoal-dask-stderr", daemon=True)
         self._thread.start()
 
@@ -184,6 +193,8 @@ class _Relay:
                 break
             self._tail += chunk
             del self._tail[:-TAIL_BYTES]
+            if self.muted:
+                continue
             try:
                 os.write(2, chunk)
             except OSError:

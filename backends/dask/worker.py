@@ -23,7 +23,7 @@ from shoal.execution import (
 )
 from shoal.gc_freeze import older_objects_frozen
 
-from ..task_codec import decode, encode
+from ..task_codec import decode, encode_outcome
 from ._compat import next_ready_call
 from .shipping import with_code
 
@@ -99,7 +99,7 @@ def _execute(task: RunTask | RunBatch, announce: Callable[[str, float], None]) -
     isolate = _shares_process()
     if isinstance(task, RunBatch):
         with older_objects_frozen():  # its many short-lived objects: see ``shoal.gc_freeze``
-            return encode(execute_batch(task, announce, refused=_refused_here, isolate=isolate))
+            return encode_outcome(execute_batch(task, announce, refused=_refused_here, isolate=isolate))
     if _refused_here(task.uid):  # cancelled while it waited on this worker: the user's code must not run
         return never_started(task)
     return execute_registered(task, announce, isolate=isolate)

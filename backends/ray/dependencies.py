@@ -7,9 +7,10 @@ the driver side at import time.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from shoal.code import Code
 from shoal.execution import RunOutcome
 
 from ..task_codec import decode, encode
@@ -24,17 +25,18 @@ if TYPE_CHECKING:  # pragma: no cover
     from .backend import RayBackend
 
 
-def run_after(payload: bytes, *arguments: Any) -> bytes:
+def run_after(payload: bytes, *arguments: Any, carried: Code | None = None) -> bytes:
     """The Ray task of a step: ``payload`` is ``(task, start pipe, echo pipe, end, prepare, has
     code)`` encoded by the driver (one argument: Ray serialises each argument on its own, the
     largest part of a submission's cost); ``arguments`` are the list holding a large code's
     reference, if any, then the producers' outcomes (Ray resolved their ObjectRefs). ``prepare``
-    swaps the references, or ends the step unrun."""
+    swaps the references, or ends the step unrun. ``carried``: the code the remote function
+    carries (``carrying_after``), for a task shipped without it."""
     end = None
     try:
         with cancel_as_stop(()) as setting_up:  # Ray's interrupt while decoding (imports) only marks it
             task, starts, echo, end, prepare, has_code = decode(payload)
-            code, upstream = (arguments[0], arguments[1:]) if has_code else (None, arguments)
+            code, upstream = (arguments[0], arguments[1:]) if has_code else (carried, arguments)
             received = [returned_outcome(value) for value in upstream]  # Ray resolved them: encoded outcomes
             outcomes = [value if isinstance(value, RunOutcome) else None for value in received]
             prepared = prepare(task, outcomes)
@@ -50,6 +52,16 @@ def run_after(payload: bytes, *arguments: Any) -> bytes:
     return run_task(prepared, starts, echo, code, end, cancelled_before=was_cancelled(setting_up))
 
 
+def carrying_after(code: Code) -> Callable[..., bytes]:
+    """``run_after`` with a function's code bound (as ``.worker.carrying``): the remote function of
+    that code's steps, exported once, so each step's task ships without the code."""
+
+    def run_step_carrying_code(payload: bytes, *arguments: Any) -> bytes:
+        return run_after(payload, *arguments, carried=code)
+
+    return run_step_carrying_code
+
+
 def submit_after(
     backend: RayBackend,
     task: RunTask,
@@ -59,8 +71,9 @@ def submit_after(
 ) -> BackendFuture:
     """``Backend.submit_after`` on Ray: each producer still running is its ObjectRef, one done is
     its outcome; a producer that is neither (waiting for another driver) makes the driver wait.
-    Every step goes as a task of ``run_after``, also one that uses no step: one remote function
-    keeps all steps in one Ray scheduling class, so workers are not leased anew between them."""
+    Every step goes as a task of ``run_after`` (with its function's code bound, ``carrying_after``),
+    also one that uses no step: the steps of one function share one Ray scheduling class, so workers
+    are not leased anew between them."""
     from ..dependencies import AfterFuture, outcome_or_none
     from .future import RayFuture
 
@@ -82,4 +95,4 @@ def _as_argument(value: Any) -> Any:
     return encode(value) if isinstance(value, RunOutcome) else value
 
 
-__all__ = ["run_after", "submit_after"]
+__all__ = ["carrying_after", "run_after", "submit_after"]

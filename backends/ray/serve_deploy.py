@@ -179,7 +179,6 @@ def deploy_ray(
     past both, Serve's proxy answers 503 with its own plain-text body before a replica sees the request."""
     from ray import serve
 
-    from shoal.services.metrics import MetricsTarget
     from shoal.store.services import ServiceRecords
 
     config = autoscaling_config(fn, scaling)
@@ -218,14 +217,7 @@ def deploy_ray(
         service.watch(project.store)
         return service  # the same version is served already: no serve.run, no replica restarted
     records.save(**base, state="deploying")
-    settings = ServiceSettings(
-        function=fn,
-        name=name,
-        project=project.name,
-        artifact_url=project.artifacts_url,
-        metrics=MetricsTarget(project.database, project.name, name, fn.hash),
-        secrets=values,
-    )
+    settings = ServiceSettings.in_project(fn, project, name, secrets=values)
     application = deployment_of(
         settings, name=name, autoscaling_config=config, ray_actor_options=options, **dict(limits or {})
     )

@@ -1,7 +1,8 @@
 """What runs inside Ray's worker processes: the one Ray task shoal submits, ``run_on_worker``.
 
 Ray pickles ``run_on_worker`` by reference, so a worker imports this module (and the package's
-light ``__init__``), never the driver's backend. Runs reach it as one ``bytes`` argument and their
+light ``__init__``), never the driver's backend; ``carrying``'s closure, by value, is that reference
+and a function's code. Runs reach it as one ``bytes`` argument and their
 outcomes go back as one ``bytes`` value (``shoal.backends.task_codec``): Ray stores and hands back
 bytes as they are, while any other value goes through its msgpack and pickle layers on the worker
 and again on the driver (measured: about a quarter of the driver's time per task). The start of a
@@ -13,11 +14,12 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from functools import partial
 from typing import Any
 
+from shoal.code import Code
 from shoal.execution import (
     RunBatch,
     RunOutcome,
@@ -29,22 +31,23 @@ from shoal.execution import (
 )
 from shoal.logcapture import echo_to
 
-from ..task_codec import decode, encode
+from ..task_codec import decode, encode_outcome
 from .announce import note_end, note_start, write_end, write_start
 from .echo import sink
 
 _code_cache: dict[str, Any] = {}  # function hash -> Code, in each worker process
 
 
-def run_on_worker(payload: bytes, code: list | None = None) -> bytes:
+def run_on_worker(payload: bytes, code: list | Code | None = None) -> bytes:
     """The Ray task: one attempt of one run, or a batch of short runs; its outcome (the batch's
     list of outcomes) comes back encoded (``returned_outcome`` reads it).
 
-    ``payload`` is ``(task, start pipe path, echo pipe path, end)`` encoded by the driver.
-    Large code travels once per function as an object in Ray's store: ``code`` then holds its
-    reference inside a list, so Ray does not fetch it for every task, only a worker that has not
-    seen the function yet. The pipes are the driver's, when the driver is on this machine; the echo
-    pipe is given for watched runs only; ``end``, the start pipe's path and this submission's token,
+    ``payload`` is ``(task, start pipe path, echo pipe path, end)`` encoded by the driver. A task
+    shipped without its code gets it as ``code``: the Code itself, carried by the remote function
+    (``carrying``), or, for large code, which travels once per function as an object in Ray's
+    store, its reference inside a list, so Ray does not fetch it for every task, only a worker
+    that has not seen the function yet. The pipes are the driver's, when the driver is on this
+    machine; the echo pipe is given for watched runs only; ``end``, the start pipe's path and this submission's token,
     when the driver waits for the task's end line, which carries a small outcome (``.ends``).
     """
     with cancel_as_stop(()) as setting_up:  # Ray's interrupt while decoding (imports) only marks it
@@ -52,11 +55,23 @@ def run_on_worker(payload: bytes, code: list | None = None) -> bytes:
     return run_task(task, starts, echo, code, end, cancelled_before=was_cancelled(setting_up))
 
 
+def carrying(code: Code) -> Callable[[bytes], bytes]:
+    """``run_on_worker`` with the function's code bound: the remote function of that code's tasks.
+    Ray pickles a remote function once, exports it once, and each worker loads it once, so the
+    code crosses to a worker once instead of inside every task (where each worker decoded it
+    again for every run, to use only the first time: the handler is cached by function hash)."""
+
+    def run_carrying_code(payload: bytes) -> bytes:
+        return run_on_worker(payload, code)
+
+    return run_carrying_code
+
+
 def run_task(
     task: RunTask | RunBatch,
     starts: str | None,
     echo: str | None,
-    code: list | None,
+    code: list | Code | None,
     end: tuple[str, str] | None = None,
     cancelled_before: bool = False,
 ) -> bytes:
@@ -82,17 +97,19 @@ def run_task(
                 write_end(end[0], end[1], value)
 
 
-def _outcome_of(task: RunTask | RunBatch, announce: Any, cancelled: _Cancelled | None, code: list | None) -> bytes:
+def _outcome_of(
+    task: RunTask | RunBatch, announce: Any, cancelled: _Cancelled | None, code: list | Code | None
+) -> bytes:
     """The task's runs executed, their outcome (a batch's list of them) encoded."""
     if isinstance(task, RunBatch):
         for member in task.tasks:
             _fill_code(member, code)
         refused = (lambda uid: cancelled.is_set()) if cancelled is not None else None
-        return encode(execute_batch(task, announce, refused=refused, cancel_ends_batch=True))
+        return encode_outcome(execute_batch(task, announce, refused=refused, cancel_ends_batch=True))
     _fill_code(task, code)
     if cancelled is not None and cancelled.is_set():  # cancelled before the handler began
-        return encode(never_started(task))
-    return encode(execute_registered(task, announce))
+        return encode_outcome(never_started(task))
+    return encode_outcome(execute_registered(task, announce))
 
 
 class _Cancelled:
@@ -181,15 +198,21 @@ def members(task: RunTask | RunBatch) -> list[RunTask]:
     return task.tasks if isinstance(task, RunBatch) else [task]
 
 
-def _fill_code(task: RunTask, code: list | None) -> None:
-    if task.code is None:
-        cached = _code_cache.get(task.function_hash)
-        if cached is None:
-            import ray
+def _fill_code(task: RunTask, code: list | Code | None) -> None:
+    """Put back the code of a task shipped without it: the Code given, or the one behind the
+    reference given (fetched once per function and worker)."""
+    if task.code is not None:
+        return
+    if isinstance(code, Code):
+        task.code = code
+        return
+    cached = _code_cache.get(task.function_hash)
+    if cached is None:
+        import ray
 
-            assert code, "a task shipped without its code carries the code's reference"
-            cached = _code_cache[task.function_hash] = ray.get(code[0])
-        task.code = cached
+        assert code, "a task shipped without its code carries the code's reference"
+        cached = _code_cache[task.function_hash] = ray.get(code[0])
+    task.code = cached
 
 
-__all__ = ["cancel_as_stop", "members", "returned_outcome", "run_on_worker", "run_task", "was_cancelled"]
+__all__ = ["cancel_as_stop", "carrying", "members", "returned_outcome", "run_on_worker", "run_task", "was_cancelled"]

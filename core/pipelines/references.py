@@ -48,10 +48,14 @@ _LEAVES = frozenset({int, float, str, bool, bytes, type(None)})
 
 
 def _walk(value: Any, visit: Callable[[OutputRef], None]) -> None:
-    if type(value) in _LEAVES:
+    kind = type(value)
+    if kind in _LEAVES:
         return
-    if isinstance(value, OutputRef):
+    if kind is OutputRef:
         visit(value)
+    elif kind is dict:  # before the Mapping check, which is an ABC's (slow) and most containers are dicts
+        for item in value.values():
+            _walk(item, visit)
     elif isinstance(value, (list, tuple)):
         for item in value:
             _walk(item, visit)
@@ -62,8 +66,13 @@ def _walk(value: Any, visit: Callable[[OutputRef], None]) -> None:
 
 def replace_refs(value: Any, swap: Callable[[OutputRef], Any]) -> Any:
     """``value`` with each reference replaced by ``swap(ref)`` (containers rebuilt, others as is)."""
-    if isinstance(value, OutputRef):
+    kind = type(value)
+    if kind in _LEAVES:
+        return value
+    if kind is OutputRef:
         return swap(value)
+    if kind is dict:  # as in ``_walk``
+        return {key: replace_refs(item, swap) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return type(value)(replace_refs(item, swap) for item in value)
     if isinstance(value, Mapping):
@@ -130,11 +139,15 @@ def resolve_references(task: RunTask, outcomes: list[RunOutcome | None]) -> RunT
     one per producer; None where the engine lost it), or the outcome it ends with unrun: its
     producers did not all complete (``upstream_failed``), or one lacks a referenced output (failed).
     The ``prepare`` of ``Backend.submit_after``: runs where the engine runs the task."""
+    if not outcomes:  # a step that uses no other step's outputs: nothing to swap
+        return task
     try:
         params, inputs = resolve_values(task.params, task.inputs, outcomes)
     except UnusableOutputs as exc:
         return ended_unrun(task, exc.state, exc.kind, str(exc))
-    return dataclasses.replace(task, params=params, inputs=inputs)
+    resolved = object.__new__(RunTask)  # a plain copy of the fields: ``dataclasses.replace`` re-runs __init__
+    resolved.__dict__.update(task.__dict__, params=params, inputs=inputs)
+    return resolved
 
 
 def _artifacts(outcome: RunOutcome) -> dict[str, dict]:

@@ -105,14 +105,15 @@ class PipelineRun:
         with self._lock:
             index, name = self._next_name(fn.name)
             record = driver.new_record(
-                describe_refs({**checked, **ref_params}),
+                {**checked, **describe_refs(ref_params)} if ref_params else checked,
                 staged,
                 parent=self.uid,
                 iteration=index,
                 labels={"shoal.step": name},
             )
-            record["inputs"].update(describe_refs(ref_inputs))
-            refs = find_refs(ref_params) + find_refs(ref_inputs)
+            if ref_inputs:
+                record["inputs"].update(describe_refs(ref_inputs))
+            refs = find_refs(ref_params) + find_refs(ref_inputs) if ref_params or ref_inputs else []
             options = self._cache_options(*cache)
             step = Step(
                 index=index,

@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from starlette.responses import Response
 
     from ..function import Function
+    from ..project import Project
     from .metrics import MetricsTarget, RequestMetrics
 
 log = logging.getLogger("shoal.services")
@@ -61,6 +62,17 @@ class ServiceSettings:
     env: dict[str, str] = field(default_factory=dict)
     secrets: dict[str, str] = field(default_factory=dict, repr=False)
     limits: dict[str, int] = field(default_factory=dict)  # max_ongoing/queued_requests (local backend)
+
+    @classmethod
+    def in_project(cls, fn: Function, project: Project, name: str, **options: Any) -> ServiceSettings:
+        """The settings of service ``name`` of ``fn`` deployed from ``project`` (any backend): the
+        project's artifacts, and request metrics recorded in its database; ``options``: the rest."""
+        from .metrics import MetricsTarget
+
+        metrics = MetricsTarget(project.database, project.name, name, fn.hash)
+        return cls(
+            function=fn, name=name, project=project.name, artifact_url=project.artifacts_url, metrics=metrics, **options
+        )
 
 
 def apply_environment(settings: ServiceSettings) -> None:

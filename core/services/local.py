@@ -234,7 +234,6 @@ def deploy_local(
     (``config.request_limits``) answer 503 past ``max_ongoing_requests`` + ``max_queued_requests``."""
     from ..store.services import ServiceRecords
     from .handler import ServiceSettings
-    from .metrics import MetricsTarget
 
     if scaling:
         raise ServiceSpecError(
@@ -254,16 +253,7 @@ def deploy_local(
         _stop_recorded(records, name)
     listener = listen(host, port)
     url = url_of(host, port, name)
-    settings = ServiceSettings(
-        function=fn,
-        name=name,
-        project=project.name,
-        artifact_url=project.artifacts_url,
-        metrics=MetricsTarget(project.database, project.name, name, fn.hash),
-        env=plain_env(fn),
-        secrets=values,
-        limits=limits,
-    )
+    settings = ServiceSettings.in_project(fn, project, name, env=plain_env(fn), secrets=values, limits=limits)
     base = {
         "name": name,
         "function": fn.name,
