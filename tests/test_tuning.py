@@ -646,6 +646,30 @@ def test_a_trial_sampled_ahead_runs_with_those_values_and_is_told_where_it_ran(p
     assert frozen.state.name == "COMPLETE" and frozen.value == outcome.results["score"]
 
 
+def test_sampling_ahead_yields_the_gil_to_the_trial_running_beside_it(project):
+    """``prepare`` samples while the run before this one runs: under ``gil_handoff``'s short switch
+    interval, so the running trial's thread gets the GIL back promptly; the interval comes back after."""
+    import sys
+
+    from shoal.tuning.gil_handoff import BACKGROUND_SWITCH_INTERVAL
+
+    seen = []
+
+    class Recording(optuna.samplers.RandomSampler):
+        def sample_independent(self, *args):
+            seen.append(sys.getswitchinterval())
+            return super().sample_independent(*args)
+
+    before = sys.getswitchinterval()
+    study = _study(project, "handoff")
+    trial, scope = _scope(project, study)
+    scope.sampler = Recording(seed=1)
+    scope.prepare()
+    scope._ahead.result(timeout=30)
+    assert seen == [pytest.approx(BACKGROUND_SWITCH_INTERVAL)]
+    assert sys.getswitchinterval() == before
+
+
 def test_a_trial_sampled_for_its_queued_task_is_written_only_where_its_run_starts(project, fn):
     """``prepare_queued`` (a Dask worker, for the task queued behind the one it runs) samples but
     writes nothing: the run that starts here uses and writes those values; a run that started

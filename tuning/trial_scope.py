@@ -24,6 +24,9 @@ In a batch, a trial's tell (a journal append: the lock and an ``fsync``) goes to
 so the next trial starts at once instead of waiting for the write; the sampling of the trial
 after next waits for it (it sees that value), and the batch's last trial waits for those queued
 before its own tell, so every trial of a batch is told before its outcomes leave the worker.
+
+Both background threads work under a short GIL switch interval (``gil_handoff``): a trial whose
+handler wakes from its sleep or I/O waits for the GIL no longer than that, not CPython's 5 ms.
 """
 
 from __future__ import annotations
@@ -32,12 +35,13 @@ import concurrent.futures as cf
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._optuna_compat import params_held
+from .gil_handoff import yielding
 from .objective import Objective
 from .space import suggest
 from .storage import StorageRef
@@ -63,6 +67,12 @@ def _thread(job: str) -> cf.ThreadPoolExecutor:
         if pool is None:
             pool = _pools[job] = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"shoal-trial-{job}")
         return pool
+
+
+def _background(job: str, call: Callable[..., Any], *args: Any) -> cf.Future:
+    """``call(*args)`` on this process's thread for ``job``, yielding the GIL promptly to the trial
+    running meanwhile (``gil_handoff``)."""
+    return _thread(job).submit(yielding(call), *args)
 
 
 def _forget_pools_in_child() -> None:
@@ -109,7 +119,7 @@ class TrialScope:
         """Start sampling this trial's parameters now, on this process's sampling thread (returns
         at once: a new thread per trial would make the caller wait for it to start)."""
         if self.distributions and self._ahead is None:
-            self._ahead = _thread("sampling").submit(self._sample, _queued_tell)
+            self._ahead = _background("sampling", self._sample, _queued_tell)
 
     def prepare_queued(self) -> None:
         """This trial's run is the first of an engine task queued in this process behind the one
@@ -123,7 +133,7 @@ class TrialScope:
                 return
             while len(_sampled_for_queued) >= MAX_SAMPLED_FOR_QUEUED:  # tasks that went elsewhere
                 del _sampled_for_queued[next(iter(_sampled_for_queued))]
-            _sampled_for_queued[self._key] = _thread("sampling").submit(self._sample_held, _queued_tell, True)
+            _sampled_for_queued[self._key] = _background("sampling", self._sample_held, _queued_tell, True)
 
     @property
     def _key(self) -> tuple[StorageRef, str, int]:
@@ -161,7 +171,7 @@ class TrialScope:
         """Append the held parameters now, or queued on the telling thread (``defer``)."""
         global _queued_tell
         if held is not None and defer:
-            self._written = _queued_tell = _thread("telling").submit(held.write)
+            self._written = _queued_tell = _background("telling", held.write)
         elif held is not None:
             held.write()
 
@@ -259,7 +269,7 @@ class TrialScope:
         if not self.tell:
             return
         if self.followed:
-            _queued_tell = _thread("telling").submit(_tell_trial, ctx.trial, outcome)
+            _queued_tell = _background("telling", _tell_trial, ctx.trial, outcome)
             return
         queued = _queued_tell
         if queued is not None:
