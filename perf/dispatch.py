@@ -2,7 +2,7 @@
 per engine.
 
     python perf/dispatch.py [--runs 2000] [--chunk 250] [--cpu-tasks 40] [--cpu-seconds 0.5]
-                            [--engines dask,ray] [--repeats 3] [--quick] [--out DIR]
+                            [--engines dask,ray] [--repeats 5] [--quick] [--out DIR]
 
 Per engine (2 workers), N no-op runs, every shoal run recorded in the project database, measured in
 like-for-like pairs:
@@ -259,7 +259,9 @@ def add(parser) -> None:
 
 
 def main() -> int:
-    args = options(__doc__, {"runs": 200, "cpu_tasks": 4, "cpu_seconds": 0.2, "repeats": 1}, add)
+    # 5 repeats: on 2 cores the raw engine's own one-task-per-run map took 1.01-1.39 s from one
+    # repeat to the next within a run (Ray, 2,000 runs), so the fastest of 3 was often a slow one.
+    args = options(__doc__, {"runs": 200, "cpu_tasks": 4, "cpu_seconds": 0.2, "repeats": 1}, add, repeats=5)
     session = Session("dispatch", args)
     rows = []
     for engine in [e.strip() for e in args.engines.split(",") if e.strip()]:
