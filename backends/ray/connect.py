@@ -3,6 +3,7 @@ minutes on a bad address), and starting a local instance from a thread that outl
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -11,6 +12,9 @@ from typing import Any
 from shoal.errors import BackendError
 
 from ._compat import CLIENT_AUTH_PROBE_METHOD, GCS_PROBE_METHOD, raylet
+from .future import first_line
+
+log = logging.getLogger("shoal.backends.ray")
 
 
 def resolve_auto() -> str:
@@ -176,3 +180,55 @@ __all__ = [
     "token_available",
     "use_token_if_available",
 ]
+
+
+JOIN_ATTEMPTS = 4
+"""Ray Client's server forks a server for each new client while its own gRPC threads run, and the
+child sometimes dies at once ("SpecificServer startup failed", a zombie, an ``epoll_wait`` error in
+its log): seen here for about one connection in eight, and a try made right after a failure fails
+more often. Each try gets a new child, after a pause that doubles (1, 2, 4 s)."""
+
+
+def join(ray: Any, target: str, init_kwargs: dict[str, Any], pause: float = 1.0) -> None:
+    """``ray.init(address=target)``, tried again while Ray Client's server fails to start a server
+    for this client (after ``pause`` seconds, then twice that, ...); any other refusal (version
+    mismatch, refused job, ...) ends it at once."""
+    import tenacity
+
+    def connect() -> None:
+        try:
+            ray.init(address=target, **init_kwargs)
+        except ConnectionAbortedError:
+            ray.shutdown()  # the half-made client connection, before the next try
+            raise
+
+    def warn(state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        reason = server_refusal(error) if error else "no reason given"
+        log.warning("ray: the client server at %s failed to serve this client (%s); trying again", target, reason)
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(ConnectionAbortedError),
+        stop=tenacity.stop_after_attempt(JOIN_ATTEMPTS),
+        wait=tenacity.wait_exponential(multiplier=pause, min=pause, max=4 * pause),
+        before_sleep=warn,
+        reraise=True,
+    )
+    try:
+        retrying(connect)
+    except ConnectionAbortedError as exc:
+        raise BackendError(
+            f"cannot join the ray cluster at {target}: {server_refusal(exc)} ({JOIN_ATTEMPTS} tries; its "
+            "ray_client_server_*.err logs on the head say why)"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - version mismatch, refused job, ...
+        raise BackendError(f"cannot join the ray cluster at {target}: {first_line(exc)}") from None
+
+
+def server_refusal(exc: BaseException) -> str:
+    """Ray Client's refusal with the reason its server gave: the last line of the server's traceback
+    (the first line only says that the server refused)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) < 2:
+        return first_line(exc)
+    return f"{lines[0]} {lines[-1]}"

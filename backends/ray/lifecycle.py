@@ -23,7 +23,7 @@ from shoal.errors import BackendError
 from shoal.execution import swapped_environment
 
 from ._compat import temp_dir_option
-from .connect import init_in_keeper, init_target
+from .connect import init_in_keeper, init_target, join
 from .echo import EchoPipe
 from .ends import EndWatch
 from .future import first_line
@@ -118,19 +118,7 @@ class RayLifecycle:
         }
 
     def _join(self, ray: Any, target: str) -> None:
-        for attempt in (1, 2):
-            try:
-                ray.init(address=target, **self._init_kwargs())
-                break
-            except ConnectionAbortedError as exc:
-                # Ray Client's server sometimes fails to start the server for a new client (seen
-                # here about one time in five); a second try gets a new one.
-                if attempt == 2:
-                    raise BackendError(f"cannot join the ray cluster at {target}: {first_line(exc)}") from None
-                log.warning("ray: the client server at %s failed to serve this client; trying again", target)
-                ray.shutdown()
-            except Exception as exc:  # noqa: BLE001 - version mismatch, refused job, ...
-                raise BackendError(f"cannot join the ray cluster at {target}: {first_line(exc)}") from None
+        join(ray, target, self._init_kwargs())
         self._mode = "join"
         self.workers()  # type: ignore[attr-defined]  # the first look: changes from here on are scaling events
 
