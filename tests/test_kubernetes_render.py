@@ -203,6 +203,17 @@ def test_ray_cluster(replicas):
     head_ports = {p["name"]: p["containerPort"] for p in spec["headGroupSpec"]["template"]["spec"]["containers"][0]["ports"]}
     assert head_ports["client"] == 10001
     assert group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    head_env = {e["name"]: e for e in spec["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]}
+    assert head_env["GRPC_ENABLE_FORK_SUPPORT"]["value"] == "false"  # Ray Client's per-client fork
+    assert head_env["K"]["valueFrom"]["secretKeyRef"] == {"name": "s", "key": "k"}
+    worker_env = {e["name"] for e in group["template"]["spec"]["containers"][0]["env"]}
+    assert "GRPC_ENABLE_FORK_SUPPORT" not in worker_env
+
+
+def test_the_functions_own_grpc_fork_setting_wins_on_the_ray_head():
+    fn = make(replicas=(0, 2), env={"GRPC_ENABLE_FORK_SUPPORT": "true"})
+    head = ray_cluster(fn)["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert [e["value"] for e in head["env"] if e["name"] == "GRPC_ENABLE_FORK_SUPPORT"] == ["true"]
 
 
 def test_rayjob_crd_accepts_a_rendered_cluster_spec():

@@ -34,6 +34,11 @@ HEAD_PORTS = (("gcs", 6379), ("dashboard", 8265), ("client", 10001))
 CLIENT_PORT = 10001
 WORKER_GROUP = "workers"
 DEFAULT_RAY_VERSION = "2.60.0"  # when ray is not installed where the manifest is rendered
+# The head's Ray Client server forks a server for each client (fork then exec) while its gRPC threads
+# run, and gRPC's fork handlers sometimes kill that child (ray-project/ray#63202): 8 of 48 joins here
+# needed another try, none of 48 with the handlers off, which gRPC advises where every fork is
+# followed by exec. A value the function's own env sets wins.
+HEAD_ENV = {"GRPC_ENABLE_FORK_SUPPORT": "false"}
 
 
 def ray_version() -> str:
@@ -62,7 +67,10 @@ def ray_cluster(
 ) -> dict[str, Any]:
     """The RayCluster of ``fn`` (validated): head group plus one worker group between the replicas."""
     name = name or naming.object_name(fn.name, fn.hash)
-    head = pod_template(fn, "head", project=project, spot=spot, container_name="ray-head", ports=HEAD_PORTS)
+    head_env = {name: value for name, value in HEAD_ENV.items() if name not in fn.spec.env}
+    head = pod_template(
+        fn, "head", project=project, spot=spot, container_name="ray-head", ports=HEAD_PORTS, env=head_env
+    )
     worker = pod_template(fn, "worker", project=project, spot=spot, container_name="ray-worker")
     bounds = kubernetes_replicas(fn.replicas)
     autoscaling = bounds.min < bounds.max
