@@ -67,7 +67,7 @@ def ray_cluster(
 ) -> dict[str, Any]:
     """The RayCluster of ``fn`` (validated): head group plus one worker group between the replicas."""
     name = name or naming.object_name(fn.name, fn.hash)
-    head_env = {name: value for name, value in HEAD_ENV.items() if name not in fn.spec.env}
+    head_env = {variable: value for variable, value in HEAD_ENV.items() if variable not in fn.spec.env}
     head = pod_template(
         fn, "head", project=project, spot=spot, container_name="ray-head", ports=HEAD_PORTS, env=head_env
     )

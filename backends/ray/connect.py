@@ -171,17 +171,6 @@ def init_in_keeper(ray: Any, **options: Any) -> threading.Event:
     return release
 
 
-__all__ = [
-    "host_port",
-    "init_in_keeper",
-    "init_target",
-    "probe",
-    "resolve_auto",
-    "token_available",
-    "use_token_if_available",
-]
-
-
 JOIN_ATTEMPTS = 4
 """Ray Client's server forks a server for each new client while its own gRPC threads run, and the
 child sometimes dies at once ("SpecificServer startup failed", a zombie, an ``epoll_wait`` error in
@@ -232,3 +221,16 @@ def server_refusal(exc: BaseException) -> str:
     if len(lines) < 2:
         return first_line(exc)
     return f"{lines[0]} {lines[-1]}"
+
+
+__all__ = [
+    "host_port",
+    "init_in_keeper",
+    "init_target",
+    "join",
+    "probe",
+    "resolve_auto",
+    "server_refusal",
+    "token_available",
+    "use_token_if_available",
+]
