@@ -129,36 +129,45 @@ def test_base_journal_file_lock_is_the_base_of_optunas_locks_and_a_backend_uses_
         compat.NoSuchName  # noqa: B018 - only the names the module defines
 
 
-def _suggestions(sampler, seed_trials: int = 12, draws: int = 4) -> list[float]:
-    """What ``sampler`` suggests for a few trials after ``seed_trials`` told ones (TPE past its
-    random start-up trials, so both of its random streams are used)."""
+def _history(trials: int) -> optuna.Study:
+    """A study of two parameters whose first ``trials`` trials are told (the same ones every call)."""
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    study.optimize(lambda trial: (trial.suggest_float("x", -3, 3) - 1) ** 2, n_trials=seed_trials)
+    study.optimize(_objective, n_trials=trials)
+    return study
+
+
+def _objective(trial) -> float:
+    return (trial.suggest_float("x", -3, 3) - 1) ** 2 + (trial.suggest_float("y", -3, 3) + 1) ** 2
+
+
+def _suggestions(sampler, study: optuna.Study, draws: int = 4) -> list[float]:
+    """What ``sampler`` suggests for ``draws`` more trials of ``study``, each told before the next."""
     study.sampler = sampler
     found = []
     for _ in range(draws):
         trial = study.ask()
-        found.append(trial.suggest_float("x", -3, 3))
-        study.tell(trial, (found[-1] - 1) ** 2)
+        study.tell(trial, _objective(trial))
+        found += [trial.params["x"], trial.params["y"]]
     return found
 
 
 @pytest.mark.parametrize("kind", ["tpe", "random"])
-def test_a_reseeded_sampler_draws_what_a_new_one_with_that_seed_draws(kind):
+@pytest.mark.parametrize("told", [12, 2], ids=["past-start-up", "start-up"])
+def test_a_sampler_reseeded_within_its_study_draws_what_a_new_one_with_that_seed_draws(kind, told):
+    """Both random streams (TPE's own and its start-up sampler's) and, for the multivariate TPE,
+    the study's search space it has read: a study's next trial gets the draws of a new sampler."""
     make = {
-        "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=False),
+        "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed),
         "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
     }[kind]
+    mine, theirs = _history(told), _history(told)  # the same trials told to each
     used = make(3)
     assert compat.reusable(used)
-    _suggestions(used)  # its streams advanced by a search of its own
+    assert _suggestions(used, mine) == _suggestions(make(3), theirs)  # its streams advanced, space read
     compat.reseed(used, 7)
-    assert _suggestions(used) == _suggestions(make(7))
-    compat.reseed(used, 7)
-    assert _suggestions(used, seed_trials=2) == _suggestions(make(7), seed_trials=2)  # TPE's start-up draws too
+    assert _suggestions(used, mine) == _suggestions(make(7), theirs)
 
 
 def test_samplers_with_state_beyond_their_random_streams_are_not_reusable():
-    assert not compat.reusable(optuna.samplers.TPESampler(seed=1, multivariate=True))
     assert not compat.reusable(optuna.samplers.NSGAIISampler(seed=1))
     assert not compat.reusable(optuna.samplers.GridSampler({"x": [0, 1]}))

@@ -291,6 +291,40 @@ def test_samplers_with_a_seed_are_reproducible(project, fn, strategy):
     assert [t["params"] for t in first.trials] == [t["params"] for t in second.trials]
 
 
+@pytest.mark.parametrize("multi", [False, True], ids=["one-objective", "two-objectives"])
+def test_the_tpe_strategy_is_optunas_default_tpe(multi):
+    """Like for like with plain Optuna: whatever ``TPESampler()`` is in the installed Optuna (since
+    Optuna 5, multivariate with the constant liar for one objective), not a configuration of ours."""
+    from shoal.tuning.space import Space
+    from shoal.tuning.strategies import NamedSampler
+
+    built = NamedSampler("tpe", Space({"x": Float(0, 1)}), 5, multi).build(("storage", f"tpe-default-{multi}"))
+    default = optuna.samplers.TPESampler()
+    assert type(built) is optuna.samplers.TPESampler
+    for setting in ("_multivariate", "_group", "_constant_liar", "_n_startup_trials", "_n_ei_candidates", "_gamma"):
+        assert getattr(built, setting) == getattr(default, setting), setting
+
+
+def test_a_thread_keeps_one_sampler_per_study():
+    """A TPE sampler learns its study's search space: reused for that study's trials only."""
+    import threading
+
+    from shoal.tuning.space import Space
+    from shoal.tuning.strategies import NamedSampler
+
+    space = Space({"x": Float(0, 1)})
+    first = NamedSampler("tpe", space, 1, False).build(("storage", "kept-a"))
+    assert NamedSampler("tpe", space, 2, False).build(("storage", "kept-a")) is first
+    assert NamedSampler("tpe", space, 2, False).build(("storage", "kept-b")) is not first
+    elsewhere = []
+    thread = threading.Thread(
+        target=lambda: elsewhere.append(NamedSampler("tpe", space, 2, False).build(("storage", "kept-a")))
+    )
+    thread.start()
+    thread.join()
+    assert elsewhere and elsewhere[0] is not first  # a sampler is not safe to share between threads
+
+
 def test_grid_runs_every_combination_once(project, fn):
     quad = fn("quad", replicas=(0, 2))
     space = {"x": [0.1, 0.3], "y": Int(1, 3), "kind": ["a", "b"]}
@@ -629,6 +663,21 @@ def _study(project, name):
     from shoal.tuning.storage import default_ref
 
     return optuna.create_study(study_name=name, storage=default_ref(project).open(), direction="maximize")
+
+
+def test_a_study_deleted_and_made_again_under_its_name_samples_with_a_sampler_of_its_own(project):
+    """A worker keeps a TPE sampler per study, and the multivariate TPE refuses a second study: the
+    same name made again (``shoal studies delete``, then the search again) is another study."""
+    first = _study(project, "again")
+    trial, scope = _scope(project, first, space={"x": Float(0, 1), "y": Float(0, 1)})
+    _, params = scope._sample()
+    first.tell(trial, params["x"])
+    optuna.delete_study(study_name="again", storage=first._storage)
+    again = _study(project, "again")
+    trial, scope = _scope(project, again, space={"x": Float(0, 1), "y": Float(0, 1)})
+    _, params = scope._sample()  # this thread's sampler of the deleted study would raise ValueError here
+    assert set(params) == {"x", "y"} and 0 <= params["x"] <= 1
+    assert again._storage.get_trial(scope.trial_id).params == params
 
 
 def test_a_trial_sampled_ahead_runs_with_those_values_and_is_told_where_it_ran(project, fn):

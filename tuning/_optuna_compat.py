@@ -41,14 +41,13 @@ def intermediate_values(trial: Any) -> dict[int, float]:
 
 
 def reusable(sampler: Any) -> bool:
-    """Whether ``reseed`` can make ``sampler`` what a new one would be: Optuna's random sampler, and
-    its independent TPE sampler (as shoal's "tpe" strategy builds it), whose only state across
-    trials is its random streams (a multivariate one keeps a search space per study)."""
+    """Whether ``reseed`` can make ``sampler``, for another trial of the same study, what a new one
+    would be: Optuna's random and TPE samplers, whose state across trials is their random streams
+    and, for TPE, the study's search space as far as it has read the study (which a new one reads
+    in full: the same space)."""
     import optuna
 
-    if type(sampler) is optuna.samplers.RandomSampler:
-        return True
-    return type(sampler) is optuna.samplers.TPESampler and sampler._multivariate is False and not sampler._group
+    return type(sampler) in (optuna.samplers.RandomSampler, optuna.samplers.TPESampler)
 
 
 def reseed(sampler: Any, seed: int) -> None:

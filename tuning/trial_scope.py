@@ -193,8 +193,8 @@ class TrialScope:
 
         storage = self.storage.open()  # cached per process by StorageRef
         sampler = self.sampler
-        if isinstance(sampler, NamedSampler):
-            sampler = sampler.build()
+        if isinstance(sampler, NamedSampler):  # a study's own: one deleted and made again is another
+            sampler = sampler.build((self.storage, storage.get_study_id_from_name(self.study_name)))
         elif sampler is not None:
             sampler.reseed_rng()  # the user's object: every copy would otherwise draw the same numbers
         return optuna.Study(study_name=self.study_name, storage=storage, sampler=sampler, pruner=self.pruner)
