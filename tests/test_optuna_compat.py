@@ -171,3 +171,15 @@ def test_a_sampler_reseeded_within_its_study_draws_what_a_new_one_with_that_seed
 def test_samplers_with_state_beyond_their_random_streams_are_not_reusable():
     assert not compat.reusable(optuna.samplers.NSGAIISampler(seed=1))
     assert not compat.reusable(optuna.samplers.GridSampler({"x": [0, 1]}))
+
+
+def test_forget_cached_trials_makes_this_threads_samplers_read_the_storage_again():
+    """Samplers read a study's trials through a per-thread cache that only ask and tell empty."""
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name="cached")
+    study.optimize(_objective, n_trials=2)
+    assert len(study._get_trials(deepcopy=False, use_cache=True)) == 2  # this thread's view, now cached
+    optuna.load_study(study_name="cached", storage=storage).optimize(_objective, n_trials=1)  # told elsewhere
+    assert len(study._get_trials(deepcopy=False, use_cache=True)) == 2  # still the cached view
+    compat.forget_cached_trials(study)
+    assert len(study._get_trials(deepcopy=False, use_cache=True)) == 3

@@ -291,6 +291,19 @@ def test_samplers_with_a_seed_are_reproducible(project, fn, strategy):
     assert [t["params"] for t in first.trials] == [t["params"] for t in second.trials]
 
 
+def test_an_in_process_search_one_trial_at_a_time_draws_what_optunas_optimize_draws(project, fn):
+    """In-process runs sample from the driver's study, each in a thread that neither asks nor tells:
+    every sampling must still see the trials told before it (past TPE's 10 start-up trials), or the
+    whole search is as good as random."""
+    space = {"x": Float(0, 1), "y": Int(0, 4)}
+    result = fn("quad").tune(
+        space, objective="max.score", n_trials=16, seed=7, parallelism=1, backend="local", project=project
+    )
+    plain = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=7))
+    plain.optimize(lambda t: -((t.suggest_float("x", 0, 1) - 0.3) ** 2) - (t.suggest_int("y", 0, 4) - 2) ** 2, n_trials=16)
+    assert [t["params"] for t in sorted(result.trials, key=lambda t: t["number"])] == [t.params for t in plain.trials]
+
+
 @pytest.mark.parametrize("multi", [False, True], ids=["one-objective", "two-objectives"])
 def test_the_tpe_strategy_is_optunas_default_tpe(multi):
     """Like for like with plain Optuna: whatever ``TPESampler()`` is in the installed Optuna (since

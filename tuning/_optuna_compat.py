@@ -40,6 +40,15 @@ def intermediate_values(trial: Any) -> dict[int, float]:
     return trial._cached_frozen_trial.intermediate_values
 
 
+def forget_cached_trials(study: Any) -> None:
+    """Make this thread's next sampling for ``study`` read its trials from the storage again, as
+    ``Study.ask`` and ``Study.tell`` make it: samplers read a study's trials through a per-thread
+    cache (``Study._get_trials(use_cache=True)``), which only those two empty. A thread that samples
+    for a study it neither asks nor tells in (an in-process run of the driver's study) would
+    otherwise sample every later trial from the trials it saw first."""
+    study._thread_local.cached_all_trials = None
+
+
 def reusable(sampler: Any) -> bool:
     """Whether ``reseed`` can make ``sampler``, for another trial of the same study, what a new one
     would be: Optuna's random and TPE samplers, whose state across trials is their random streams

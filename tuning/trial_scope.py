@@ -40,7 +40,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._optuna_compat import params_held
+from ._optuna_compat import forget_cached_trials, params_held
 from .gil_handoff import yielding
 from .objective import Objective
 from .space import suggest
@@ -187,7 +187,8 @@ class TrialScope:
 
     def _study(self) -> Any:
         """The study as this trial sees it: the process's storage, this trial's own sampler."""
-        if self.study is not None:
+        if self.study is not None:  # the driver's own, whose trials are told on the driver's thread
+            forget_cached_trials(self.study)
             return self.study
         import optuna
 
