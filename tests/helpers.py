@@ -160,6 +160,9 @@ def interrupt_map(tmp_path: Path, backend: str, count: int = 4, batch_size: int 
         children: list[int] = []
         try:
             wait_for(lambda: list(folder.glob("started-*")) or process.poll() is not None, timeout=120, what="first run start")
+            # ... and the driver has heard of it (the start travels back from the worker after the
+            # handler began): only then is the run Ctrl-C stops one the driver knows as running.
+            wait_for(lambda: process.poll() is not None or recorded_start(folder), timeout=120, what="its start recorded")
             assert process.poll() is None, log.read_text()[-3000:]
             children = descendants(process.pid)
             assert children, "the engine's processes"
@@ -173,6 +176,12 @@ def interrupt_map(tmp_path: Path, backend: str, count: int = 4, batch_size: int 
                 process.wait(30)
             kill_by_pid(children)
     return folder
+
+
+def recorded_start(folder: Path) -> bool:
+    """Whether the project in ``folder`` has recorded a run's start (written once it has run ~0.5 s)."""
+    with shoal.Project(folder, name="interrupted") as project:
+        return any(run.started_at is not None for run in project.runs.list())
 
 
 def interrupted_runs(folder: Path) -> tuple[shoal.Run, list[shoal.Run]]:
